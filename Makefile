@@ -1,0 +1,39 @@
+# tfx-e2e: `make run` (set up + run the pipeline on the bundled data), `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+TFX_VERSION := 1.16.0
+STAMP := $(VENV)/.tfx-e2e-installed
+
+.PHONY: setup run test lock bench-pipeline clean-output
+
+setup: $(STAMP)
+
+# The lock pins every dependency of tfx 1.16.0 for CPython 3.11; tfx and
+# ml-pipelines-sdk go in last with --ignore-requires-python (their metadata says <3.11).
+$(STAMP): requirements/lock.txt setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null || { \
+	  echo "error: tfx-e2e needs CPython 3.11 (found: $$($(PYTHON) --version 2>&1 || echo 'no $(PYTHON)')). Set PYTHON=/path/to/python3.11." >&2; exit 1; }
+	@[ -x $(PY) ] && $(PY) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps -r requirements/lock.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python tfx==$(TFX_VERSION) ml-pipelines-sdk==$(TFX_VERSION)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	@touch $(STAMP)
+
+# Regenerate requirements/lock.txt from requirements/requirements.in.
+lock: setup
+	$(VENV)/bin/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  requirements/requirements.in -o requirements/lock.txt
+
+run: setup
+	$(PY) -m runners.local_runner
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench-pipeline: setup
+	$(PY) -m tests.bench.bench_pipeline

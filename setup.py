@@ -1,0 +1,14 @@
+"""tfx-e2e: the Chicago taxi TFX pipeline, from a laptop to Dataflow, Vertex, Airflow and TF Serving.
+
+Dependencies are pinned in requirements/lock.txt and installed by `make setup`
+(tfx 1.16.0's metadata excludes Python 3.11, so pip cannot resolve it here).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="tfx-e2e",
+    version="0.1.0",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipeline*", "modules*", "runners*", "serving*"]),
+    package_data={"": ["*.pbtxt", "*.yaml"]},
+)
