@@ -18,7 +18,7 @@ $(STAMP): requirements/lock.txt setup.py
 	  echo "error: tfx-e2e needs CPython 3.11 (found: $$($(PYTHON) --version 2>&1 || echo 'no $(PYTHON)')). Set PYTHON=/path/to/python3.11." >&2; exit 1; }
 	@[ -x $(PY) ] && $(PY) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --python $(PY) --no-deps -r requirements/lock.txt
+	$(VENV)/bin/uv pip sync --python $(PY) requirements/lock.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python tfx==$(TFX_VERSION) ml-pipelines-sdk==$(TFX_VERSION)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m pip check

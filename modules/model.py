@@ -1,0 +1,95 @@
+"""The Keras model and the signatures it is exported with."""
+import keras_tuner
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from modules import features as F
+
+# The three exported signatures (what TF Serving clients, JSON clients and TFMA call).
+SERVING_SIGNATURE = "serving_default"
+RAW_SIGNATURE = "serving_raw"
+TRANSFORM_SIGNATURE = "transform_features"
+OUTPUT_KEY = "probabilities"
+
+
+def build_keras_model(hp: keras_tuner.HyperParameters) -> tf.keras.Model:
+    """Embeddings for every categorical input, z-scores as they are, then a ReLU tower."""
+    embedding_dim = hp.get("embedding_dim")
+    inputs, encoded = {}, []
+    for name in F.dense_inputs():
+        inputs[name] = tf.keras.Input(shape=(1,), name=name, dtype=tf.float32)
+        encoded.append(inputs[name])
+    for name, size in F.categorical_sizes().items():
+        inputs[name] = tf.keras.Input(shape=(1,), name=name, dtype=tf.int64)
+        embedded = tf.keras.layers.Embedding(size, embedding_dim, name=f"{name}_embedding")(inputs[name])
+        encoded.append(tf.keras.layers.Flatten()(embedded))
+    x = tf.keras.layers.Concatenate()(encoded)
+    for _ in range(hp.get("num_layers")):
+        x = tf.keras.layers.Dense(hp.get("units"), activation="relu")(x)
+    output = tf.keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_KEY)(x)
+    model = tf.keras.Model(inputs, output)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(hp.get("learning_rate")),
+        loss="binary_crossentropy",
+        metrics=[tf.keras.metrics.AUC(name="auc"), tf.keras.metrics.BinaryAccuracy(name="binary_accuracy")],
+    )
+    return model
+
+
+def _model_inputs(transformed: dict) -> dict:
+    return {name: tf.reshape(transformed[name], [-1, 1]) for name in F.dense_inputs() + list(F.categorical_sizes())}
+
+
+def _raw_input_specs(raw_feature_spec: dict) -> list:
+    """Signature inputs for JSON clients: numbers as float64 (NaN = missing), strings ('' = missing)."""
+    return [
+        tf.TensorSpec([None], tf.string if spec.dtype == tf.string else tf.float64, name=name)
+        for name, spec in sorted(raw_feature_spec.items())
+    ]
+
+
+def _raw_feature(value, spec):
+    """A JSON-signature input as the feature tf.io.parse_example would give (absent where missing)."""
+    if spec.dtype == tf.string:
+        present = tf.not_equal(value, "")
+    else:
+        present = tf.logical_not(tf.math.is_nan(value))
+        value = tf.cast(value, spec.dtype)
+    if isinstance(spec, tf.io.FixedLenFeature):
+        return tf.reshape(value, [-1] + list(spec.shape))
+    rows = tf.where(present)
+    return tf.SparseTensor(
+        indices=tf.concat([rows, tf.zeros_like(rows)], axis=1),
+        values=tf.boolean_mask(value, present),
+        dense_shape=tf.stack([tf.size(value, out_type=tf.int64), tf.constant(1, tf.int64)]),
+    )
+
+
+def export_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
+    """serving_default (serialized tf.Example), serving_raw (one tensor per raw feature), transform_features."""
+    # The transform layer is tracked on the model so that tf.saved_model.save exports its assets.
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    serving_spec = {k: v for k, v in raw_spec.items() if k != F.TIPS_KEY}
+
+    def predict(raw_features):
+        transformed = model.tft_layer(raw_features)
+        return {OUTPUT_KEY: model(_model_inputs(transformed))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_tf_examples(serialized):
+        return predict(tf.io.parse_example(serialized, serving_spec))
+
+    @tf.function(input_signature=_raw_input_specs(serving_spec))
+    def serve_raw(*tensors):
+        return predict({name: _raw_feature(value, serving_spec[name]) for name, value in zip(sorted(serving_spec), tensors)})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(serialized):
+        return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
+
+    return {
+        SERVING_SIGNATURE: serve_tf_examples,
+        RAW_SIGNATURE: serve_raw,
+        TRANSFORM_SIGNATURE: transform_features,
+    }

@@ -1,0 +1,49 @@
+"""Trainer's run_fn (by dotted path): resolve hyperparameters, fit, export. The parts live in model.py."""
+import tensorflow as tf
+import tensorflow_transform as tft
+from absl import logging
+from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
+from tfx_bsl.tfxio import dataset_options
+
+from modules import features as F
+from modules import hparams as H
+from modules import model as M
+
+# Keras prints one line per epoch; train_steps are split into this many epochs so long training shows progress.
+EPOCHS = 5
+
+
+def dataset(file_pattern, data_accessor: DataAccessor, tf_transform_output: tft.TFTransformOutput,
+            batch_size: int) -> tf.data.Dataset:
+    """Transformed (features, label) batches, repeated (steps are counted by the caller)."""
+    return data_accessor.tf_dataset_factory(
+        file_pattern,
+        dataset_options.TensorFlowDatasetOptions(batch_size=batch_size, label_key=F.LABEL_KEY),
+        tf_transform_output.transformed_metadata.schema,
+    ).repeat()
+
+
+def batch_size(fn_args: FnArgs) -> int:
+    return int((fn_args.custom_config or {}).get("batch_size", 128))
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    hp = H.resolve(fn_args.hyperparameters)
+    logging.info("Training with hyperparameters %s", hp.values)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    train = dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size(fn_args))
+    evaluation = dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size(fn_args))
+
+    model = M.build_keras_model(hp)
+    epochs = min(EPOCHS, fn_args.train_steps)
+    model.fit(
+        train,
+        epochs=epochs,
+        steps_per_epoch=max(1, fn_args.train_steps // epochs),
+        validation_data=evaluation,
+        validation_steps=fn_args.eval_steps,
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
+        verbose=2,
+    )
+    signatures = M.export_signatures(model, tf_transform_output)
+    tf.saved_model.save(model, fn_args.serving_model_dir, signatures=signatures)

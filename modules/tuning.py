@@ -1,0 +1,35 @@
+"""Tuner's tuner_fn (by dotted path): Keras Tuner random search over hparams.search_space()."""
+import keras_tuner
+import tensorflow_transform as tft
+from tfx.components.trainer.fn_args_utils import FnArgs
+from tfx.components.tuner.component import TunerFnResult
+
+from modules import hparams as H
+from modules import model as M
+from modules import training as T
+
+
+def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
+    """custom_config: max_trials (the search budget), batch_size; steps come from train_args/eval_args."""
+    config = fn_args.custom_config or {}
+    tuner = keras_tuner.RandomSearch(
+        M.build_keras_model,
+        hyperparameters=H.search_space(),
+        objective=keras_tuner.Objective("val_auc", direction="max"),
+        max_trials=int(config.get("max_trials", 4)),
+        seed=int(config.get("seed", 42)),
+        directory=fn_args.working_dir,
+        project_name="taxi_tuning",
+    )
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    batch_size = T.batch_size(fn_args)
+    return TunerFnResult(
+        tuner=tuner,
+        fit_kwargs={
+            "x": T.dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size),
+            "validation_data": T.dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size),
+            "steps_per_epoch": fn_args.train_steps,
+            "validation_steps": fn_args.eval_steps,
+            "verbose": 2,
+        },
+    )

@@ -1,0 +1,221 @@
+"""The one typed configuration: pipeline/config.yaml (defaults + a profile), a user overlay, env overrides.
+
+Nothing is read at import time; call load_config(). Every error names the key and the problem.
+"""
+import dataclasses
+import difflib
+import glob
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Mapping, Optional
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE = Path(__file__).resolve().parent / "config.yaml"
+
+ENV_PREFIX = "TFX_E2E_"
+ENV_PROFILE = "TFX_E2E_PROFILE"
+ENV_CONFIG = "TFX_E2E_CONFIG"
+ENV_PATHS = {"TFX_E2E_DATA_ROOT": "data_root", "TFX_E2E_OUTPUT_ROOT": "output_root"}
+DEFAULT_PROFILE = "local"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: int
+    eval: int
+
+
+@dataclass(frozen=True)
+class TunerConfig:
+    enabled: bool
+    max_trials: int
+    train_steps: int
+    eval_steps: int
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    train_steps: int
+    eval_steps: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    auc_lower_bound: float
+    auc_max_drop: float
+    slices: List[str]
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    pipeline_name: str
+    model_name: str
+    data_root: str
+    output_root: str
+    schema_path: str
+    enable_cache: bool
+    split: SplitConfig
+    beam_pipeline_args: List[str]
+    tuner: TunerConfig
+    trainer: TrainerConfig
+    evaluator: EvaluatorConfig
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_root, "pipelines", self.pipeline_name)
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.output_root, "metadata", self.pipeline_name, "metadata.db")
+
+    @property
+    def serving_model_dir(self) -> str:
+        """TF Serving's model_base_path: <output_root>/serving/<model_name>/<version>/."""
+        return os.path.join(self.output_root, "serving", self.model_name)
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _merge(base: dict, overlay: Mapping, where: str) -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value, where)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls, values, path: str, source: str):
+    """Builds dataclass `cls` from a dict, checking unknown/missing keys and every type."""
+    prefix = f"{path}." if path else ""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {path or 'config'}: expected a mapping, got {type(values).__name__} {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(sorted(fields))})"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name in fields:
+        if name not in values:
+            raise ConfigError(f"{source}: missing key '{prefix}{name}'")
+        kwargs[name] = _check(hints[name], values[name], f"{prefix}{name}", source)
+    return cls(**kwargs)
+
+
+def _check(tp, value, key: str, source: str):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, source)
+    if typing.get_origin(tp) in (list, List):
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check(item_type, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return float(value) if tp is float else value
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{what}: {path} must hold a mapping of settings")
+    return dict(data)
+
+
+def _validate(config: Config) -> None:
+    if config.split.train < 1 or config.split.eval < 1:
+        raise ConfigError(f"split: train and eval need at least one hash bucket each, got {config.split}")
+    for section, keys in (("tuner", ("max_trials", "train_steps", "eval_steps")),
+                          ("trainer", ("train_steps", "eval_steps", "batch_size"))):
+        for key in keys:
+            if getattr(getattr(config, section), key) < 1:
+                raise ConfigError(f"{section}.{key}: must be at least 1, got {getattr(getattr(config, section), key)}")
+    if not 0.0 <= config.evaluator.auc_lower_bound <= 1.0:
+        raise ConfigError(f"evaluator.auc_lower_bound: must be within [0, 1], got {config.evaluator.auc_lower_bound}")
+    if config.evaluator.auc_max_drop < 0:
+        raise ConfigError(f"evaluator.auc_max_drop: must be >= 0, got {config.evaluator.auc_max_drop}")
+    if not _is_uri(config.schema_path) and not os.path.isfile(config.schema_path):
+        raise ConfigError(f"schema_path: file not found: {config.schema_path}")
+    if not _is_uri(config.data_root):
+        if not os.path.isdir(config.data_root):
+            raise ConfigError(f"data_root: directory not found: {config.data_root}")
+        csvs = sorted(glob.glob(os.path.join(config.data_root, "*.csv")))
+        if not csvs:
+            raise ConfigError(f"data_root: no *.csv files in {config.data_root}")
+        empty = [p for p in csvs if os.path.getsize(p) == 0]
+        if empty:
+            raise ConfigError(f"data_root: empty CSV file(s): {', '.join(empty)}")
+
+
+def _absolute(path: str, base: Path) -> str:
+    return path if _is_uri(path) else str((base / path).resolve())
+
+
+def load_config(profile: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
+    """Loads the configuration for `profile` (default: $TFX_E2E_PROFILE, else 'local')."""
+    env = os.environ if env is None else env
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in {ENV_PROFILE, ENV_CONFIG, *ENV_PATHS})
+    if unknown:
+        known = ", ".join(sorted({ENV_PROFILE, ENV_CONFIG, *ENV_PATHS}))
+        raise ConfigError(f"environment: unknown variable(s) {', '.join(unknown)} (known: {known})")
+
+    document = _read_yaml(CONFIG_FILE, "config")
+    profiles = document.get("profiles") or {}
+    profile = profile or env.get(ENV_PROFILE) or DEFAULT_PROFILE
+    if profile not in profiles:
+        raise ConfigError(f"{ENV_PROFILE}: unknown profile '{profile}' (known: {', '.join(sorted(profiles))})")
+    values = _merge(document.get("defaults") or {}, profiles[profile] or {}, profile)
+    for key in ("data_root", "output_root", "schema_path"):
+        if isinstance(values.get(key), str):
+            values[key] = _absolute(values[key], REPO_ROOT)
+    source = f"{CONFIG_FILE.name} (profile '{profile}')"
+
+    if env.get(ENV_CONFIG):
+        overlay_path = Path(env[ENV_CONFIG])
+        overlay = _read_yaml(overlay_path, ENV_CONFIG)
+        for key in ("data_root", "output_root", "schema_path"):
+            if isinstance(overlay.get(key), str):
+                overlay[key] = _absolute(overlay[key], overlay_path.resolve().parent)
+        values = _merge(values, overlay, str(overlay_path))
+        source += f" + {overlay_path}"
+    for variable, key in ENV_PATHS.items():
+        if env.get(variable):
+            values[key] = _absolute(env[variable], Path.cwd())
+            source += f" + {variable}"
+
+    config = _build(Config, {**values, "profile": profile}, "", source)
+    _validate(config)
+    return config

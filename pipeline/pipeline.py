@@ -1,0 +1,109 @@
+"""create_pipeline(config): the only place that knows the DAG."""
+import hashlib
+from pathlib import Path
+
+from tfx.v1.components import (CsvExampleGen, Evaluator, ExampleValidator, ImportSchemaGen, Pusher, StatisticsGen,
+                            Trainer, Transform, Tuner)
+from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.common import resolver
+from tfx.orchestration import metadata, pipeline
+from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
+from tfx.types import Channel
+from tfx.types.standard_artifacts import Model, ModelBlessing
+
+import modules
+from pipeline import baseline, evaluation
+from pipeline.config import Config
+from pipeline.gate import DataGate
+from pipeline.pusher import AtomicPushExecutor
+
+# Module functions by dotted path into the installed package (no module_file upload).
+PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
+TUNER_FN = "modules.tuning.tuner_fn"
+RUN_FN = "modules.training.run_fn"
+
+RESOLVER_ID = "latest_blessed_model_resolver"
+
+
+def module_fingerprint() -> str:
+    """SHA-256 of modules/*.py. Passed in custom_config: with a dotted path instead of a
+    module_file, TFX's cache would otherwise not notice a change to the training code."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(modules.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def create_pipeline(config: Config) -> pipeline.Pipeline:
+    fingerprint = module_fingerprint()
+
+    example_gen = CsvExampleGen(
+        input_base=config.data_root,
+        output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=config.split.train),
+            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=config.split.eval),
+        ])))
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = ImportSchemaGen(schema_file=config.schema_path)
+    example_validator = ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    data_gate = DataGate(anomalies=example_validator.outputs["anomalies"]).with_id("DataGate")
+
+    transform = Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"module_fingerprint": fingerprint})
+    transform.add_upstream_node(data_gate)
+
+    training_inputs = dict(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+    )
+    tuner = None
+    if config.tuner.enabled:
+        tuner = Tuner(
+            tuner_fn=TUNER_FN,
+            train_args=trainer_pb2.TrainArgs(num_steps=config.tuner.train_steps),
+            eval_args=trainer_pb2.EvalArgs(num_steps=config.tuner.eval_steps),
+            custom_config={"max_trials": config.tuner.max_trials, "batch_size": config.trainer.batch_size,
+                           "module_fingerprint": fingerprint},
+            **training_inputs)
+    trainer = Trainer(
+        run_fn=RUN_FN,
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
+        train_args=trainer_pb2.TrainArgs(num_steps=config.trainer.train_steps),
+        eval_args=trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps),
+        custom_config={"batch_size": config.trainer.batch_size, "module_fingerprint": fingerprint},
+        **training_inputs)
+
+    model_resolver = resolver.Resolver(
+        strategy_class=baseline.LatestBlessedBaselineStrategy,
+        model=Channel(type=Model),
+        model_blessing=Channel(type=ModelBlessing),
+        candidate=trainer.outputs["model"],
+    ).with_id(RESOLVER_ID)
+    evaluator = Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs[baseline.MODEL],
+        schema=schema_gen.outputs["schema"],
+        example_splits=["eval"],
+        eval_config=evaluation.eval_config(config.evaluator))
+    pusher = Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_model_dir)),
+        custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPushExecutor))
+
+    components = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
+                  *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
+    return pipeline.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(config.metadata_path),
+        beam_pipeline_args=config.beam_pipeline_args,
+    )

@@ -1,0 +1,159 @@
+"""The end-of-run summary, read back from ML Metadata: each component's status and duration,
+anomalies, metrics against thresholds with the blessing decision, and what was pushed."""
+import collections
+import sys
+from typing import Dict, List, NamedTuple, Optional
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
+from tfx.dsl.compiler import constants
+from tfx.types import artifact_utils
+
+from pipeline import evaluation, gate
+from pipeline.config import Config
+from pipeline.pusher import ALREADY_SERVED
+
+_STATE = {
+    metadata_store_pb2.Execution.COMPLETE: "ran",
+    metadata_store_pb2.Execution.CACHED: "cached",
+    metadata_store_pb2.Execution.FAILED: "FAILED",
+    metadata_store_pb2.Execution.RUNNING: "running",
+    metadata_store_pb2.Execution.CANCELED: "canceled",
+}
+
+
+class NodeRun(NamedTuple):
+    node_id: str
+    status: str
+    seconds: float
+    outputs: Dict[str, List[metadata_store_pb2.Artifact]]
+    error: str
+
+
+def open_store(config: Config) -> mlmd.MetadataStore:
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = config.metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return mlmd.MetadataStore(connection)
+
+
+def latest_run(store: mlmd.MetadataStore, config: Config, since: float = 0.0) -> Dict[str, NodeRun]:
+    """node id -> NodeRun for the newest pipeline run of this pipeline started after `since` (epoch seconds)."""
+    node_prefix = f"{config.pipeline_name}."
+    node_contexts = {c.id: c.name[len(node_prefix):]
+                     for c in store.get_contexts_by_type(constants.NODE_CONTEXT_TYPE_NAME)
+                     if c.name.startswith(node_prefix)}
+    runs = [c for c in store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME)
+            if c.create_time_since_epoch >= since * 1000 - 1000]
+    if not runs:
+        return {}
+    run = max(runs, key=lambda c: c.create_time_since_epoch)
+    executions = store.get_executions_by_context(run.id)
+    nodes = {}
+    for execution in executions:
+        node_ids = [node_contexts[c.id] for c in store.get_contexts_by_execution(execution.id) if c.id in node_contexts]
+        if not node_ids:
+            continue
+        outputs = collections.defaultdict(list)
+        events = [e for e in store.get_events_by_execution_ids([execution.id])
+                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.PENDING_OUTPUT)]
+        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        for event in events:
+            outputs[event.path.steps[0].key].append(artifacts[event.artifact_id])
+        error = execution.custom_properties.get("__execution_result__")
+        nodes[node_ids[0]] = NodeRun(
+            node_id=node_ids[0],
+            status=_STATE.get(execution.last_known_state, "unknown"),
+            seconds=(execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000,
+            outputs=dict(outputs),
+            error=error.string_value if error else "",
+        )
+    return nodes
+
+
+def _tfx_artifact(store, proto: metadata_store_pb2.Artifact):
+    artifact_type = store.get_artifact_types_by_id([proto.type_id])[0]
+    return artifact_utils.deserialize_artifact(artifact_type, proto)
+
+
+def _prop(artifact: metadata_store_pb2.Artifact, key: str):
+    value = artifact.custom_properties.get(key)
+    if value is None:
+        return None
+    return value.int_value if value.HasField("int_value") else value.string_value
+
+
+def print_summary(config: Config, started: float, error: Optional[BaseException], out=sys.stdout) -> bool:
+    """Prints the summary of the run started at `started`; returns True if it completed."""
+    import time
+
+    store = open_store(config)
+    nodes = latest_run(store, config, since=started)
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p("\n" + "=" * 72)
+    p(f"Run summary — pipeline '{config.pipeline_name}' (profile '{config.profile}'), "
+      f"{time.time() - started:.1f} s wall")
+    p("=" * 72)
+    from pipeline.pipeline import create_pipeline  # component order
+    order = [c.id for c in create_pipeline(config).components]
+    for node_id in order:
+        node = nodes.get(node_id)
+        if node is None:
+            p(f"  {node_id:<32} {'not run':<8}")
+        else:
+            p(f"  {node_id:<32} {node.status:<8} {node.seconds:7.1f} s")
+
+    ok = error is None and all(n.status in ("ran", "cached") for n in nodes.values())
+
+    validator = nodes.get("ExampleValidator")
+    if validator and validator.outputs.get("anomalies"):
+        anomalies = gate.read_anomalies(_tfx_artifact(store, validator.outputs["anomalies"][0]))
+        p("")
+        p(gate.format_anomalies(anomalies) if anomalies else "Data: no anomalies against schema " + config.schema_path)
+
+    evaluator = nodes.get("Evaluator")
+    if evaluator and evaluator.outputs.get("evaluation") and evaluator.outputs.get("blessing"):
+        blessed = _prop(evaluator.outputs["blessing"][0], "blessed") == 1
+        report = evaluation.explain_blessing(evaluator.outputs["evaluation"][0].uri, blessed, config.evaluator)
+        p("\nEvaluation (eval split, overall):")
+        for name in ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration"):
+            if name in report.metrics:
+                p(f"  {name:<16} {report.metrics[name]:.4f}")
+        p(f"\nModel {'BLESSED' if blessed else 'NOT blessed'}:")
+        for check in report.checks:
+            p(f"  [{'pass' if check.passed else 'FAIL'}] {check.description}")
+        for failure in report.failures:
+            p(f"  [FAIL] {failure}")
+
+    pusher = nodes.get("Pusher")
+    if pusher and pusher.outputs.get("pushed_model"):
+        pushed = pusher.outputs["pushed_model"][0]
+        if _prop(pushed, "pushed") == 1:
+            version, path = _prop(pushed, "pushed_version"), _prop(pushed, "pushed_destination")
+            if pusher.status == "cached" or _prop(pushed, ALREADY_SERVED) == 1:
+                p(f"\nNothing new to push: this model is already served as version {version} ({path}).")
+            else:
+                p(f"\nPushed version {version} to {path}")
+            p("Serve it with TF Serving (model_base_path is the parent of the version directory):")
+            p(f"  docker run -p 127.0.0.1:8501:8501 -v {config.serving_model_dir}:/models/{config.model_name} "
+              f"-e MODEL_NAME={config.model_name} tensorflow/serving:2.16.1")
+        else:
+            p("\nNothing pushed: the model was not blessed.")
+
+    failed = [n for n in nodes.values() if n.status == "FAILED"]
+    if error is not None or failed:
+        p("")
+        for node in failed:
+            p(f"FAILED: {node.node_id}")
+        if error is not None:
+            cause = _gate_error(error)
+            if cause is None:
+                p("The run did not complete; see the error below.")
+    p("")
+    p("Result: " + ("OK" if ok else "FAILED"))
+    return ok
+
+
+def _gate_error(error):
+    from pipeline.run import _root_cause
+    return _root_cause(error)
