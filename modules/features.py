@@ -4,8 +4,13 @@ Shared by preprocessing_fn, the model and the serving signatures, so a feature
 is renamed or re-encoded in exactly one place.
 """
 
-# Floats scaled to z-scores (missing values imputed with the training mean).
+# Heavy-tailed amounts (fares up to $700, trips up to 1,700 miles): log1p, then z-score.
+# Missing values are imputed with the training mean of log1p(x).
 DENSE_FLOAT_FEATURES = ("fare", "trip_miles", "trip_seconds")
+# Whether a tip exceeds 20% hinges on the exact fare (fixed tip amounts, meter steps):
+# the fare is also bucketized finely by quantiles and embedded.
+FARE_BUCKET_KEY = "fare_bucket"
+FARE_BUCKET_COUNT = 50
 
 # Strings mapped through a vocabulary; unseen values land in OOV buckets.
 VOCAB_FEATURES = ("payment_type", "company")
@@ -27,18 +32,15 @@ CATEGORICAL_FEATURES = {
     "dropoff_community_area": 77,
 }
 
-# Census tracts are 11-digit ids: a vocabulary, not an embedding table indexed by value.
-TRACT_FEATURES = ("pickup_census_tract", "dropoff_census_tract")
-TRACT_VOCAB_SIZE = 500
-
 FARE_KEY = "fare"
 TIPS_KEY = "tips"
 # Label: the passenger tipped more than 20% of the fare ("big tipper").
 LABEL_KEY = "big_tipper"
 BIG_TIP_FRACTION = 0.2
 
-# Raw columns that are read but not used as model inputs.
-UNUSED_RAW_FEATURES = ("trip_start_timestamp",)
+# Raw columns validated by the schema but not used by the model: the timestamp, and census
+# tracts (11-digit ids, pickup tract missing in nearly every row) that only let it memorise.
+UNUSED_RAW_FEATURES = ("trip_start_timestamp", "pickup_census_tract", "dropoff_census_tract")
 
 
 def transformed_name(key: str) -> str:
@@ -53,8 +55,8 @@ def categorical_sizes() -> dict:
     """Transformed categorical feature -> number of ids the model must embed."""
     sizes = {transformed_name(k): max_id + 2 for k, max_id in CATEGORICAL_FEATURES.items()}
     sizes.update({transformed_name(k): VOCAB_SIZE + OOV_BUCKETS for k in VOCAB_FEATURES})
-    sizes.update({transformed_name(k): TRACT_VOCAB_SIZE + OOV_BUCKETS for k in TRACT_FEATURES})
     sizes.update({transformed_name(k): BUCKET_COUNT + 1 for k in BUCKET_FEATURES})
+    sizes[transformed_name(FARE_BUCKET_KEY)] = FARE_BUCKET_COUNT
     return sizes
 
 

@@ -38,21 +38,20 @@ def preprocessing_fn(inputs, custom_config=None):
     outputs = {}
 
     for key in F.DENSE_FLOAT_FEATURES:
+        # Negative amounts are invalid (the schema says so); clamp before the log.
+        logged = tf.math.log1p(tf.maximum(_present_values(inputs[key], tf.float32), 0.0))
         # Impute with the training mean, so a missing value scales to 0.
-        mean = tft.mean(_present_values(inputs[key], tf.float32))
-        values, _ = _dense(inputs[key], mean, tf.float32)
+        values, present = _dense(inputs[key], 0.0, tf.float32)
+        values = tf.where(present, tf.math.log1p(tf.maximum(values, 0.0)), tft.mean(logged))
         outputs[F.transformed_name(key)] = tft.scale_to_z_score(values)
+
+    fare, _ = _dense(inputs[F.FARE_KEY], 0.0, tf.float32)
+    outputs[F.transformed_name(F.FARE_BUCKET_KEY)] = tft.bucketize(fare, F.FARE_BUCKET_COUNT, epsilon=0.001)
 
     for key in F.VOCAB_FEATURES:
         values, _ = _dense(inputs[key], F.MISSING_STRING)
         outputs[F.transformed_name(key)] = tft.compute_and_apply_vocabulary(
             values, top_k=F.VOCAB_SIZE, num_oov_buckets=F.OOV_BUCKETS, vocab_filename=F.vocab_filename(key))
-
-    for key in F.TRACT_FEATURES:
-        values, present = _dense(inputs[key], 0, tf.int64)
-        as_text = tf.where(present, tf.strings.as_string(values), F.MISSING_STRING)
-        outputs[F.transformed_name(key)] = tft.compute_and_apply_vocabulary(
-            as_text, top_k=F.TRACT_VOCAB_SIZE, num_oov_buckets=F.OOV_BUCKETS, vocab_filename=F.vocab_filename(key))
 
     for key in F.BUCKET_FEATURES:
         # Quantile boundaries from present values only; a missing coordinate gets bucket BUCKET_COUNT.
@@ -66,7 +65,6 @@ def preprocessing_fn(inputs, custom_config=None):
         valid = present & (values >= 0) & (values <= max_id)
         outputs[F.transformed_name(key)] = tf.where(valid, values, tf.constant(max_id + 1, tf.int64))
 
-    fare, _ = _dense(inputs[F.FARE_KEY], 0.0, tf.float32)
     tips, _ = _dense(inputs[F.TIPS_KEY], 0.0, tf.float32)
     # A missing fare or tip counts as no big tip.
     outputs[F.LABEL_KEY] = tf.cast(tips > F.BIG_TIP_FRACTION * fare, tf.int64)

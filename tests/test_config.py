@@ -1,0 +1,93 @@
+"""Configuration: profiles, overlays, env overrides, and every documented error."""
+import os
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+SMALL_DATA = os.path.join(os.path.dirname(__file__), "data", "taxi_small")
+
+
+def _env(tmp_path, overlay=None, **extra):
+    env = {"TFX_E2E_OUTPUT_ROOT": str(tmp_path / "out")}
+    if overlay is not None:
+        path = tmp_path / "overlay.yaml"
+        path.write_text(overlay)
+        env["TFX_E2E_CONFIG"] = str(path)
+    env.update(extra)
+    return env
+
+
+def test_local_profile_defaults_and_derived_paths(tmp_path):
+    config = load_config(env=_env(tmp_path))
+    assert config.profile == "local"
+    assert config.data_root.endswith(os.path.join("data", "taxi"))
+    assert config.tuner.enabled is True
+    assert config.output_root == str(tmp_path / "out")
+    assert config.metadata_path == str(tmp_path / "out" / "metadata" / "chicago-taxi" / "metadata.db")
+    assert config.serving_model_dir == str(tmp_path / "out" / "serving" / "chicago_taxi")
+    assert config.pipeline_root == str(tmp_path / "out" / "pipelines" / "chicago-taxi")
+
+
+def test_env_overrides_and_overlay(tmp_path):
+    config = load_config(env=_env(tmp_path, "trainer: {train_steps: 7}\ntuner: {enabled: false}\n",
+                                  TFX_E2E_DATA_ROOT=SMALL_DATA))
+    assert config.data_root == os.path.abspath(SMALL_DATA)
+    assert config.trainer.train_steps == 7
+    assert config.trainer.batch_size == 128  # untouched keys keep the profile's values
+    assert config.tuner.enabled is False
+
+
+@pytest.mark.parametrize("overlay, message", [
+    ("trainer: {trian_steps: 5}\n", "unknown key 'trainer.trian_steps' (did you mean 'trainer.train_steps'?)"),
+    ("trainer: {train_steps: many}\n", "trainer.train_steps: expected int, got str 'many'"),
+    ("tuner: {enabled: 'yes'}\n", "tuner.enabled: expected bool, got str 'yes'"),
+    ("evaluator: {slices: payment_type}\n", "evaluator.slices: expected a list, got str 'payment_type'"),
+    ("evaluator: {auc_lower_bound: 1.5}\n", "evaluator.auc_lower_bound: must be within [0, 1], got 1.5"),
+    ("trainer: {batch_size: 0}\n", "trainer.batch_size: must be at least 1, got 0"),
+    ("pipeline_nmae: x\n", "unknown key 'pipeline_nmae' (did you mean 'pipeline_name'?)"),
+    ("trainer: [1, 2]\n", "trainer: expected a mapping, got list"),
+    ("trainer: {train_steps: 5\n", "is not valid YAML"),
+])
+def test_overlay_errors_name_the_key(tmp_path, overlay, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(env=_env(tmp_path, overlay))
+    assert message in str(error.value)
+
+
+def test_missing_data_root(tmp_path):
+    with pytest.raises(ConfigError, match=r"data_root: directory not found: .*nowhere"):
+        load_config(env=_env(tmp_path, TFX_E2E_DATA_ROOT=str(tmp_path / "nowhere")))
+
+
+def test_data_root_without_csv(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"data_root: no \*\.csv files in .*empty"):
+        load_config(env=_env(tmp_path, TFX_E2E_DATA_ROOT=str(tmp_path / "empty")))
+
+
+def test_empty_csv_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "trips.csv").write_text("")
+    with pytest.raises(ConfigError, match=r"data_root: empty CSV file\(s\): .*trips\.csv"):
+        load_config(env=_env(tmp_path, TFX_E2E_DATA_ROOT=str(tmp_path / "data")))
+
+
+def test_unknown_profile(tmp_path):
+    with pytest.raises(ConfigError, match=r"TFX_E2E_PROFILE: unknown profile 'lcoal' \(known: .*local"):
+        load_config(env=_env(tmp_path, TFX_E2E_PROFILE="lcoal"))
+
+
+def test_unknown_environment_variable_is_a_typo(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown variable\(s\) TFX_E2E_DATAROOT"):
+        load_config(env=_env(tmp_path, TFX_E2E_DATAROOT="/tmp"))
+
+
+def test_overlay_file_not_found(tmp_path):
+    with pytest.raises(ConfigError, match=r"TFX_E2E_CONFIG: file not found: .*nope\.yaml"):
+        load_config(env=_env(tmp_path, TFX_E2E_CONFIG=str(tmp_path / "nope.yaml")))
+
+
+def test_missing_schema_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"schema_path: file not found: .*missing\.pbtxt"):
+        load_config(env=_env(tmp_path, f"schema_path: {tmp_path / 'missing.pbtxt'}\n"))

@@ -1,0 +1,47 @@
+"""The atomic, deduplicating push (pipeline/pusher.py) on real directories."""
+import os
+
+from pipeline import pusher
+
+
+def _model(root, content=b"graph"):
+    os.makedirs(os.path.join(root, "variables"), exist_ok=True)
+    with open(os.path.join(root, "saved_model.pb"), "wb") as f:
+        f.write(content)
+    with open(os.path.join(root, "variables", "variables.index"), "wb") as f:
+        f.write(b"index")
+    return root
+
+
+def test_push_writes_a_complete_integer_version_and_no_temporary(tmp_path):
+    model = _model(str(tmp_path / "model"))
+    base = str(tmp_path / "serving" / "taxi")
+    version = pusher.push_atomically(model, base)
+    assert os.listdir(base) == [str(version)]
+    assert sorted(os.listdir(os.path.join(base, str(version)))) == ["saved_model.pb", "variables"]
+    assert pusher.model_digest(os.path.join(base, str(version))) == pusher.model_digest(model)
+
+
+def test_versions_always_increase(tmp_path):
+    base = str(tmp_path / "serving")
+    os.makedirs(os.path.join(base, "9999999999"))  # a version from the future
+    version = pusher.push_atomically(_model(str(tmp_path / "m")), base)
+    assert version == 10000000000
+    assert pusher.served_versions(base) == [9999999999, 10000000000]
+
+
+def test_identical_model_is_found_and_changed_model_is_not(tmp_path):
+    base = str(tmp_path / "serving")
+    version = pusher.push_atomically(_model(str(tmp_path / "a")), base)
+    assert pusher.find_identical_version(base, _model(str(tmp_path / "b"))) == version
+    assert pusher.find_identical_version(base, _model(str(tmp_path / "c"), b"other graph")) is None
+
+
+def test_failed_copy_leaves_nothing_behind(tmp_path):
+    base = str(tmp_path / "serving")
+    missing = str(tmp_path / "no-such-model")
+    try:
+        pusher.push_atomically(missing, base)
+    except OSError:
+        pass
+    assert os.listdir(base) == []
