@@ -19,6 +19,7 @@ CONFIG_FILE = Path(__file__).resolve().parent / "config.yaml"
 ENV_PREFIX = "TFX_E2E_"
 ENV_PROFILE = "TFX_E2E_PROFILE"
 ENV_CONFIG = "TFX_E2E_CONFIG"
+ENV_ALWAYS_RUN = "TFX_E2E_ALWAYS_RUN"  # 1: run the orchestrator even when nothing changed
 ENV_PATHS = {"TFX_E2E_DATA_ROOT": "data_root", "TFX_E2E_OUTPUT_ROOT": "output_root"}
 DEFAULT_PROFILE = "local"
 
@@ -187,9 +188,9 @@ def _absolute(path: str, base: Path) -> str:
 def load_config(profile: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
     """Loads the configuration for `profile` (default: $TFX_E2E_PROFILE, else 'local')."""
     env = os.environ if env is None else env
-    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in {ENV_PROFILE, ENV_CONFIG, *ENV_PATHS})
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, *ENV_PATHS})
     if unknown:
-        known = ", ".join(sorted({ENV_PROFILE, ENV_CONFIG, *ENV_PATHS}))
+        known = ", ".join(sorted({ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, *ENV_PATHS}))
         raise ConfigError(f"environment: unknown variable(s) {', '.join(unknown)} (known: {known})")
 
     document = _read_yaml(CONFIG_FILE, "config")

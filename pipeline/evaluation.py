@@ -1,6 +1,5 @@
 """The TFMA EvalConfig (metrics, slices, thresholds) and a readable reason for each blessing decision."""
-import os
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple
 
 import tensorflow_model_analysis as tfma
 
@@ -43,49 +42,53 @@ def eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
 
 
 class Check(NamedTuple):
-    """One threshold test on the overall slice: what was compared and whether it passed."""
+    """One threshold test on the overall slice, stated with its numbers."""
     description: str
     passed: bool
 
 
 class BlessingReport(NamedTuple):
-    blessed: bool
-    metrics: dict            # overall slice: metric name -> value
-    baseline_metrics: dict   # overall slice of the baseline model, if there was one
+    metrics: dict           # candidate, overall slice: metric name -> value
+    baseline_metrics: dict  # the baseline model's, when there was one
     checks: List[Check]
-    failures: List[str]      # TFMA's own messages for failed thresholds, any slice
+    failures: List[str]     # TFMA's failed thresholds, any slice
 
 
 def _describe_failure(slice_key, failure) -> str:
-    where = ", ".join(f"{k.column}={getattr(k, k.WhichOneof('kind'))!r}" for k in slice_key.single_slice_keys) or "overall"
+    where = ", ".join(f"{k.column}={getattr(k, k.WhichOneof('kind'))!r}" for k in slice_key.single_slice_keys)
     threshold = failure.metric_threshold
-    bound = (f"change vs baseline {threshold.change_threshold}" if threshold.HasField("change_threshold")
-             else f"value {threshold.value_threshold}").replace("\n", " ").strip()
-    value = failure.metric_value.double_value.value
+    kind = "change vs baseline" if threshold.HasField("change_threshold") else "value"
+    bound = str(threshold.change_threshold if threshold.HasField("change_threshold") else threshold.value_threshold)
     name = failure.metric_key.name + (" (diff vs baseline)" if failure.metric_key.is_diff else "")
-    return f"{name} = {value:.4f} on {where}: threshold {bound}" + (f" ({failure.message})" if failure.message else "")
+    return (f"{name} = {failure.metric_value.double_value.value:.4f} on {where or 'all examples'}: "
+            f"{kind} threshold {' '.join(bound.split())}" + (f" ({failure.message})" if failure.message else ""))
 
 
-def explain_blessing(evaluation_uri: str, blessed: bool, config: EvaluatorConfig) -> BlessingReport:
-    """Reads the Evaluator's output and states each threshold with its value."""
+def explain_blessing(evaluation_uri: str, config: EvaluatorConfig) -> BlessingReport:
+    """Reads the Evaluator's output and states each threshold next to its value."""
+    metrics, baseline_metrics, diffs = {}, {}, {}
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for entry in per_slice.metric_keys_and_values:
+            if not entry.value.HasField("double_value"):
+                continue
+            key, value = entry.key, entry.value.double_value.value
+            target = diffs if key.is_diff else baseline_metrics if key.model_name == "baseline" else metrics
+            target[key.name] = value
     validation = tfma.load_validation_result(evaluation_uri)
     failures = [_describe_failure(per_slice.slice_key, f)
                 for per_slice in validation.metric_validations_per_slice for f in per_slice.failures]
-    results = tfma.load_eval_result(evaluation_uri)
-    metrics = {}
-    for slice_key, by_output in results.slicing_metrics:
-        if slice_key == ():
-            for name, value in by_output.get("", {}).get("", {}).items():
-                metrics[name] = value.get("doubleValue") if isinstance(value, dict) else value
-    baseline_metrics = {}
-    auc = metrics.get(THRESHOLD_METRIC)
+
     checks = []
+    auc = metrics.get(THRESHOLD_METRIC)
     if auc is not None:
-        checks.append(Check(f"AUC {auc:.4f} >= lower bound {config.auc_lower_bound}", auc >= config.auc_lower_bound))
-    diff = metrics.get(f"{THRESHOLD_METRIC}_diff")
-    if diff is not None:
-        checks.append(Check(f"AUC change vs baseline {diff:+.4f} >= {-config.auc_max_drop:+.4f}",
-                            diff >= -config.auc_max_drop))
+        checks.append(Check(f"AUC {auc:.4f} >= {config.auc_lower_bound} (value threshold)",
+                            auc >= config.auc_lower_bound))
+    if THRESHOLD_METRIC in diffs:
+        diff, base = diffs[THRESHOLD_METRIC], baseline_metrics.get(THRESHOLD_METRIC, float("nan"))
+        checks.append(Check(f"AUC change {diff:+.4f} vs baseline {base:.4f} >= {-config.auc_max_drop:+.4f} "
+                            "(change threshold)", diff >= -config.auc_max_drop))
     else:
-        checks.append(Check("no blessed baseline yet: change threshold not applied", True))
-    return BlessingReport(blessed, metrics, baseline_metrics, checks, failures)
+        checks.append(Check("no blessed baseline yet, so the change threshold does not apply", True))
+    return BlessingReport(metrics, baseline_metrics, checks, failures)

@@ -1,5 +1,4 @@
 """create_pipeline(config): the only place that knows the DAG."""
-import hashlib
 from pathlib import Path
 
 # Not tfx.v1: it imports the Vertex AI SDK, 10 s of start-up on a 2-core machine.
@@ -16,6 +15,7 @@ from tfx.types.standard_artifacts import Model, ModelBlessing
 import modules
 from pipeline import baseline, evaluation
 from pipeline.config import Config
+from pipeline.fingerprint import files_digest
 from pipeline.gate import DataGate
 from pipeline.pusher import AtomicPushExecutor
 
@@ -30,10 +30,7 @@ RESOLVER_ID = "latest_blessed_model_resolver"
 def module_fingerprint() -> str:
     """SHA-256 of modules/*.py. Passed in custom_config: with a dotted path instead of a
     module_file, TFX's cache would otherwise not notice a change to the training code."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(modules.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    return files_digest(Path(modules.__file__).parent.glob("*.py"))
 
 
 def create_pipeline(config: Config) -> pipeline.Pipeline:

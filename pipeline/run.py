@@ -1,19 +1,25 @@
 """What every runner does around its run(): load the configuration, show progress, summarise from ML Metadata.
 
-A runner picks its orchestrator and calls run() once; the exit status is 0 only
-when the pipeline completed.
+A runner picks its orchestrator and calls run() once; the exit status is 0 only when
+the pipeline completed. TensorFlow and TFX are imported only once a run is needed:
+on this kind of machine they take ~15 s to import, longer than an unchanged re-run
+takes to detect.
 """
+import dataclasses
+import glob
+import hashlib
+import io
+import json
 import logging
 import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Optional
 
-from pipeline.config import ConfigError, load_config
-from pipeline.gate import DataGateError
-
-log = logging.getLogger("tfx_e2e")
+from pipeline.config import ENV_ALWAYS_RUN, REPO_ROOT, Config, ConfigError, load_config
+from pipeline.fingerprint import files_digest
 
 
 class _Progress(logging.Handler):
@@ -42,26 +48,66 @@ class _Progress(logging.Handler):
                     print(f"✓ {position} {node} ({elapsed:.1f} s)", flush=True)
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, DataGateError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+def inputs_fingerprint(config: Config) -> Optional[str]:
+    """Everything a run depends on: configuration, data, schema, code, locked dependencies.
+    None when the data is not on this machine (then there is no shortcut)."""
+    if "://" in config.data_root:
+        return None
+    code = [*glob.glob(str(REPO_ROOT / "modules" / "*.py")), *glob.glob(str(REPO_ROOT / "pipeline" / "*.py")),
+            str(REPO_ROOT / "pipeline" / "config.yaml"), str(REPO_ROOT / "requirements" / "lock.txt")]
+    data = glob.glob(os.path.join(config.data_root, "*.csv"))
+    files = [Path(p) for p in code + data + [config.schema_path] if os.path.exists(p)]
+    settings = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()
+    return f"{files_digest(files, root=Path('/'))}-{settings}"
+
+
+def _record_path(config: Config) -> str:
+    return os.path.join(config.output_root, "runs", f"{config.pipeline_name}.last.json")
+
+
+def _unchanged_since_last_run(config: Config, fingerprint: Optional[str]) -> Optional[dict]:
+    try:
+        with open(_record_path(config)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    served = record.get("served_path")
+    if (fingerprint is None or record.get("fingerprint") != fingerprint or not os.path.exists(config.metadata_path)
+            or (served and not os.path.isdir(served))):
+        return None
+    return record
+
+
+def _write_record(config: Config, fingerprint: str, summary_text: str, served_path: Optional[str]) -> None:
+    path = _record_path(config)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "served_path": served_path, "summary": summary_text}, f, indent=1)
+    os.replace(tmp, path)
 
 
 def run(runner, default_profile: str, profile: Optional[str] = None) -> None:
     """Runs the pipeline with `runner` under the chosen profile and exits with its status."""
-    from pipeline.pipeline import create_pipeline
-    from pipeline.summary import print_summary
-
     try:
         config = load_config(profile or os.environ.get("TFX_E2E_PROFILE") or default_profile)
     except ConfigError as e:
         print(f"error: configuration: {e}", file=sys.stderr)
         sys.exit(2)
+
+    fingerprint = inputs_fingerprint(config)
+    record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)
+    if record:
+        print(f"Unchanged since the run that finished {record['finished']}: same data, schema, code, configuration "
+              "and dependencies, so every component would be a cache hit and there is nothing new to push.\n"
+              f"(Set {ENV_ALWAYS_RUN}=1 to run the orchestrator anyway.) That run's summary:")
+        print(record["summary"])
+        sys.exit(0)
+
+    from pipeline.gate import DataGateError
+    from pipeline.pipeline import create_pipeline
+    from pipeline.summary import print_summary
 
     tfx_pipeline = create_pipeline(config)
     progress = _Progress([c.id for c in tfx_pipeline.components])
@@ -81,9 +127,23 @@ def run(runner, default_profile: str, profile: Optional[str] = None) -> None:
     finally:
         absl_logger.removeHandler(progress)
         absl_logger.propagate = True
-    ok = print_summary(config, started, error)
-    if error is not None and not isinstance(_root_cause(error), DataGateError):
+    text = io.StringIO()
+    outcome = print_summary(config, tfx_pipeline, started, error, out=text)
+    print(text.getvalue(), end="")
+    if outcome.ok and fingerprint:
+        _write_record(config, fingerprint, text.getvalue(), outcome.served_path)
+    if error is not None and not isinstance(_root_cause(error, DataGateError), DataGateError):
         # The whole chain: Beam and TFX wrap the error that matters.
         print("\n" + "".join(traceback.format_exception(error)), file=sys.stderr)
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if outcome.ok else 1)
+
+
+def _root_cause(error: BaseException, kind: type) -> Optional[BaseException]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, kind):
+            return error
+        error = error.__cause__ or error.__context__
+    return None

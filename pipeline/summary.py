@@ -2,6 +2,7 @@
 anomalies, metrics against thresholds with the blessing decision, and what was pushed."""
 import collections
 import sys
+import time
 from typing import Dict, List, NamedTuple, Optional
 
 import ml_metadata as mlmd
@@ -83,39 +84,40 @@ def _prop(artifact: metadata_store_pb2.Artifact, key: str):
     return value.int_value if value.HasField("int_value") else value.string_value
 
 
-def print_summary(config: Config, started: float, error: Optional[BaseException], out=sys.stdout) -> bool:
-    """Prints the summary of the run started at `started`; returns True if it completed."""
-    import time
+class Outcome(NamedTuple):
+    ok: bool
+    served_path: Optional[str]  # the version directory serving this run's model, if any
 
+
+def print_summary(config: Config, tfx_pipeline, started: float, error: Optional[BaseException],
+                  out=sys.stdout) -> Outcome:
+    """Prints the summary of the run that started at `started` (epoch seconds)."""
     store = open_store(config)
     nodes = latest_run(store, config, since=started)
-    p = lambda *a: print(*a, file=out)  # noqa: E731
-    p("\n" + "=" * 72)
-    p(f"Run summary — pipeline '{config.pipeline_name}' (profile '{config.profile}'), "
-      f"{time.time() - started:.1f} s wall")
-    p("=" * 72)
-    from pipeline.pipeline import create_pipeline  # component order
-    order = [c.id for c in create_pipeline(config).components]
-    for node_id in order:
-        node = nodes.get(node_id)
-        if node is None:
-            p(f"  {node_id:<32} {'not run':<8}")
-        else:
-            p(f"  {node_id:<32} {node.status:<8} {node.seconds:7.1f} s")
 
-    ok = error is None and all(n.status in ("ran", "cached") for n in nodes.values())
+    def p(*parts):
+        print(*parts, file=out)
+
+    p("\n" + "=" * 72)
+    p(f"Run summary: pipeline '{config.pipeline_name}', profile '{config.profile}', "
+      f"{time.time() - started:.1f} s")
+    p("=" * 72)
+    for component in tfx_pipeline.components:
+        node = nodes.get(component.id)
+        p(f"  {component.id:<32} {node.status:<8} {node.seconds:7.1f} s" if node else f"  {component.id:<32} not run")
+    ok = error is None and bool(nodes) and all(n.status in ("ran", "cached") for n in nodes.values())
 
     validator = nodes.get("ExampleValidator")
     if validator and validator.outputs.get("anomalies"):
         anomalies = gate.read_anomalies(_tfx_artifact(store, validator.outputs["anomalies"][0]))
-        p("")
-        p(gate.format_anomalies(anomalies) if anomalies else "Data: no anomalies against schema " + config.schema_path)
+        p("\n" + (gate.format_anomalies(anomalies) if anomalies
+                  else f"Data: no anomalies against the schema ({config.schema_path})."))
 
     evaluator = nodes.get("Evaluator")
     if evaluator and evaluator.outputs.get("evaluation") and evaluator.outputs.get("blessing"):
         blessed = _prop(evaluator.outputs["blessing"][0], "blessed") == 1
-        report = evaluation.explain_blessing(evaluator.outputs["evaluation"][0].uri, blessed, config.evaluator)
-        p("\nEvaluation (eval split, overall):")
+        report = evaluation.explain_blessing(evaluator.outputs["evaluation"][0].uri, config.evaluator)
+        p("\nEvaluation (eval split, all examples):")
         for name in ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration"):
             if name in report.metrics:
                 p(f"  {name:<16} {report.metrics[name]:.4f}")
@@ -125,35 +127,22 @@ def print_summary(config: Config, started: float, error: Optional[BaseException]
         for failure in report.failures:
             p(f"  [FAIL] {failure}")
 
+    served_path = None
     pusher = nodes.get("Pusher")
     if pusher and pusher.outputs.get("pushed_model"):
         pushed = pusher.outputs["pushed_model"][0]
         if _prop(pushed, "pushed") == 1:
-            version, path = _prop(pushed, "pushed_version"), _prop(pushed, "pushed_destination")
+            version, served_path = _prop(pushed, "pushed_version"), _prop(pushed, "pushed_destination")
             if pusher.status == "cached" or _prop(pushed, ALREADY_SERVED) == 1:
-                p(f"\nNothing new to push: this model is already served as version {version} ({path}).")
+                p(f"\nNothing new to push: this model is already served as version {version} ({served_path}).")
             else:
-                p(f"\nPushed version {version} to {path}")
-            p("Serve it with TF Serving (model_base_path is the parent of the version directory):")
-            p(f"  docker run -p 127.0.0.1:8501:8501 -v {config.serving_model_dir}:/models/{config.model_name} "
+                p(f"\nPushed version {version}: {served_path}")
+            p("Serve it with TF Serving (model_base_path is the directory of versions):")
+            p(f"  docker run --rm -p 127.0.0.1:8501:8501 -v {config.serving_model_dir}:/models/{config.model_name} "
               f"-e MODEL_NAME={config.model_name} tensorflow/serving:2.16.1")
         else:
             p("\nNothing pushed: the model was not blessed.")
 
-    failed = [n for n in nodes.values() if n.status == "FAILED"]
-    if error is not None or failed:
-        p("")
-        for node in failed:
-            p(f"FAILED: {node.node_id}")
-        if error is not None:
-            cause = _gate_error(error)
-            if cause is None:
-                p("The run did not complete; see the error below.")
-    p("")
-    p("Result: " + ("OK" if ok else "FAILED"))
-    return ok
-
-
-def _gate_error(error):
-    from pipeline.run import _root_cause
-    return _root_cause(error)
+    failed = [n.node_id for n in nodes.values() if n.status == "FAILED"]
+    p("\nResult: " + ("OK" if ok else "FAILED" + (f" in {', '.join(failed)}" if failed else "")))
+    return Outcome(ok, served_path)

@@ -1,0 +1,75 @@
+"""Shared fixtures: the pipeline run end to end on the checked-in slice (tests/data/taxi_small,
+3,001 rows of the Chicago taxi sample), with a few training steps so CI stays fast."""
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+SMALL_DATA = TESTS / "data" / "taxi_small"
+
+SMALL_OVERLAY = """
+tuner: {enabled: true, max_trials: 1, train_steps: 20, eval_steps: 5}
+trainer: {train_steps: 150, eval_steps: 10, batch_size: 64}
+evaluator: {auc_lower_bound: 0.6}
+"""
+
+
+class PipelineRun:
+    """Runs pipeline.run.run with LocalDagRunner in this process under a test environment."""
+
+    def __init__(self, root: Path, data_root: Path, overlay: str = SMALL_OVERLAY):
+        self.root = root
+        overlay_path = root / "overlay.yaml"
+        overlay_path.write_text(overlay)
+        self.env = {
+            "TFX_E2E_CONFIG": str(overlay_path),
+            "TFX_E2E_DATA_ROOT": str(data_root),
+            "TFX_E2E_OUTPUT_ROOT": str(root / "output"),
+            "TFX_E2E_ALWAYS_RUN": "1",
+        }
+
+    def config(self):
+        from pipeline.config import load_config
+        return load_config(env=self.env)
+
+    def __call__(self) -> int:
+        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
+        from pipeline.run import run
+
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            run(LocalDagRunner(), default_profile="local")
+        except SystemExit as done:
+            return done.code
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        raise AssertionError("run() must exit with a status")
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory):
+    """A PipelineRun on the small slice; its first run happens here (shared by e2e and model tests)."""
+    runner = PipelineRun(tmp_path_factory.mktemp("e2e"), SMALL_DATA)
+    runner.first_exit_code = runner()
+    return runner
+
+
+def write_csv_variant(source: Path, target_dir: Path, edit) -> Path:
+    """Copies a CSV with `edit(header, rows)` applied; returns the directory (a data root)."""
+    import csv
+
+    target_dir.mkdir(parents=True, exist_ok=True)
+    with open(source, newline="") as f:
+        reader = csv.reader(f)
+        header, rows = next(reader), list(reader)
+    header, rows = edit(header, rows)
+    with open(target_dir / "data.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return target_dir
+
