@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 TFX_VERSION := 1.16.0
 STAMP := $(VENV)/.tfx-e2e-installed
+# TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test lock bench-pipeline clean-output
+.PHONY: setup run test lock schema bench-pipeline
 
 setup: $(STAMP)
 
@@ -33,7 +35,11 @@ run: setup
 	$(PY) -m runners.local_runner
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest tests
+
+# Re-infer schema/schema.pbtxt from the data, keeping the curation in pipeline/schema_tools.py.
+schema: setup
+	$(PY) -m pipeline.schema_tools
 
 bench-pipeline: setup
-	$(PY) -m tests.bench.bench_pipeline
+	$(PY) tests/bench_pipeline.py

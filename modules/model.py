@@ -1,4 +1,10 @@
-"""The Keras model and the signatures it is exported with."""
+"""The Keras model and the signatures it is exported with.
+
+Keras 3 (`keras`), not `tf.keras`: importing tf.Transform sets TF_USE_LEGACY_KERAS, after
+which `tf.keras` may resolve to Keras 2 depending on import order, and KerasTuner only
+accepts Keras 3 models.
+"""
+import keras
 import keras_tuner
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -12,26 +18,26 @@ TRANSFORM_SIGNATURE = "transform_features"
 OUTPUT_KEY = "probabilities"
 
 
-def build_keras_model(hp: keras_tuner.HyperParameters) -> tf.keras.Model:
+def build_keras_model(hp: keras_tuner.HyperParameters) -> keras.Model:
     """Embeddings for every categorical input, z-scores as they are, then a ReLU tower."""
     embedding_dim = hp.get("embedding_dim")
     inputs, encoded = {}, []
     for name in F.dense_inputs():
-        inputs[name] = tf.keras.Input(shape=(1,), name=name, dtype=tf.float32)
+        inputs[name] = keras.Input(shape=(1,), name=name, dtype=tf.float32)
         encoded.append(inputs[name])
     for name, size in F.categorical_sizes().items():
-        inputs[name] = tf.keras.Input(shape=(1,), name=name, dtype=tf.int64)
-        embedded = tf.keras.layers.Embedding(size, embedding_dim, name=f"{name}_embedding")(inputs[name])
-        encoded.append(tf.keras.layers.Flatten()(embedded))
-    x = tf.keras.layers.Concatenate()(encoded)
+        inputs[name] = keras.Input(shape=(1,), name=name, dtype=tf.int64)
+        embedded = keras.layers.Embedding(size, embedding_dim, name=f"{name}_embedding")(inputs[name])
+        encoded.append(keras.layers.Flatten()(embedded))
+    x = keras.layers.Concatenate()(encoded)
     for _ in range(hp.get("num_layers")):
-        x = tf.keras.layers.Dense(hp.get("units"), activation="relu")(x)
-    output = tf.keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_KEY)(x)
-    model = tf.keras.Model(inputs, output)
+        x = keras.layers.Dense(hp.get("units"), activation="relu")(x)
+    output = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_KEY)(x)
+    model = keras.Model(inputs, output)
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(hp.get("learning_rate")),
+        optimizer=keras.optimizers.Adam(hp.get("learning_rate")),
         loss="binary_crossentropy",
-        metrics=[tf.keras.metrics.AUC(name="auc"), tf.keras.metrics.BinaryAccuracy(name="binary_accuracy")],
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="binary_accuracy")],
     )
     return model
 
@@ -65,7 +71,7 @@ def _raw_feature(value, spec):
     )
 
 
-def export_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
+def export_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
     """serving_default (serialized tf.Example), serving_raw (one tensor per raw feature), transform_features."""
     # The transform layer is tracked on the model so that tf.saved_model.save exports its assets.
     model.tft_layer = tf_transform_output.transform_features_layer()

@@ -1,4 +1,5 @@
 """Trainer's run_fn (by dotted path): resolve hyperparameters, fit, export. The parts live in model.py."""
+import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
@@ -42,7 +43,7 @@ def run_fn(fn_args: FnArgs) -> None:
         steps_per_epoch=max(1, fn_args.train_steps // epochs),
         validation_data=evaluation,
         validation_steps=fn_args.eval_steps,
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
+        callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
         verbose=2,
     )
     signatures = M.export_signatures(model, tf_transform_output)

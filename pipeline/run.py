@@ -88,8 +88,8 @@ def _write_record(config: Config, fingerprint: str, summary_text: str, served_pa
     os.replace(tmp, path)
 
 
-def run(runner, default_profile: str, profile: Optional[str] = None) -> None:
-    """Runs the pipeline with `runner` under the chosen profile and exits with its status."""
+def run(make_runner, default_profile: str, profile: Optional[str] = None) -> None:
+    """Runs the pipeline with the runner `make_runner()` returns, under the chosen profile; exits with its status."""
     try:
         config = load_config(profile or os.environ.get("TFX_E2E_PROFILE") or default_profile)
     except ConfigError as e:
@@ -121,7 +121,7 @@ def run(runner, default_profile: str, profile: Optional[str] = None) -> None:
     started = time.time()
     error = None
     try:
-        runner.run(tfx_pipeline)
+        make_runner().run(tfx_pipeline)
     except Exception as e:  # the summary below reports which component failed and why
         error = e
     finally:

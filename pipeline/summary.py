@@ -72,7 +72,7 @@ def latest_run(store: mlmd.MetadataStore, config: Config, since: float = 0.0) ->
     return nodes
 
 
-def _tfx_artifact(store, proto: metadata_store_pb2.Artifact):
+def tfx_artifact(store, proto: metadata_store_pb2.Artifact):
     artifact_type = store.get_artifact_types_by_id([proto.type_id])[0]
     return artifact_utils.deserialize_artifact(artifact_type, proto)
 
@@ -109,7 +109,7 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: Optional[
 
     validator = nodes.get("ExampleValidator")
     if validator and validator.outputs.get("anomalies"):
-        anomalies = gate.read_anomalies(_tfx_artifact(store, validator.outputs["anomalies"][0]))
+        anomalies = gate.read_anomalies(tfx_artifact(store, validator.outputs["anomalies"][0]))
         p("\n" + (gate.format_anomalies(anomalies) if anomalies
                   else f"Data: no anomalies against the schema ({config.schema_path})."))
 

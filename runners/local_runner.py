@@ -2,9 +2,15 @@
 
     python -m runners.local_runner        (make run)
 """
-from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-
 from pipeline.run import run
 
+
+def local_dag_runner():
+    # Imported on demand: TFX takes ~15 s to import, and a config error or an unchanged
+    # re-run is answered before that.
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    return LocalDagRunner()
+
+
 if __name__ == "__main__":
-    run(LocalDagRunner(), default_profile="local")
+    run(local_dag_runner, default_profile="local")

@@ -41,7 +41,7 @@ class PipelineRun:
         saved = dict(os.environ)
         os.environ.update(self.env)
         try:
-            run(LocalDagRunner(), default_profile="local")
+            run(LocalDagRunner, default_profile="local")
         except SystemExit as done:
             return done.code
         finally:

@@ -1,0 +1,98 @@
+"""The model from default and from tuned hyperparameters, and the three exported signatures."""
+import json
+import math
+import os
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SMALL_DATA
+from modules import features as F
+from modules import hparams as H
+from modules import model as M
+from pipeline import pusher, summary
+from serving import examples
+
+
+def _hidden_units(model):
+    return [layer.units for layer in model.layers
+            if isinstance(layer, keras.layers.Dense) and layer.name != M.OUTPUT_KEY]
+
+
+def test_build_from_default_hyperparameters():
+    hp = H.resolve(None)
+    assert hp.values == {"learning_rate": 3e-3, "num_layers": 2, "units": 64, "embedding_dim": 8}
+    model = M.build_keras_model(hp)
+    assert _hidden_units(model) == [64, 64]
+    assert model.output_shape == (None, 1)
+    assert set(model.input) == set(F.dense_inputs()) | set(F.categorical_sizes())  # a dict of named inputs
+
+
+def test_build_from_tuned_hyperparameters():
+    tuned = H.search_space()
+    tuned.values.update(num_layers=3, units=128, embedding_dim=4, learning_rate=1e-3)
+    hp = H.resolve(tuned.get_config())  # the JSON the Tuner writes as best_hyperparameters
+    model = M.build_keras_model(hp)
+    assert _hidden_units(model) == [128, 128, 128]
+    embedding = model.get_layer(f"{F.transformed_name('payment_type')}_embedding")
+    assert embedding.output_dim == 4
+    assert math.isclose(float(model.optimizer.learning_rate.numpy()), 1e-3, rel_tol=1e-6)
+
+
+def test_tuner_output_drives_the_trainer(small_pipeline):
+    config = small_pipeline.config()
+    store = summary.open_store(config)
+    tuner_run = summary.latest_run(store, config)["Tuner"]
+    uri = tuner_run.outputs["best_hyperparameters"][0].uri
+    with open(os.path.join(uri, "best_hyperparameters.txt")) as f:
+        best = json.load(f)
+    hp = H.resolve(best)
+    space = H.search_space()
+    assert set(hp.values) == set(space.values)
+    assert hp.values["units"] in (32, 64, 128) and 1 <= hp.values["num_layers"] <= 3
+    assert hp.values == keras_tuner.HyperParameters.from_config(best).values
+
+
+@pytest.fixture(scope="module")
+def pushed_model(small_pipeline):
+    config = small_pipeline.config()
+    version = pusher.served_versions(config.serving_model_dir)[-1]
+    return config, tf.saved_model.load(os.path.join(config.serving_model_dir, str(version)))
+
+
+def test_signatures_are_exported(pushed_model):
+    _, model = pushed_model
+    assert set(model.signatures) == {M.SERVING_SIGNATURE, M.RAW_SIGNATURE, M.TRANSFORM_SIGNATURE}
+
+
+def test_raw_signature_matches_tf_example_signature(pushed_model):
+    config, model = pushed_model
+    schema = examples.load_schema(config.schema_path)
+    rows = examples.read_csv_rows(str(SMALL_DATA / "data.csv"), limit=6)
+    from_examples = model.signatures[M.SERVING_SIGNATURE](
+        examples=tf.constant(examples.serialize(rows, schema)))[M.OUTPUT_KEY].numpy()
+
+    raw = model.signatures[M.RAW_SIGNATURE]
+    inputs = {}
+    for name, spec in raw.structured_input_signature[1].items():
+        if spec.dtype == tf.string:
+            inputs[name] = tf.constant([row[name] for row in rows])
+        else:  # JSON numbers; an empty CSV cell is NaN (missing)
+            inputs[name] = tf.constant([float(row[name]) if row[name] else float("nan") for row in rows], tf.float64)
+    from_raw = raw(**inputs)[M.OUTPUT_KEY].numpy()
+    assert from_raw.shape == (6, 1)
+    np.testing.assert_allclose(from_raw, from_examples, rtol=1e-5, atol=1e-6)
+    assert np.all((from_raw >= 0) & (from_raw <= 1))
+
+
+def test_transform_features_signature_gives_tfma_the_label(pushed_model):
+    config, model = pushed_model
+    schema = examples.load_schema(config.schema_path)
+    rows = [dict(examples.read_csv_rows(str(SMALL_DATA / "data.csv"), limit=1)[0], fare="10.0", tips="2.5")]
+    transformed = model.signatures[M.TRANSFORM_SIGNATURE](
+        examples=tf.constant(examples.serialize(rows, schema, skip=())))
+    assert transformed[F.LABEL_KEY].numpy().tolist() == [1]  # 2.5 > 20% of 10.0
+    assert set(F.dense_inputs()) <= set(transformed)

@@ -1,0 +1,40 @@
+"""tuner_fn returns a TunerFnResult whose tuner really searches, on the slice's transformed examples."""
+import json
+
+import keras_tuner
+from tfx.components.trainer import fn_args_utils
+from tfx.components.tuner.component import TunerFnResult
+from tfx.proto import trainer_pb2
+from tfx.utils import proto_utils
+
+from modules import hparams as H
+from modules.tuning import tuner_fn
+from pipeline import summary
+
+
+def test_tuner_fn_searches_the_space(small_pipeline, tmp_path):
+    config = small_pipeline.config()
+    store = summary.open_store(config)
+    transform = summary.latest_run(store, config)["Transform"]
+    input_dict = {key: [summary.tfx_artifact(store, transform.outputs[output][0])]
+                  for key, output in (("examples", "transformed_examples"), ("transform_graph", "transform_graph"))}
+    exec_properties = {
+        "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=5)),
+        "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=2)),
+        "custom_config": json.dumps({"max_trials": 2, "batch_size": 32}),
+    }
+    fn_args = fn_args_utils.get_common_fn_args(input_dict, exec_properties, working_dir=str(tmp_path))
+
+    result = tuner_fn(fn_args)
+    assert isinstance(result, TunerFnResult)
+    assert isinstance(result.tuner, keras_tuner.RandomSearch)
+    assert result.tuner.oracle.objective.name == "val_auc"
+    assert result.tuner.oracle.max_trials == 2
+    assert result.fit_kwargs["steps_per_epoch"] == 5 and result.fit_kwargs["validation_steps"] == 2
+
+    result.tuner.search(**result.fit_kwargs)
+    trials = result.tuner.oracle.get_best_trials(2)
+    assert len(trials) == 2
+    assert all(0.0 <= t.score <= 1.0 for t in trials)
+    best = result.tuner.get_best_hyperparameters()[0].values
+    assert set(best) == set(H.search_space().values)
