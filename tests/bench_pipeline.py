@@ -1,0 +1,181 @@
+"""make bench-pipeline: TFX's reference taxi pipeline vs ours, side by side in one run (not a test).
+
+Both run on the same 15,002 rows (the bundled CSV, identical to the one in the tfx wheel):
+  reference  tfx/examples/chicago_taxi_pipeline/taxi_pipeline_native_keras.py from the installed
+             tfx package, with its own settings (BeamDagRunner, multi-processing DirectRunner,
+             1,000 training steps), in a temporary HOME as it expects;
+  ours       `python -m runners.local_runner`, tuning off, then again with the Tuner on.
+Each fresh run is followed by an unchanged re-run; for ours both the shortcut (default) and
+TFX_E2E_ALWAYS_RUN=1 (LocalDagRunner, everything cached) are timed.
+Models are scored on the same held-out rows: both pipelines split with CsvExampleGen's default
+hash split (2:1 on the serialized example), so their eval splits are the same rows; neither
+model trained on them. The table goes to stdout and to docs/benchmarks.md.
+"""
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "taxi" / "data.csv"
+PYTHON = sys.executable
+
+
+def measure(command, env, cwd):
+    """Wall seconds and peak RSS (sum over the process tree, sampled every 0.1 s) of a command."""
+    started = time.monotonic()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    process = psutil.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    peak = 0
+    while process.poll() is None:
+        try:
+            tree = [process] + process.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        log.seek(0)
+        sys.exit(f"benchmark: {' '.join(command)} failed ({process.returncode}):\n{log.read()[-4000:]}")
+    return seconds, peak / 2**30
+
+
+def versions(directory):
+    return sorted(n for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+
+
+def eval_examples(pipeline_root):
+    import tensorflow as tf
+
+    files = glob.glob(os.path.join(pipeline_root, "CsvExampleGen", "examples", "*", "Split-eval", "*.gz"))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def score(model_dir, serialized):
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    model = tf.saved_model.load(model_dir)
+    predict = model.signatures["serving_default"]
+    scores, labels = [], []
+    for start in range(0, len(serialized), 1024):
+        batch = serialized[start:start + 1024]
+        output = predict(examples=tf.constant(batch))
+        scores.extend(np.asarray(next(iter(output.values()))).ravel().tolist())
+        for record in batch:
+            example = tf.train.Example.FromString(record)
+            fare = example.features.feature["fare"].float_list.value
+            tips = example.features.feature["tips"].float_list.value
+            labels.append(int(bool(fare) and bool(tips) and tips[0] > 0.2 * fare[0]))
+    scores, labels = np.array(scores), np.array(labels)
+    return roc_auc_score(labels, scores), accuracy_score(labels, scores > 0.5)
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    base_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    rows = []
+
+    # TFX's reference, as its file expects: ~/taxi/{data/simple/data.csv, taxi_utils_native_keras.py}.
+    import tfx
+    example_dir = Path(tfx.__file__).parent / "examples" / "chicago_taxi_pipeline"
+    home = work / "home"
+    (home / "taxi" / "data" / "simple").mkdir(parents=True)
+    shutil.copy(DATA, home / "taxi" / "data" / "simple" / "data.csv")
+    shutil.copy(example_dir / "taxi_utils_native_keras.py", home / "taxi")
+    ref_env = dict(base_env, HOME=str(home))
+    ref_cmd = [PYTHON, str(example_dir / "taxi_pipeline_native_keras.py")]
+    ref_serving = home / "taxi" / "serving_model" / "chicago_taxi_native_keras"
+    print("reference: fresh run ...", flush=True)
+    ref_fresh = measure(ref_cmd, ref_env, home)
+    ref_v1 = versions(ref_serving)
+    print("reference: unchanged re-run ...", flush=True)
+    ref_rerun = measure(ref_cmd, ref_env, home)
+    ref_v2 = versions(ref_serving)
+
+    # Ours, tuning off.
+    overlay = work / "tuning-off.yaml"
+    overlay.write_text("tuner: {enabled: false}\n")
+    ours_env = dict(base_env, TFX_E2E_OUTPUT_ROOT=str(work / "ours"), TFX_E2E_CONFIG=str(overlay))
+    ours_cmd = [PYTHON, "-m", "runners.local_runner"]
+    ours_serving = work / "ours" / "serving" / "chicago_taxi"
+    print("ours (tuning off): fresh run ...", flush=True)
+    ours_fresh = measure(ours_cmd, ours_env, REPO)
+    ours_v1 = versions(ours_serving)
+    print("ours: unchanged re-run ...", flush=True)
+    ours_rerun = measure(ours_cmd, ours_env, REPO)
+    ours_v2 = versions(ours_serving)
+    print("ours: unchanged re-run with TFX_E2E_ALWAYS_RUN=1 ...", flush=True)
+    ours_rerun_full = measure(ours_cmd, dict(ours_env, TFX_E2E_ALWAYS_RUN="1"), REPO)
+    ours_v3 = versions(ours_serving)
+
+    tuned_env = dict(base_env, TFX_E2E_OUTPUT_ROOT=str(work / "ours-tuned"))
+    print("ours (tuning on, default local profile): fresh run ...", flush=True)
+    tuned_fresh = measure(ours_cmd, tuned_env, REPO)
+
+    ref_eval = eval_examples(home / "tfx" / "pipelines" / "chicago_taxi_native_keras")
+    ours_eval = eval_examples(work / "ours" / "pipelines" / "chicago-taxi")
+    same_rows = sorted(ref_eval) == sorted(ours_eval)
+    held_out = ours_eval if same_rows else sorted(set(ref_eval) & set(ours_eval))
+    ref_auc, ref_acc = score(str(ref_serving / ref_v1[-1]), held_out)
+    ours_auc, ours_acc = score(str(ours_serving / ours_v1[-1]), held_out)
+    tuned_auc, tuned_acc = score(str(work / "ours-tuned" / "serving" / "chicago_taxi" /
+                                     versions(work / "ours-tuned" / "serving" / "chicago_taxi")[-1]), held_out)
+
+    def pushed(before, after):
+        return "yes (duplicate)" if len(after) > len(before) else "no"
+
+    rows = [
+        ("fresh run: wall", f"{ref_fresh[0]:.1f} s", f"{ours_fresh[0]:.1f} s", f"{ours_fresh[0] / ref_fresh[0]:.2f}x"),
+        ("fresh run: peak memory", f"{ref_fresh[1]:.2f} GiB", f"{ours_fresh[1]:.2f} GiB",
+         f"{ours_fresh[1] / ref_fresh[1]:.2f}x"),
+        ("unchanged re-run: wall", f"{ref_rerun[0]:.1f} s", f"{ours_rerun[0]:.1f} s",
+         f"{ours_rerun[0] / ref_rerun[0]:.2f}x"),
+        ("unchanged re-run: new version pushed", pushed(ref_v1, ref_v2), pushed(ours_v1, ours_v2), ""),
+        ("re-run, LocalDagRunner all cached (TFX_E2E_ALWAYS_RUN=1)", "", f"{ours_rerun_full[0]:.1f} s"
+         + (", no push" if ours_v3 == ours_v1 else ", PUSHED"), f"{ours_rerun_full[0] / ref_rerun[0]:.2f}x"),
+        (f"held-out AUC ({len(held_out)} rows)", f"{ref_auc:.4f}", f"{ours_auc:.4f}", f"{ours_auc - ref_auc:+.4f}"),
+        ("held-out binary accuracy", f"{ref_acc:.4f}", f"{ours_acc:.4f}", f"{ours_acc - ref_acc:+.4f}"),
+        ("tuning on (3 trials): fresh run wall", "", f"{tuned_fresh[0]:.1f} s", f"{tuned_fresh[0] / ref_fresh[0]:.2f}x"),
+        ("tuning on: peak memory", "", f"{tuned_fresh[1]:.2f} GiB", ""),
+        ("tuning on: held-out AUC / accuracy", "", f"{tuned_auc:.4f} / {tuned_acc:.4f}", ""),
+    ]
+    header = ("", "TFX reference (taxi_pipeline_native_keras)", "tfx-e2e (tuning off unless noted)", "ours vs ref")
+    table = [header, ("---",) * 4] + rows
+    text = "\n".join("| " + " | ".join(r) + " |" for r in table)
+    note = ("held-out rows: the eval split, identical in both pipelines" if same_rows
+            else "held-out rows: eval rows common to both pipelines' splits")
+    machine = (f"{platform.node()}: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+               f"Python {platform.python_version()}")
+    print("\n" + text + "\n\n" + note + "\n" + machine)
+
+    section = (f"## Pipeline: `make bench-pipeline`\n\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+               f"on {machine}; command: `make bench-pipeline` (tests/bench_pipeline.py).\n"
+               f"Data: the 15,002-row bundled sample for both. {note}.\n\n{text}\n")
+    write_section(REPO / "docs" / "benchmarks.md", "## Pipeline: `make bench-pipeline`", section)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def write_section(path: Path, heading: str, section: str) -> None:
+    """Replaces (or appends) the section that starts with `heading`, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach table says how it was produced.\n"
+    start = text.find(heading)
+    if start >= 0:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
