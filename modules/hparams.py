@@ -13,7 +13,8 @@ def search_space() -> keras_tuner.HyperParameters:
     hp.Choice("learning_rate", [3e-3, 1e-3], default=3e-3)
     hp.Int("num_layers", 1, 3, default=2)
     hp.Choice("units", [32, 64, 128], default=64)
-    hp.Choice("embedding_dim", [4, 8], default=8)
+    hp.Choice("embedding_dim", [4, 8], default=4)
+    hp.Choice("dropout", [0.0, 0.3], default=0.3)
     return hp
 
 

@@ -19,7 +19,7 @@ OUTPUT_KEY = "probabilities"
 
 
 def build_keras_model(hp: keras_tuner.HyperParameters) -> keras.Model:
-    """Embeddings for every categorical input, z-scores as they are, then a ReLU tower."""
+    """Embeddings for every categorical input, z-scores as they are, then a ReLU tower with dropout."""
     embedding_dim = hp.get("embedding_dim")
     inputs, encoded = {}, []
     for name in F.dense_inputs():
@@ -32,6 +32,8 @@ def build_keras_model(hp: keras_tuner.HyperParameters) -> keras.Model:
     x = keras.layers.Concatenate()(encoded)
     for _ in range(hp.get("num_layers")):
         x = keras.layers.Dense(hp.get("units"), activation="relu")(x)
+        if hp.get("dropout"):
+            x = keras.layers.Dropout(hp.get("dropout"))(x)
     output = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_KEY)(x)
     model = keras.Model(inputs, output)
     model.compile(

@@ -10,9 +10,10 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.compiler import constants
 from tfx.types import artifact_utils
 
-from pipeline import evaluation, gate
+from pipeline import evaluation, gate, reports
 from pipeline.config import Config
 from pipeline.pusher import ALREADY_SERVED
+from pipeline.reports import write_evaluation, write_statistics
 
 _STATE = {
     metadata_store_pb2.Execution.COMPLETE: "ran",
@@ -27,8 +28,8 @@ class NodeRun(NamedTuple):
     node_id: str
     status: str
     seconds: float
+    inputs: Dict[str, List[metadata_store_pb2.Artifact]]
     outputs: Dict[str, List[metadata_store_pb2.Artifact]]
-    error: str
 
 
 def open_store(config: Config) -> mlmd.MetadataStore:
@@ -55,21 +56,24 @@ def latest_run(store: mlmd.MetadataStore, config: Config, since: float = 0.0) ->
         node_ids = [node_contexts[c.id] for c in store.get_contexts_by_execution(execution.id) if c.id in node_contexts]
         if not node_ids:
             continue
-        outputs = collections.defaultdict(list)
-        events = [e for e in store.get_events_by_execution_ids([execution.id])
-                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.PENDING_OUTPUT)]
+        events = store.get_events_by_execution_ids([execution.id])
         artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        by_direction = {"inputs": collections.defaultdict(list), "outputs": collections.defaultdict(list)}
         for event in events:
-            outputs[event.path.steps[0].key].append(artifacts[event.artifact_id])
-        error = execution.custom_properties.get("__execution_result__")
+            direction = "inputs" if event.type == metadata_store_pb2.Event.INPUT else "outputs"
+            by_direction[direction][event.path.steps[0].key].append(artifacts[event.artifact_id])
         nodes[node_ids[0]] = NodeRun(
             node_id=node_ids[0],
             status=_STATE.get(execution.last_known_state, "unknown"),
             seconds=(execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000,
-            outputs=dict(outputs),
-            error=error.string_value if error else "",
+            inputs=dict(by_direction["inputs"]),
+            outputs=dict(by_direction["outputs"]),
         )
     return nodes
+
+
+def report_dir(config: Config) -> str:
+    return reports.report_dir(config.output_root, config.pipeline_name)
 
 
 def tfx_artifact(store, proto: metadata_store_pb2.Artifact):
@@ -107,6 +111,11 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: Optional[
         p(f"  {component.id:<32} {node.status:<8} {node.seconds:7.1f} s" if node else f"  {component.id:<32} not run")
     ok = error is None and bool(nodes) and all(n.status in ("ran", "cached") for n in nodes.values())
 
+    written = []
+    statistics = nodes.get("StatisticsGen")
+    if statistics and statistics.outputs.get("statistics"):
+        written.append(write_statistics(statistics.outputs["statistics"][0].uri, report_dir(config)))
+
     validator = nodes.get("ExampleValidator")
     if validator and validator.outputs.get("anomalies"):
         anomalies = gate.read_anomalies(tfx_artifact(store, validator.outputs["anomalies"][0]))
@@ -126,6 +135,7 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: Optional[
             p(f"  [{'pass' if check.passed else 'FAIL'}] {check.description}")
         for failure in report.failures:
             p(f"  [FAIL] {failure}")
+        written.append(write_evaluation(evaluator.outputs["evaluation"][0].uri, blessed, report, report_dir(config)))
 
     served_path = None
     pusher = nodes.get("Pusher")
@@ -142,6 +152,10 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: Optional[
               f"-e MODEL_NAME={config.model_name} tensorflow/serving:2.16.1")
         else:
             p("\nNothing pushed: the model was not blessed.")
+
+    written = [r for r in written if r]
+    if written:
+        p("\nReports: " + "\n         ".join(written))
 
     failed = [n.node_id for n in nodes.values() if n.status == "FAILED"]
     p("\nResult: " + ("OK" if ok else "FAILED" + (f" in {', '.join(failed)}" if failed else "")))

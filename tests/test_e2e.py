@@ -100,3 +100,37 @@ def test_unchanged_rerun_is_all_cached_and_pushes_nothing(first_run, small_pipel
             continue
         assert executions[node] == [metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED], node
     assert _served(config) == versions_before
+
+
+def test_changed_training_config_is_compared_with_the_blessed_baseline(first_run, small_pipeline, capsys):
+    """A new model (more steps) is evaluated against the last blessed one and the reason says so."""
+    config, _, versions_before = first_run
+    overlay = small_pipeline.root / "overlay.yaml"
+    original = overlay.read_text()
+    # A drop of up to 1.0 AUC is tolerated here so the new model is blessed and pushed.
+    overlay.write_text(original + "trainer: {train_steps: 200, eval_steps: 10, batch_size: 64}\n"
+                       "evaluator: {auc_lower_bound: 0.6, auc_max_drop: 1.0}\n")
+    try:
+        assert small_pipeline() == 0
+    finally:
+        overlay.write_text(original)
+    out = capsys.readouterr().out
+    executions = _executions_by_node(config)
+    assert executions["Transform"][-1] == metadata_store_pb2.Execution.CACHED
+    assert executions["Trainer"][-1] == metadata_store_pb2.Execution.COMPLETE
+    assert executions["Evaluator"][-1] == metadata_store_pb2.Execution.COMPLETE
+
+    store = summary.open_store(config)
+    run = summary.latest_run(store, config)
+    baseline = run["Evaluator"].inputs["baseline_model"]
+    candidate = run["Evaluator"].inputs["model"]
+    assert len(baseline) == 1 and baseline[0].id != candidate[0].id
+    from pipeline import evaluation
+    report = evaluation.explain_blessing(run["Evaluator"].outputs["evaluation"][0].uri, config.evaluator)
+    assert "auc" in report.baseline_metrics
+    change = [c for c in report.checks if "change threshold" in c.description]
+    assert change and change[0].passed
+    assert "vs baseline" in out
+    versions_after = _served(config)
+    assert len(versions_after) == 2 and versions_after[0] == versions_before[0]
+    assert versions_after[1] > versions_after[0]

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-from ml_metadata.proto import metadata_store_pb2
 
 from conftest import SMALL_DATA, SMALL_OVERLAY, PipelineRun, write_csv_variant
 from pipeline import summary

@@ -24,7 +24,7 @@ def _hidden_units(model):
 
 def test_build_from_default_hyperparameters():
     hp = H.resolve(None)
-    assert hp.values == {"learning_rate": 3e-3, "num_layers": 2, "units": 64, "embedding_dim": 8}
+    assert hp.values == {"learning_rate": 3e-3, "num_layers": 2, "units": 64, "embedding_dim": 4, "dropout": 0.3}
     model = M.build_keras_model(hp)
     assert _hidden_units(model) == [64, 64]
     assert model.output_shape == (None, 1)
@@ -33,12 +33,13 @@ def test_build_from_default_hyperparameters():
 
 def test_build_from_tuned_hyperparameters():
     tuned = H.search_space()
-    tuned.values.update(num_layers=3, units=128, embedding_dim=4, learning_rate=1e-3)
+    tuned.values.update(num_layers=3, units=128, embedding_dim=8, learning_rate=1e-3, dropout=0.0)
     hp = H.resolve(tuned.get_config())  # the JSON the Tuner writes as best_hyperparameters
     model = M.build_keras_model(hp)
     assert _hidden_units(model) == [128, 128, 128]
     embedding = model.get_layer(f"{F.transformed_name('payment_type')}_embedding")
-    assert embedding.output_dim == 4
+    assert embedding.output_dim == 8
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
     assert math.isclose(float(model.optimizer.learning_rate.numpy()), 1e-3, rel_tol=1e-6)
 
 

@@ -1,0 +1,67 @@
+"""HTML reports a person opens after a run: TFDV statistics (train vs eval, Facets) and the evaluation
+(blessing decision with its reasons, metrics for every slice). Written to <output_root>/reports/<pipeline>/."""
+import html
+import os
+from typing import List, Optional
+
+import tensorflow_data_validation as tfdv
+import tensorflow_model_analysis as tfma
+
+from pipeline.evaluation import BlessingReport
+
+METRIC_COLUMNS = ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration")
+
+
+def report_dir(output_root: str, pipeline_name: str) -> str:
+    return os.path.join(output_root, "reports", pipeline_name)
+
+
+def _write(path: str, text: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_statistics(statistics_uri: str, directory: str) -> Optional[str]:
+    splits = {}
+    for split in ("train", "eval"):
+        path = os.path.join(statistics_uri, f"Split-{split}", "FeatureStats.pb")
+        if os.path.exists(path):
+            splits[split] = tfdv.load_stats_binary(path)
+    if not splits:
+        return None
+    names = list(splits)
+    page = tfdv.utils.display_util.get_statistics_html(
+        splits[names[0]], splits[names[1]] if len(names) > 1 else None,
+        lhs_name=names[0], rhs_name=names[1] if len(names) > 1 else "rhs_statistics")
+    return _write(os.path.join(directory, "statistics.html"), page)
+
+
+def _slice_name(slice_key) -> str:
+    return ", ".join(f"{k.column} = {getattr(k, k.WhichOneof('kind'))}" for k in slice_key.single_slice_keys) \
+        or "all examples"
+
+
+def write_evaluation(evaluation_uri: str, blessed: bool, report: BlessingReport, directory: str) -> str:
+    rows: List[str] = []
+    for per_slice in sorted(tfma.load_metrics(evaluation_uri), key=lambda m: _slice_name(m.slice_key)):
+        values = {}
+        for entry in per_slice.metric_keys_and_values:
+            if not entry.key.is_diff and entry.key.model_name in ("", "candidate") \
+                    and entry.value.HasField("double_value"):
+                values[entry.key.name] = entry.value.double_value.value
+        cells = "".join(f"<td>{values[c]:.4f}</td>" if c in values else "<td></td>" for c in METRIC_COLUMNS)
+        rows.append(f"<tr><td>{html.escape(_slice_name(per_slice.slice_key))}</td>{cells}</tr>")
+    checks = "".join(f"<li>{'pass' if c.passed else '<b>FAIL</b>'}: {html.escape(c.description)}</li>"
+                     for c in report.checks)
+    failures = "".join(f"<li><b>FAIL</b>: {html.escape(f)}</li>" for f in report.failures)
+    page = f"""<!doctype html><meta charset="utf-8"><title>Evaluation</title>
+<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
+<h1>Model {'BLESSED' if blessed else 'NOT blessed'}</h1><ul>{checks}{failures}</ul>
+<h2>Metrics by slice (eval split)</h2>
+<table><tr><th>slice</th>{''.join(f'<th>{c}</th>' for c in METRIC_COLUMNS)}</tr>{''.join(rows)}</table>
+<p>TFMA output: {html.escape(evaluation_uri)}</p>"""
+    return _write(os.path.join(directory, "evaluation.html"), page)
