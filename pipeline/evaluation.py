@@ -54,13 +54,21 @@ class BlessingReport(NamedTuple):
     failures: List[str]     # TFMA's failed thresholds, any slice
 
 
+def slice_name(slice_key) -> str:
+    """'payment_type = Cash', or 'all examples' for the overall slice."""
+    parts = []
+    for key in slice_key.single_slice_keys:
+        value = getattr(key, key.WhichOneof("kind"))
+        parts.append(f"{key.column} = {value.decode() if isinstance(value, bytes) else value}")
+    return ", ".join(parts) or "all examples"
+
+
 def _describe_failure(slice_key, failure) -> str:
-    where = ", ".join(f"{k.column}={getattr(k, k.WhichOneof('kind'))!r}" for k in slice_key.single_slice_keys)
     threshold = failure.metric_threshold
     kind = "change vs baseline" if threshold.HasField("change_threshold") else "value"
     bound = str(threshold.change_threshold if threshold.HasField("change_threshold") else threshold.value_threshold)
     name = failure.metric_key.name + (" (diff vs baseline)" if failure.metric_key.is_diff else "")
-    return (f"{name} = {failure.metric_value.double_value.value:.4f} on {where or 'all examples'}: "
+    return (f"{name} = {failure.metric_value.double_value.value:.4f} on {slice_name(slice_key)}: "
             f"{kind} threshold {' '.join(bound.split())}" + (f" ({failure.message})" if failure.message else ""))
 
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 
-from pipeline.evaluation import BlessingReport
+from pipeline.evaluation import BlessingReport, slice_name
 
 METRIC_COLUMNS = ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration")
 
@@ -40,21 +40,16 @@ def write_statistics(statistics_uri: str, directory: str) -> Optional[str]:
     return _write(os.path.join(directory, "statistics.html"), page)
 
 
-def _slice_name(slice_key) -> str:
-    return ", ".join(f"{k.column} = {getattr(k, k.WhichOneof('kind'))}" for k in slice_key.single_slice_keys) \
-        or "all examples"
-
-
 def write_evaluation(evaluation_uri: str, blessed: bool, report: BlessingReport, directory: str) -> str:
     rows: List[str] = []
-    for per_slice in sorted(tfma.load_metrics(evaluation_uri), key=lambda m: _slice_name(m.slice_key)):
+    for per_slice in sorted(tfma.load_metrics(evaluation_uri), key=lambda m: slice_name(m.slice_key)):
         values = {}
         for entry in per_slice.metric_keys_and_values:
             if not entry.key.is_diff and entry.key.model_name in ("", "candidate") \
                     and entry.value.HasField("double_value"):
                 values[entry.key.name] = entry.value.double_value.value
         cells = "".join(f"<td>{values[c]:.4f}</td>" if c in values else "<td></td>" for c in METRIC_COLUMNS)
-        rows.append(f"<tr><td>{html.escape(_slice_name(per_slice.slice_key))}</td>{cells}</tr>")
+        rows.append(f"<tr><td>{html.escape(slice_name(per_slice.slice_key))}</td>{cells}</tr>")
     checks = "".join(f"<li>{'pass' if c.passed else '<b>FAIL</b>'}: {html.escape(c.description)}</li>"
                      for c in report.checks)
     failures = "".join(f"<li><b>FAIL</b>: {html.escape(f)}</li>" for f in report.failures)
