@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test lock schema bench-pipeline
+.PHONY: setup run run-beam compile-vertex test lock schema bench-pipeline
 
 setup: $(STAMP)
 
@@ -33,6 +33,14 @@ lock: setup
 
 run: setup
 	$(PY) -m runners.local_runner
+
+# BeamDagRunner, DirectRunner with a process per core.
+run-beam: setup
+	TFX_E2E_PROFILE=$${TFX_E2E_PROFILE:-beam} $(PY) -m runners.beam_runner
+
+# Vertex AI Pipelines / KFP 2 pipeline JSON in build/ (needs a TFX_E2E_CONFIG overlay with gcp/vertex settings).
+compile-vertex: setup
+	TFX_E2E_PROFILE=$${TFX_E2E_PROFILE:-vertex} $(PY) -m runners.kubeflow_v2_runner
 
 test: setup
 	$(PY) -m pytest tests

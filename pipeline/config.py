@@ -15,6 +15,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = Path(__file__).resolve().parent / "config.yaml"
+# Where the Dockerfile puts the repository in the project's image: paths under it are read by
+# components running in that image (Vertex AI, Dataflow), not on the machine that compiles.
+IMAGE_ROOT = "/pipeline/"
 
 ENV_PREFIX = "TFX_E2E_"
 ENV_PROFILE = "TFX_E2E_PROFILE"
@@ -57,6 +60,42 @@ class EvaluatorConfig:
 
 
 @dataclass(frozen=True)
+class GcpConfig:
+    project: str
+    region: str
+    service_account: str
+
+
+@dataclass(frozen=True)
+class DataflowConfig:
+    """Runs Transform, StatisticsGen, Evaluator... on Dataflow when enabled (the `dataflow` profile)."""
+    enabled: bool
+    temp_location: str
+    staging_location: str
+    machine_type: str
+    max_num_workers: int
+    sdk_container_image: str
+
+
+@dataclass(frozen=True)
+class VertexConfig:
+    image: str
+    bigquery_query: str
+    machine_type: str
+    accelerator_type: str
+    accelerator_count: int
+    schedule_cron: str
+
+
+@dataclass(frozen=True)
+class AirflowConfig:
+    schedule: str
+    start_date: str
+    catchup: bool
+    retries: int
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     pipeline_name: str
@@ -70,6 +109,13 @@ class Config:
     tuner: TunerConfig
     trainer: TrainerConfig
     evaluator: EvaluatorConfig
+    metadata: str         # sqlite (runs on this machine or Airflow) | managed (Vertex ML Metadata / KFP)
+    example_gen: str      # csv | bigquery
+    training: str         # local | vertex (Trainer and Tuner as Vertex AI custom jobs)
+    gcp: GcpConfig
+    dataflow: DataflowConfig
+    vertex: VertexConfig
+    airflow: AirflowConfig
 
     @property
     def pipeline_root(self) -> str:
@@ -77,7 +123,30 @@ class Config:
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.output_root, "metadata", self.pipeline_name, "metadata.db")
+        # SQLite needs a local file: with a gs:// output root (Dataflow) it stays in the checkout's output/.
+        root = str(REPO_ROOT / "output") if _is_uri(self.output_root) else self.output_root
+        return os.path.join(root, "metadata", self.pipeline_name, "metadata.db")
+
+    @property
+    def beam_args(self) -> List[str]:
+        """beam_pipeline_args, plus DataflowRunner's when the dataflow settings are enabled."""
+        args = list(self.beam_pipeline_args)
+        if self.dataflow.enabled:
+            args += [
+                "--runner=DataflowRunner",
+                f"--project={self.gcp.project}",
+                f"--region={self.gcp.region}",
+                f"--temp_location={self.dataflow.temp_location}",
+                f"--staging_location={self.dataflow.staging_location}",
+                f"--machine_type={self.dataflow.machine_type}",
+                f"--max_num_workers={self.dataflow.max_num_workers}",
+                "--experiments=use_runner_v2",
+            ]
+            if self.dataflow.sdk_container_image:
+                args.append(f"--sdk_container_image={self.dataflow.sdk_container_image}")
+            if self.gcp.service_account:
+                args.append(f"--service_account_email={self.gcp.service_account}")
+        return args
 
     @property
     def serving_model_dir(self) -> str:
@@ -89,11 +158,11 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def _merge(base: dict, overlay: Mapping, where: str) -> dict:
+def _merge(base: Mapping, overlay: Mapping) -> dict:
     merged = dict(base)
     for key, value in overlay.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value, where)
+            merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -168,9 +237,34 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"evaluator.auc_lower_bound: must be within [0, 1], got {config.evaluator.auc_lower_bound}")
     if config.evaluator.auc_max_drop < 0:
         raise ConfigError(f"evaluator.auc_max_drop: must be >= 0, got {config.evaluator.auc_max_drop}")
-    if not _is_uri(config.schema_path) and not os.path.isfile(config.schema_path):
+    if config.metadata not in ("sqlite", "managed"):
+        raise ConfigError(f"metadata: must be 'sqlite' or 'managed', got {config.metadata!r}")
+    if config.example_gen not in ("csv", "bigquery"):
+        raise ConfigError(f"example_gen: must be 'csv' or 'bigquery', got {config.example_gen!r}")
+    if config.training not in ("local", "vertex"):
+        raise ConfigError(f"training: must be 'local' or 'vertex', got {config.training!r}")
+    needs_gcp = [why for why, on in (("dataflow.enabled", config.dataflow.enabled),
+                                     ("training: vertex", config.training == "vertex"),
+                                     ("example_gen: bigquery", config.example_gen == "bigquery")) if on]
+    for key in ("project", "region"):
+        if needs_gcp and not getattr(config.gcp, key):
+            raise ConfigError(f"gcp.{key}: required by {needs_gcp[0]} (set it in a TFX_E2E_CONFIG overlay)")
+    if config.dataflow.enabled:
+        for key in ("temp_location", "staging_location"):
+            if not getattr(config.dataflow, key).startswith("gs://"):
+                raise ConfigError(f"dataflow.{key}: must be a gs:// path, got {getattr(config.dataflow, key)!r}")
+    if config.training == "vertex":
+        if not config.vertex.image:
+            raise ConfigError("vertex.image: required by training: vertex (the image Cloud Build pushes)")
+        if not config.output_root.startswith("gs://"):
+            raise ConfigError(f"output_root: must be a gs:// path for Vertex AI, got {config.output_root!r} "
+                              "(set TFX_E2E_OUTPUT_ROOT)")
+    if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
+        raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
+    in_image = config.schema_path.startswith(IMAGE_ROOT)
+    if not _is_uri(config.schema_path) and not in_image and not os.path.isfile(config.schema_path):
         raise ConfigError(f"schema_path: file not found: {config.schema_path}")
-    if not _is_uri(config.data_root):
+    if config.example_gen == "csv" and not _is_uri(config.data_root):
         if not os.path.isdir(config.data_root):
             raise ConfigError(f"data_root: directory not found: {config.data_root}")
         csvs = sorted(glob.glob(os.path.join(config.data_root, "*.csv")))
@@ -196,9 +290,12 @@ def load_config(profile: Optional[str] = None, env: Optional[Mapping[str, str]] 
     document = _read_yaml(CONFIG_FILE, "config")
     profiles = document.get("profiles") or {}
     profile = profile or env.get(ENV_PROFILE) or DEFAULT_PROFILE
-    if profile not in profiles:
-        raise ConfigError(f"{ENV_PROFILE}: unknown profile '{profile}' (known: {', '.join(sorted(profiles))})")
-    values = _merge(document.get("defaults") or {}, profiles[profile] or {}, profile)
+    # Profiles compose left to right: `vertex,dataflow` is Vertex AI Pipelines with Beam on Dataflow.
+    values = document.get("defaults") or {}
+    for name in profile.split(","):
+        if name not in profiles:
+            raise ConfigError(f"{ENV_PROFILE}: unknown profile '{name}' (known: {', '.join(sorted(profiles))})")
+        values = _merge(values, profiles[name] or {})
     for key in ("data_root", "output_root", "schema_path"):
         if isinstance(values.get(key), str):
             values[key] = _absolute(values[key], REPO_ROOT)
@@ -210,7 +307,7 @@ def load_config(profile: Optional[str] = None, env: Optional[Mapping[str, str]] 
         for key in ("data_root", "output_root", "schema_path"):
             if isinstance(overlay.get(key), str):
                 overlay[key] = _absolute(overlay[key], overlay_path.resolve().parent)
-        values = _merge(values, overlay, str(overlay_path))
+        values = _merge(values, overlay)
         source += f" + {overlay_path}"
     for variable, key in ENV_PATHS.items():
         if env.get(variable):

@@ -2,29 +2,23 @@
 from pathlib import Path
 
 # Not tfx.v1: it imports the Vertex AI SDK, 10 s of start-up on a 2-core machine.
-from tfx.components import (CsvExampleGen, Evaluator, ExampleValidator, Pusher, StatisticsGen, Trainer, Transform,
-                            Tuner)
+from tfx.components import Evaluator, ExampleValidator, Pusher, StatisticsGen, Transform
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import executor_spec
-from tfx.dsl.components.common import resolver
 from tfx.orchestration import metadata, pipeline
-from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
-from tfx.types import Channel
-from tfx.types.standard_artifacts import Model, ModelBlessing
+from tfx.proto import pusher_pb2
 
 import modules
-from pipeline import baseline, evaluation
+from pipeline import baseline, components, evaluation
 from pipeline.config import Config
 from pipeline.fingerprint import files_digest
 from pipeline.gate import DataGate
 from pipeline.pusher import AtomicPushExecutor
 
-# Module functions by dotted path into the installed package (no module_file upload).
+# Module functions by dotted path into the installed package (no module_file upload);
+# tuner_fn and run_fn are named in pipeline/components.py.
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
-TUNER_FN = "modules.tuning.tuner_fn"
-RUN_FN = "modules.training.run_fn"
 
-RESOLVER_ID = "latest_blessed_model_resolver"
 
 
 def module_fingerprint() -> str:
@@ -36,12 +30,7 @@ def module_fingerprint() -> str:
 def create_pipeline(config: Config) -> pipeline.Pipeline:
     fingerprint = module_fingerprint()
 
-    example_gen = CsvExampleGen(
-        input_base=config.data_root,
-        output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=config.split.train),
-            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=config.split.eval),
-        ])))
+    example_gen = components.example_gen(config)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = ImportSchemaGen(schema_file=config.schema_path)
     example_validator = ExampleValidator(
@@ -61,27 +50,18 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     )
     tuner = None
     if config.tuner.enabled:
-        tuner = Tuner(
-            tuner_fn=TUNER_FN,
-            train_args=trainer_pb2.TrainArgs(num_steps=config.tuner.train_steps),
-            eval_args=trainer_pb2.EvalArgs(num_steps=config.tuner.eval_steps),
+        tuner = components.tuner(
+            config,
             custom_config={"max_trials": config.tuner.max_trials, "batch_size": config.trainer.batch_size,
                            "module_fingerprint": fingerprint},
             **training_inputs)
-    trainer = Trainer(
-        run_fn=RUN_FN,
-        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
-        train_args=trainer_pb2.TrainArgs(num_steps=config.trainer.train_steps),
-        eval_args=trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps),
+    trainer = components.trainer(
+        config,
         custom_config={"batch_size": config.trainer.batch_size, "module_fingerprint": fingerprint},
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         **training_inputs)
 
-    model_resolver = resolver.Resolver(
-        strategy_class=baseline.LatestBlessedBaselineStrategy,
-        model=Channel(type=Model),
-        model_blessing=Channel(type=ModelBlessing),
-        candidate=trainer.outputs["model"],
-    ).with_id(RESOLVER_ID)
+    model_resolver = components.baseline_resolver(config, candidate=trainer.outputs["model"])
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
@@ -96,13 +76,14 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_model_dir)),
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPushExecutor))
 
-    components = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
+    nodes = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
                   *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
     return pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=components,
+        components=nodes,
         enable_cache=config.enable_cache,
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(config.metadata_path),
-        beam_pipeline_args=config.beam_pipeline_args,
+        metadata_connection_config=(metadata.sqlite_metadata_connection_config(config.metadata_path)
+                                    if config.metadata == "sqlite" else None),
+        beam_pipeline_args=config.beam_args,
     )

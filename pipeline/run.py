@@ -88,13 +88,18 @@ def _write_record(config: Config, fingerprint: str, summary_text: str, served_pa
     os.replace(tmp, path)
 
 
-def run(make_runner, default_profile: str, profile: Optional[str] = None) -> None:
-    """Runs the pipeline with the runner `make_runner()` returns, under the chosen profile; exits with its status."""
+def load_or_exit(default_profile: str) -> Config:
+    """The configuration for $TFX_E2E_PROFILE (else `default_profile`), or exit 2 with the error."""
     try:
-        config = load_config(profile or os.environ.get("TFX_E2E_PROFILE") or default_profile)
+        return load_config(os.environ.get("TFX_E2E_PROFILE") or default_profile)
     except ConfigError as e:
         print(f"error: configuration: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def run(make_runner, default_profile: str) -> None:
+    """Runs the pipeline with the runner `make_runner()` returns, under the chosen profile; exits with its status."""
+    config = load_or_exit(default_profile)
 
     fingerprint = inputs_fingerprint(config)
     record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)

@@ -59,10 +59,10 @@ def versions(directory):
     return sorted(n for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
 
 
-def split_examples(pipeline_root, split):
+def split_examples(pipeline_root, split, example_gen_id):
     import tensorflow as tf
 
-    files = glob.glob(os.path.join(pipeline_root, "CsvExampleGen", "examples", "*", f"Split-{split}", "*.gz"))
+    files = glob.glob(os.path.join(pipeline_root, example_gen_id, "examples", "*", f"Split-{split}", "*.gz"))
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
@@ -218,14 +218,14 @@ def main():
     (rule3_auc, rule3_acc), (gb3_auc, gb3_acc) = reference_points(_rows_frame(two_thirds_rows),
                                                                   _rows_frame(third_rows))
 
-    ref_eval = split_examples(home / "tfx" / "pipelines" / "chicago_taxi_native_keras", "eval")
-    ours_eval = split_examples(work / "ours" / "pipelines" / "chicago-taxi", "eval")
+    ref_eval = split_examples(home / "tfx" / "pipelines" / "chicago_taxi_native_keras", "eval", "CsvExampleGen")
+    ours_eval = split_examples(work / "ours" / "pipelines" / "chicago-taxi", "eval", "ExampleGen")
     same_rows = sorted(ref_eval) == sorted(ours_eval)
     held_out = ours_eval if same_rows else sorted(set(ref_eval) & set(ours_eval))
     ref_auc, ref_acc = score(str(ref_serving / ref_v1[-1]), held_out)
     ours_auc, ours_acc = score(str(ours_serving / ours_v1[-1]), held_out)
     (rule_auc, rule_acc), (gb_auc, gb_acc) = reference_points(
-        _frame(split_examples(work / "ours" / "pipelines" / "chicago-taxi", "train")), _frame(held_out))
+        _frame(split_examples(work / "ours" / "pipelines" / "chicago-taxi", "train", "ExampleGen")), _frame(held_out))
     tuned_auc, tuned_acc = score(str(work / "ours-tuned" / "serving" / "chicago_taxi" /
                                      versions(work / "ours-tuned" / "serving" / "chicago_taxi")[-1]), held_out)
 

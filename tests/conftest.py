@@ -16,7 +16,7 @@ evaluator: {auc_lower_bound: 0.6}
 
 
 class PipelineRun:
-    """Runs pipeline.run.run with LocalDagRunner in this process under a test environment."""
+    """Runs pipeline.run.run (LocalDagRunner unless told) in this process under a test environment."""
 
     def __init__(self, root: Path, data_root: Path, overlay: str = SMALL_OVERLAY):
         self.root = root
@@ -33,7 +33,7 @@ class PipelineRun:
         from pipeline.config import load_config
         return load_config(env=self.env)
 
-    def __call__(self) -> int:
+    def __call__(self, make_runner=None) -> int:
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         from pipeline.run import run
@@ -41,7 +41,7 @@ class PipelineRun:
         saved = dict(os.environ)
         os.environ.update(self.env)
         try:
-            run(LocalDagRunner, default_profile="local")
+            run(make_runner or LocalDagRunner, default_profile="local")
         except SystemExit as done:
             return done.code
         finally:

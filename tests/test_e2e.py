@@ -11,7 +11,7 @@ from conftest import SMALL_DATA
 from pipeline import pusher, summary
 from serving import examples
 
-COMPONENTS = ["CsvExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
+COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
               "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
 
 

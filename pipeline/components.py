@@ -1,0 +1,115 @@
+"""Component factories: TFX's own or its Google Cloud implementation, chosen by configuration,
+always with the same component id (so ML Metadata, the summary and the tests see one DAG)."""
+from typing import Any, Dict, Optional
+
+from tfx.proto import example_gen_pb2, trainer_pb2
+
+from pipeline.config import Config
+
+
+def _split_output(config: Config) -> example_gen_pb2.Output:
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=config.split.train),
+        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=config.split.eval),
+    ]))
+
+
+def example_gen(config: Config):
+    """CsvExampleGen on data_root, or BigQueryExampleGen on vertex.bigquery_query; id 'ExampleGen'."""
+    if config.example_gen == "bigquery":
+        from tfx.extensions.google_cloud_big_query.example_gen.component import BigQueryExampleGen
+
+        component = BigQueryExampleGen(query=config.vertex.bigquery_query, output_config=_split_output(config))
+    else:
+        from tfx.components import CsvExampleGen
+
+        component = CsvExampleGen(input_base=config.data_root, output_config=_split_output(config))
+    return component.with_id("ExampleGen")
+
+
+def _worker_pool_specs(config: Config) -> list:
+    machine = {"machine_type": config.vertex.machine_type}
+    if config.vertex.accelerator_type and config.vertex.accelerator_count:
+        machine.update(accelerator_type=config.vertex.accelerator_type,
+                       accelerator_count=config.vertex.accelerator_count)
+    return [{"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": config.vertex.image}}]
+
+
+def _vertex_job(config: Config) -> Dict[str, Any]:
+    job: Dict[str, Any] = {"project": config.gcp.project, "worker_pool_specs": _worker_pool_specs(config)}
+    if config.gcp.service_account:
+        job["service_account"] = config.gcp.service_account
+    return job
+
+
+def tuner(config: Config, custom_config: Dict[str, Any], **inputs):
+    """Keras Tuner search here, or as a Vertex AI custom job; id 'Tuner'."""
+    args = dict(
+        tuner_fn="modules.tuning.tuner_fn",
+        train_args=trainer_pb2.TrainArgs(num_steps=config.tuner.train_steps),
+        eval_args=trainer_pb2.EvalArgs(num_steps=config.tuner.eval_steps),
+        **inputs)
+    if config.training == "vertex":
+        from tfx.extensions.google_cloud_ai_platform import constants as vertex
+        from tfx.extensions.google_cloud_ai_platform.tuner import executor as vertex_tuner
+        from tfx.extensions.google_cloud_ai_platform.tuner.component import Tuner
+
+        custom_config = {
+            **custom_config,
+            vertex.ENABLE_VERTEX_KEY: True,
+            vertex.VERTEX_REGION_KEY: config.gcp.region,
+            vertex_tuner.TUNING_ARGS_KEY: {"project": config.gcp.project,
+                                           "job_spec": {"worker_pool_specs": _worker_pool_specs(config)}},
+            vertex_tuner.REMOTE_TRIALS_WORKING_DIR_KEY: f"{config.pipeline_root}/tuner_trials",
+        }
+        return Tuner(custom_config=custom_config, **args).with_id("Tuner")
+    from tfx.components import Tuner
+
+    return Tuner(custom_config=custom_config, **args).with_id("Tuner")
+
+
+def trainer(config: Config, custom_config: Dict[str, Any], hyperparameters: Optional[Any], **inputs):
+    """run_fn here, or as a Vertex AI custom job (GPU when configured); id 'Trainer'."""
+    args = dict(
+        run_fn="modules.training.run_fn",
+        hyperparameters=hyperparameters,
+        train_args=trainer_pb2.TrainArgs(num_steps=config.trainer.train_steps),
+        eval_args=trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps),
+        **inputs)
+    if config.training == "vertex":
+        from tfx.extensions.google_cloud_ai_platform import constants as vertex
+        from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_trainer
+        from tfx.extensions.google_cloud_ai_platform.trainer.component import Trainer
+
+        custom_config = {
+            **custom_config,
+            vertex.ENABLE_VERTEX_KEY: True,
+            vertex.VERTEX_REGION_KEY: config.gcp.region,
+            vertex_trainer.TRAINING_ARGS_KEY: _vertex_job(config),
+        }
+        return Trainer(custom_config=custom_config, **args).with_id("Trainer")
+    from tfx.components import Trainer
+
+    return Trainer(custom_config=custom_config, **args).with_id("Trainer")
+
+
+def baseline_resolver(config: Config, candidate):
+    """The Evaluator's baseline, id 'latest_blessed_model_resolver'. Where TFX orchestrates with its own
+    ML Metadata, the latest blessed model other than the candidate (pipeline/baseline.py); the KFP v2
+    compiler only translates TFX's LatestBlessedModelStrategy into Vertex ML Metadata queries, so a
+    managed-metadata profile uses that one (Vertex's own step cache decides re-runs there)."""
+    from tfx.dsl.components.common import resolver
+    from tfx.types import Channel
+    from tfx.types.standard_artifacts import Model, ModelBlessing
+
+    from pipeline import baseline
+
+    channels = dict(model=Channel(type=Model), model_blessing=Channel(type=ModelBlessing))
+    if config.metadata == "managed":
+        from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+
+        node = resolver.Resolver(strategy_class=LatestBlessedModelStrategy, **channels)
+    else:
+        node = resolver.Resolver(strategy_class=baseline.LatestBlessedBaselineStrategy, candidate=candidate,
+                                 **channels)
+    return node.with_id("latest_blessed_model_resolver")

@@ -1,0 +1,69 @@
+"""Submits the compiled pipeline (runners/kubeflow_v2_runner.py) to Vertex AI Pipelines or a KFP 2 endpoint.
+
+    python -m runners.submit vertex [--schedule]      project, region, service account, cron from the config
+    python -m runners.submit kfp --host https://...   an open-source Kubeflow Pipelines 2 endpoint
+
+Credentials come from the environment (gcloud auth / workload identity), never from the configuration.
+"""
+import argparse
+import os
+import sys
+
+from pipeline.config import Config
+from pipeline.run import load_or_exit
+from runners.kubeflow_v2_runner import compiled_path
+
+
+def submit_vertex(config: Config, template_path: str, schedule: bool, aiplatform=None):
+    """Creates a Vertex AI PipelineJob from the JSON; with `schedule`, a recurring schedule on vertex.schedule_cron."""
+    if aiplatform is None:
+        from google.cloud import aiplatform
+    job = aiplatform.PipelineJob(
+        display_name=config.pipeline_name,
+        template_path=template_path,
+        pipeline_root=config.pipeline_root,
+        project=config.gcp.project,
+        location=config.gcp.region,
+        enable_caching=config.enable_cache,
+    )
+    service_account = config.gcp.service_account or None
+    if schedule:
+        if not config.vertex.schedule_cron:
+            raise SystemExit("error: --schedule needs vertex.schedule_cron in the configuration")
+        return job.create_schedule(cron=config.vertex.schedule_cron, display_name=f"{config.pipeline_name}-schedule",
+                                   service_account=service_account)
+    job.submit(service_account=service_account)
+    return job
+
+
+def submit_kfp(config: Config, package_path: str, host: str, kfp_client=None):
+    """Starts a run on a Kubeflow Pipelines 2 endpoint (the same JSON Vertex takes)."""
+    if kfp_client is None:
+        import kfp
+        kfp_client = kfp.Client(host=host)
+    return kfp_client.create_run_from_pipeline_package(
+        package_path, arguments={}, run_name=config.pipeline_name, experiment_name=config.pipeline_name,
+        enable_caching=config.enable_cache)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", choices=["vertex", "kfp"])
+    parser.add_argument("--schedule", action="store_true", help="Vertex: create a recurring schedule instead")
+    parser.add_argument("--host", help="KFP: the endpoint URL")
+    args = parser.parse_args(argv)
+    config = load_or_exit(default_profile="vertex")
+    path = compiled_path(config.pipeline_name)
+    if not os.path.exists(path):
+        sys.exit(f"error: {path} not found; compile first: make compile-vertex")
+    if args.target == "vertex":
+        result = submit_vertex(config, path, args.schedule)
+    else:
+        if not args.host:
+            sys.exit("error: kfp needs --host (the Kubeflow Pipelines endpoint)")
+        result = submit_kfp(config, path, args.host)
+    print(f"submitted {path}: {result}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Every runner builds its pipeline: Vertex AI / KFP 2 compiles to a pipeline spec the protos accept,
+whose executors and module functions import here; the dataflow profile carries Dataflow's Beam args;
+BeamDagRunner runs end to end on the slice to a pushed model."""
+import importlib
+import json
+import os
+
+import pytest
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from conftest import SMALL_DATA, PipelineRun
+from pipeline import pusher
+from pipeline.config import ConfigError, load_config
+from runners import kubeflow_v2_runner
+
+IMAGE = "europe-west4-docker.pkg.dev/tfx-e2e-test/tfx-e2e/pipeline:abc123"
+GCP_OVERLAY = f"""
+output_root: gs://tfx-e2e-test-bucket/tfx-e2e
+gcp: {{project: tfx-e2e-test, region: europe-west4, service_account: pipelines@tfx-e2e-test.iam.gserviceaccount.com}}
+dataflow: {{temp_location: gs://tfx-e2e-test-bucket/tmp, staging_location: gs://tfx-e2e-test-bucket/staging,
+            sdk_container_image: {IMAGE}}}
+vertex: {{image: {IMAGE}}}
+"""
+COMPONENTS = {"ExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform", "Tuner",
+              "Trainer", "Evaluator", "Pusher"}
+DATAFLOW_ARGS = ["--runner=DataflowRunner", "--project=tfx-e2e-test", "--region=europe-west4",
+                 "--temp_location=gs://tfx-e2e-test-bucket/tmp", "--staging_location=gs://tfx-e2e-test-bucket/staging",
+                 f"--sdk_container_image={IMAGE}"]
+
+
+def _compile(tmp_path, monkeypatch, profile):
+    overlay = tmp_path / "gcp.yaml"
+    overlay.write_text(GCP_OVERLAY)
+    monkeypatch.setenv("TFX_E2E_CONFIG", str(overlay))
+    monkeypatch.setenv("TFX_E2E_PROFILE", profile)
+    monkeypatch.setattr(kubeflow_v2_runner, "COMPILED_DIR", tmp_path / "build")
+    kubeflow_v2_runner.main()
+    with open(tmp_path / "build" / "chicago-taxi.json") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def vertex_dataflow_job(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _compile(tmp_path_factory.mktemp("kfp"), monkeypatch, "vertex,dataflow")
+
+
+def _executors(job):
+    return job["pipelineSpec"]["deploymentSpec"]["executors"]
+
+
+def test_compiled_json_is_a_pipeline_job_with_a_task_per_component(vertex_dataflow_job):
+    job = json_format.ParseDict(vertex_dataflow_job, pipeline_spec_pb2.PipelineJob())  # unknown fields fail
+    spec = json_format.ParseDict(vertex_dataflow_job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    assert job.runtime_config.gcs_output_directory == "gs://tfx-e2e-test-bucket/tfx-e2e/pipelines/chicago-taxi"
+    assert spec.pipeline_info.name == "chicago-taxi"
+    tasks = set(spec.root.dag.tasks)
+    assert COMPONENTS <= tasks
+    assert {t for t in tasks - COMPONENTS if not t.startswith("latest_blessed_model_resolver")} == set()
+
+
+def test_every_container_runs_our_image(vertex_dataflow_job):
+    images = {e["container"]["image"] for e in _executors(vertex_dataflow_job).values() if "container" in e}
+    assert images == {IMAGE}
+
+
+def test_every_executor_class_imports_here(vertex_dataflow_job):
+    """What Vertex runs is `--executor_class_path X`: each must import from the installed package."""
+    paths = set()
+    for executor in _executors(vertex_dataflow_job).values():
+        args = executor.get("container", {}).get("args", [])
+        if "--executor_class_path" in args:
+            paths.add(args[args.index("--executor_class_path") + 1])
+    assert "pipeline.pusher.AtomicPushExecutor" in paths
+    assert "tfx.extensions.google_cloud_big_query.example_gen.executor.Executor" in paths
+    assert "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor" in paths
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type), path
+
+
+def test_module_functions_are_dotted_paths_that_import(vertex_dataflow_job):
+    text = json.dumps(vertex_dataflow_job)
+    for path in ("modules.preprocessing.preprocessing_fn", "modules.tuning.tuner_fn", "modules.training.run_fn"):
+        assert f'\\"{path}\\"' in text or f'"{path}"' in text, path
+        module, _, name = path.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name))
+    assert "module_file" not in text.replace('"module_file": null', "")
+
+
+def test_dataflow_args_reach_beam_components(vertex_dataflow_job):
+    transform = _executors(vertex_dataflow_job)["Transform_executor"]["container"]["args"]
+    for arg in DATAFLOW_ARGS:
+        assert arg in transform, arg
+
+
+def test_vertex_training_requests_a_gpu(vertex_dataflow_job):
+    trainer = json.dumps(vertex_dataflow_job["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"])
+    for fragment in ("ai_platform_enable_vertex", "europe-west4", "NVIDIA_TESLA_T4", IMAGE, "n1-standard-8"):
+        assert fragment in trainer, fragment
+
+
+def test_vertex_without_dataflow_runs_beam_in_the_container(tmp_path, monkeypatch):
+    job = _compile(tmp_path, monkeypatch, "vertex")
+    assert "DataflowRunner" not in json.dumps(job)
+
+
+def test_dataflow_profile_with_the_local_runner(tmp_path):
+    overlay = tmp_path / "gcp.yaml"
+    overlay.write_text(GCP_OVERLAY.replace("output_root: gs://tfx-e2e-test-bucket/tfx-e2e\n", ""))
+    config = load_config(env={"TFX_E2E_PROFILE": "local,dataflow", "TFX_E2E_CONFIG": str(overlay)})
+    assert config.beam_args[:len(DATAFLOW_ARGS) - 1] == DATAFLOW_ARGS[:-1]
+    assert "--service_account_email=pipelines@tfx-e2e-test.iam.gserviceaccount.com" in config.beam_args
+    from pipeline.pipeline import create_pipeline
+    assert create_pipeline(config).beam_pipeline_args == config.beam_args
+
+
+@pytest.mark.parametrize("overlay, message", [
+    (GCP_OVERLAY.replace("vertex: {image: " + IMAGE + "}", ""), "vertex.image: required by training: vertex"),
+    (GCP_OVERLAY.replace("output_root: gs://tfx-e2e-test-bucket/tfx-e2e", "output_root: /tmp/x"),
+     "output_root: must be a gs:// path for Vertex AI"),
+    (GCP_OVERLAY.replace("project: tfx-e2e-test,", "project: '',"), "gcp.project: required by"),
+])
+def test_vertex_profile_errors(tmp_path, overlay, message):
+    (tmp_path / "o.yaml").write_text(overlay)
+    with pytest.raises(ConfigError) as error:
+        load_config(env={"TFX_E2E_PROFILE": "vertex", "TFX_E2E_CONFIG": str(tmp_path / "o.yaml")})
+    assert message in str(error.value)
+
+
+def test_beam_dag_runner_end_to_end(tmp_path):
+    from runners.beam_runner import beam_dag_runner
+
+    run = PipelineRun(tmp_path, SMALL_DATA, overlay="tuner: {enabled: false}\n"
+                      "trainer: {train_steps: 100, eval_steps: 10, batch_size: 64}\nevaluator: {auc_lower_bound: 0.6}\n")
+    run.env["TFX_E2E_PROFILE"] = "beam"
+    assert run(make_runner=beam_dag_runner) == 0
+    config = run.config()
+    assert config.beam_args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    versions = pusher.served_versions(config.serving_model_dir)
+    assert len(versions) == 1
+    assert os.path.isfile(os.path.join(config.serving_model_dir, str(versions[0]), "saved_model.pb"))
