@@ -88,6 +88,9 @@ def _write_record(config: Config, fingerprint: str, summary_text: str, served_pa
     os.replace(tmp, path)
 
 
+_TFX_CLI_PATCHER = "tfx.tools.cli.handler.dag_runner_patcher"
+
+
 def load_or_exit(default_profile: str) -> Config:
     """The configuration for $TFX_E2E_PROFILE (else `default_profile`), or exit 2 with the error."""
     try:
@@ -100,6 +103,12 @@ def load_or_exit(default_profile: str) -> Config:
 def run(make_runner, default_profile: str) -> None:
     """Runs the pipeline with the runner `make_runner()` returns, under the chosen profile; exits with its status."""
     config = load_or_exit(default_profile)
+    if _TFX_CLI_PATCHER in sys.modules:
+        # Inside `tfx pipeline create|update|compile`: the CLI runs this file with the runner's run()
+        # patched to read the pipeline's name and root; nothing is orchestrated, so no summary or exit.
+        from pipeline.pipeline import create_pipeline
+        make_runner().run(create_pipeline(config))
+        return
 
     fingerprint = inputs_fingerprint(config)
     record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)
