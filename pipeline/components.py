@@ -42,6 +42,14 @@ def _vertex_job(config: Config) -> Dict[str, Any]:
     return job
 
 
+def _on_vertex(config: Config, custom_config: Dict[str, Any], **job_keys) -> Dict[str, Any]:
+    """custom_config that makes the google_cloud_ai_platform executors run a Vertex AI custom job."""
+    from tfx.extensions.google_cloud_ai_platform import constants as vertex
+
+    return {**custom_config, vertex.ENABLE_VERTEX_KEY: True, vertex.VERTEX_REGION_KEY: config.gcp.region,
+            **job_keys}
+
+
 def tuner(config: Config, custom_config: Dict[str, Any], **inputs):
     """Keras Tuner search here, or as a Vertex AI custom job; id 'Tuner'."""
     args = dict(
@@ -50,18 +58,14 @@ def tuner(config: Config, custom_config: Dict[str, Any], **inputs):
         eval_args=trainer_pb2.EvalArgs(num_steps=config.tuner.eval_steps),
         **inputs)
     if config.training == "vertex":
-        from tfx.extensions.google_cloud_ai_platform import constants as vertex
         from tfx.extensions.google_cloud_ai_platform.tuner import executor as vertex_tuner
         from tfx.extensions.google_cloud_ai_platform.tuner.component import Tuner
 
-        custom_config = {
-            **custom_config,
-            vertex.ENABLE_VERTEX_KEY: True,
-            vertex.VERTEX_REGION_KEY: config.gcp.region,
+        custom_config = _on_vertex(config, custom_config, **{
             vertex_tuner.TUNING_ARGS_KEY: {"project": config.gcp.project,
                                            "job_spec": {"worker_pool_specs": _worker_pool_specs(config)}},
             vertex_tuner.REMOTE_TRIALS_WORKING_DIR_KEY: f"{config.pipeline_root}/tuner_trials",
-        }
+        })
         return Tuner(custom_config=custom_config, **args).with_id("Tuner")
     from tfx.components import Tuner
 
@@ -77,16 +81,10 @@ def trainer(config: Config, custom_config: Dict[str, Any], hyperparameters: Opti
         eval_args=trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps),
         **inputs)
     if config.training == "vertex":
-        from tfx.extensions.google_cloud_ai_platform import constants as vertex
         from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_trainer
         from tfx.extensions.google_cloud_ai_platform.trainer.component import Trainer
 
-        custom_config = {
-            **custom_config,
-            vertex.ENABLE_VERTEX_KEY: True,
-            vertex.VERTEX_REGION_KEY: config.gcp.region,
-            vertex_trainer.TRAINING_ARGS_KEY: _vertex_job(config),
-        }
+        custom_config = _on_vertex(config, custom_config, **{vertex_trainer.TRAINING_ARGS_KEY: _vertex_job(config)})
         return Trainer(custom_config=custom_config, **args).with_id("Trainer")
     from tfx.components import Trainer
 

@@ -99,6 +99,9 @@ def test_vertex_training_requests_a_gpu(vertex_dataflow_job):
     trainer = json.dumps(vertex_dataflow_job["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"])
     for fragment in ("ai_platform_enable_vertex", "europe-west4", "NVIDIA_TESLA_T4", IMAGE, "n1-standard-8"):
         assert fragment in trainer, fragment
+    tuner = json.dumps(vertex_dataflow_job["pipelineSpec"]["root"]["dag"]["tasks"]["Tuner"])
+    for fragment in ("ai_platform_enable_vertex", "ai_platform_tuning_args", "tuner_trials", "NVIDIA_TESLA_T4"):
+        assert fragment in tuner, fragment
 
 
 def test_vertex_without_dataflow_runs_beam_in_the_container(tmp_path, monkeypatch):
