@@ -38,9 +38,8 @@ TIPS_KEY = "tips"
 LABEL_KEY = "big_tipper"
 BIG_TIP_FRACTION = 0.2
 
-# Raw columns validated by the schema but not used by the model: the timestamp, and census
-# tracts (11-digit ids, pickup tract missing in nearly every row) that only let it memorise.
-UNUSED_RAW_FEATURES = ("trip_start_timestamp", "pickup_census_tract", "dropoff_census_tract")
+# Validated by the schema but not model inputs: trip_start_timestamp, and the census tracts
+# (11-digit ids, the pickup tract missing in nearly every row) that only let the model memorise.
 
 
 def transformed_name(key: str) -> str:
