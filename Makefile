@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam compile-vertex test lock schema bench-pipeline
+.PHONY: setup run run-beam compile-vertex test lint lock image schema bench-pipeline
 
 setup: $(STAMP)
 
@@ -26,10 +26,20 @@ $(STAMP): requirements/lock.txt setup.py
 	$(PY) -m pip check
 	@touch $(STAMP)
 
-# Regenerate requirements/lock.txt from requirements/requirements.in.
+# Regenerate requirements/lock.txt (3.11, this machine and CI) from requirements/requirements.in, then
+# requirements/image-lock.txt (the TFX image's Python 3.10) from requirements/runtime.in, starting from
+# lock.txt's pins so the two differ only where Python 3.10 needs other versions.
 lock: setup
 	$(VENV)/bin/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  requirements/requirements.in -o requirements/lock.txt
+	cp requirements/lock.txt requirements/image-lock.txt
+	$(VENV)/bin/uv pip compile --python-version 3.10 --python-platform x86_64-manylinux_2_28 \
+	  requirements/runtime.in -o requirements/image-lock.txt
+
+# The project's image (needs a Docker engine): IMAGE=REGION-docker.pkg.dev/PROJECT/REPO/pipeline:TAG make image
+IMAGE ?= tfx-e2e-pipeline:dev
+image:
+	docker build -t $(IMAGE) .
 
 run: setup
 	$(PY) -m runners.local_runner
@@ -44,6 +54,9 @@ compile-vertex: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # Re-infer schema/schema.pbtxt from the data, keeping the curation in pipeline/schema_tools.py.
 schema: setup

@@ -8,7 +8,8 @@ from setuptools import find_packages, setup
 setup(
     name="tfx-e2e",
     version="0.1.0",
-    python_requires=">=3.11,<3.12",
+    # 3.11 on a developer machine (requirements/lock.txt), 3.10 in the TFX image (requirements/image-lock.txt).
+    python_requires=">=3.10,<3.12",
     packages=find_packages(include=["pipeline*", "modules*", "runners*", "serving*"]),
     package_data={"": ["*.pbtxt", "*.yaml"]},
 )

@@ -3,7 +3,6 @@
 tuner_fn searches this space; run_fn trains with the Tuner's best values when
 the pipeline has a Tuner, else with the defaults declared here.
 """
-from typing import Optional
 
 import keras_tuner
 
@@ -18,7 +17,7 @@ def search_space() -> keras_tuner.HyperParameters:
     return hp
 
 
-def resolve(tuned: Optional[dict]) -> keras_tuner.HyperParameters:
+def resolve(tuned: dict | None) -> keras_tuner.HyperParameters:
     """The search space's defaults, overridden by the Tuner's best values (the Tuner's `best_hyperparameters` JSON)."""
     hp = search_space()
     if tuned:

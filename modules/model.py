@@ -90,7 +90,8 @@ def export_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOu
 
     @tf.function(input_signature=_raw_input_specs(serving_spec))
     def serve_raw(*tensors):
-        return predict({name: _raw_feature(value, serving_spec[name]) for name, value in zip(sorted(serving_spec), tensors)})
+        features = zip(sorted(serving_spec), tensors, strict=True)
+        return predict({name: _raw_feature(value, serving_spec[name]) for name, value in features})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(serialized):

@@ -7,7 +7,6 @@ duplicate version. Leaving the candidate out keeps the Evaluator's inputs identi
 on an unchanged re-run (cache hit) and still compares a new model with the last
 blessed one.
 """
-from typing import Dict, List, Optional
 
 from tfx import types
 from tfx.dsl.components.common import resolver
@@ -20,8 +19,8 @@ _BLESSED, _MODEL_ID = "blessed", "current_model_id"
 class LatestBlessedBaselineStrategy(resolver.ResolverStrategy):
     """Inputs: model (all Models), model_blessing (all ModelBlessings), candidate (this run's Trainer output)."""
 
-    def resolve_artifacts(self, store, input_dict: Dict[str, List[types.Artifact]]
-                          ) -> Optional[Dict[str, List[types.Artifact]]]:
+    def resolve_artifacts(self, store, input_dict: dict[str, list[types.Artifact]]
+                          ) -> dict[str, list[types.Artifact]] | None:
         candidate_ids = {a.id for a in input_dict.get(CANDIDATE, [])}
         blessings = {b.get_int_custom_property(_MODEL_ID): b
                      for b in input_dict.get(BLESSING, []) if b.get_int_custom_property(_BLESSED) == 1}

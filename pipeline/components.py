@@ -1,6 +1,6 @@
 """Component factories: TFX's own or its Google Cloud implementation, chosen by configuration,
 always with the same component id (so ML Metadata, the summary and the tests see one DAG)."""
-from typing import Any, Dict, Optional
+from typing import Any
 
 from tfx.proto import example_gen_pb2, trainer_pb2
 
@@ -32,17 +32,17 @@ def _worker_pool_specs(config: Config) -> list:
     if config.vertex.accelerator_type and config.vertex.accelerator_count:
         machine.update(accelerator_type=config.vertex.accelerator_type,
                        accelerator_count=config.vertex.accelerator_count)
-    return [{"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": config.vertex.image}}]
+    return [{"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": config.image}}]
 
 
-def _vertex_job(config: Config) -> Dict[str, Any]:
-    job: Dict[str, Any] = {"project": config.gcp.project, "worker_pool_specs": _worker_pool_specs(config)}
+def _vertex_job(config: Config) -> dict[str, Any]:
+    job: dict[str, Any] = {"project": config.gcp.project, "worker_pool_specs": _worker_pool_specs(config)}
     if config.gcp.service_account:
         job["service_account"] = config.gcp.service_account
     return job
 
 
-def _on_vertex(config: Config, custom_config: Dict[str, Any], **job_keys) -> Dict[str, Any]:
+def _on_vertex(config: Config, custom_config: dict[str, Any], **job_keys) -> dict[str, Any]:
     """custom_config that makes the google_cloud_ai_platform executors run a Vertex AI custom job."""
     from tfx.extensions.google_cloud_ai_platform import constants as vertex
 
@@ -50,7 +50,7 @@ def _on_vertex(config: Config, custom_config: Dict[str, Any], **job_keys) -> Dic
             **job_keys}
 
 
-def tuner(config: Config, custom_config: Dict[str, Any], **inputs):
+def tuner(config: Config, custom_config: dict[str, Any], **inputs):
     """Keras Tuner search here, or as a Vertex AI custom job; id 'Tuner'."""
     args = dict(
         tuner_fn="modules.tuning.tuner_fn",
@@ -72,7 +72,7 @@ def tuner(config: Config, custom_config: Dict[str, Any], **inputs):
     return Tuner(custom_config=custom_config, **args).with_id("Tuner")
 
 
-def trainer(config: Config, custom_config: Dict[str, Any], hyperparameters: Optional[Any], **inputs):
+def trainer(config: Config, custom_config: dict[str, Any], hyperparameters: Any | None, **inputs):
     """run_fn here, or as a Vertex AI custom job (GPU when configured); id 'Trainer'."""
     args = dict(
         run_fn="modules.training.run_fn",

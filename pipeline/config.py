@@ -7,9 +7,9 @@ import difflib
 import glob
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Mapping, Optional
 
 import yaml
 
@@ -24,6 +24,7 @@ ENV_PROFILE = "TFX_E2E_PROFILE"
 ENV_CONFIG = "TFX_E2E_CONFIG"
 ENV_ALWAYS_RUN = "TFX_E2E_ALWAYS_RUN"  # 1: run the orchestrator even when nothing changed
 ENV_PATHS = {"TFX_E2E_DATA_ROOT": "data_root", "TFX_E2E_OUTPUT_ROOT": "output_root"}
+ENV_IMAGE = "TFX_E2E_IMAGE"  # Cloud Build sets it to the image it just pushed
 DEFAULT_PROFILE = "local"
 
 
@@ -56,7 +57,7 @@ class TrainerConfig:
 class EvaluatorConfig:
     auc_lower_bound: float
     auc_max_drop: float
-    slices: List[str]
+    slices: list[str]
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,10 @@ class DataflowConfig:
     staging_location: str
     machine_type: str
     max_num_workers: int
-    sdk_container_image: str
 
 
 @dataclass(frozen=True)
 class VertexConfig:
-    image: str
     bigquery_query: str
     machine_type: str
     accelerator_type: str
@@ -103,9 +102,10 @@ class Config:
     data_root: str
     output_root: str
     schema_path: str
+    image: str            # the project's image (Dockerfile): KFP/Vertex containers, Dataflow workers
     enable_cache: bool
     split: SplitConfig
-    beam_pipeline_args: List[str]
+    beam_pipeline_args: list[str]
     tuner: TunerConfig
     trainer: TrainerConfig
     evaluator: EvaluatorConfig
@@ -128,7 +128,7 @@ class Config:
         return os.path.join(root, "metadata", self.pipeline_name, "metadata.db")
 
     @property
-    def beam_args(self) -> List[str]:
+    def beam_args(self) -> list[str]:
         """beam_pipeline_args, plus DataflowRunner's when the dataflow settings are enabled."""
         args = list(self.beam_pipeline_args)
         if self.dataflow.enabled:
@@ -141,9 +141,9 @@ class Config:
                 f"--machine_type={self.dataflow.machine_type}",
                 f"--max_num_workers={self.dataflow.max_num_workers}",
                 "--experiments=use_runner_v2",
+                # The workers import modules/ and pipeline/ (dotted paths), which only the project's image has.
+                f"--sdk_container_image={self.image}",
             ]
-            if self.dataflow.sdk_container_image:
-                args.append(f"--sdk_container_image={self.dataflow.sdk_container_image}")
             if self.gcp.service_account:
                 args.append(f"--service_account_email={self.gcp.service_account}")
         return args
@@ -195,7 +195,7 @@ def _build(cls, values, path: str, source: str):
 def _check(tp, value, key: str, source: str):
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, source)
-    if typing.get_origin(tp) in (list, List):
+    if typing.get_origin(tp) in (list, list):
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key}: expected a list, got {type(value).__name__} {value!r}")
@@ -253,9 +253,13 @@ def _validate(config: Config) -> None:
         for key in ("temp_location", "staging_location"):
             if not getattr(config.dataflow, key).startswith("gs://"):
                 raise ConfigError(f"dataflow.{key}: must be a gs:// path, got {getattr(config.dataflow, key)!r}")
+    needs_image = [why for why, on in (("dataflow.enabled", config.dataflow.enabled),
+                                       ("training: vertex", config.training == "vertex"),
+                                       ("metadata: managed", config.metadata == "managed")) if on]
+    if needs_image and not config.image:
+        raise ConfigError(f"image: required by {needs_image[0]}: the project's image (Dockerfile) that Cloud Build "
+                          f"pushes (set it in a TFX_E2E_CONFIG overlay or {ENV_IMAGE})")
     if config.training == "vertex":
-        if not config.vertex.image:
-            raise ConfigError("vertex.image: required by training: vertex (the image Cloud Build pushes)")
         if not config.output_root.startswith("gs://"):
             raise ConfigError(f"output_root: must be a gs:// path for Vertex AI, got {config.output_root!r} "
                               "(set TFX_E2E_OUTPUT_ROOT)")
@@ -279,12 +283,13 @@ def _absolute(path: str, base: Path) -> str:
     return path if _is_uri(path) else str((base / path).resolve())
 
 
-def load_config(profile: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
+def load_config(profile: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Loads the configuration for `profile` (default: $TFX_E2E_PROFILE, else 'local')."""
     env = os.environ if env is None else env
-    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, *ENV_PATHS})
+    known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, *ENV_PATHS}
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
-        known = ", ".join(sorted({ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, *ENV_PATHS}))
+        known = ", ".join(sorted(known))
         raise ConfigError(f"environment: unknown variable(s) {', '.join(unknown)} (known: {known})")
 
     document = _read_yaml(CONFIG_FILE, "config")
@@ -313,6 +318,9 @@ def load_config(profile: Optional[str] = None, env: Optional[Mapping[str, str]] 
         if env.get(variable):
             values[key] = _absolute(env[variable], Path.cwd())
             source += f" + {variable}"
+    if env.get(ENV_IMAGE):
+        values["image"] = env[ENV_IMAGE]
+        source += f" + {ENV_IMAGE}"
 
     config = _build(Config, {**values, "profile": profile}, "", source)
     _validate(config)

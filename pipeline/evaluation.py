@@ -1,5 +1,6 @@
 """The TFMA EvalConfig (metrics, slices, thresholds) and a readable reason for each blessing decision."""
-from typing import List, NamedTuple
+import json
+from typing import NamedTuple
 
 import tensorflow_model_analysis as tfma
 
@@ -28,7 +29,7 @@ def eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
             tfma.MetricConfig(class_name="ExampleCount"),
             # Gate on the overall slice: single-class slices (e.g. cash payments, which are
             # never big tips) have no meaningful AUC and would veto every model.
-            tfma.MetricConfig(class_name="AUC", config='{"name": "%s"}' % THRESHOLD_METRIC,
+            tfma.MetricConfig(class_name="AUC", config=json.dumps({"name": THRESHOLD_METRIC}),
                               per_slice_thresholds=[tfma.PerSliceMetricThreshold(
                                   slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)]),
             tfma.MetricConfig(class_name="BinaryAccuracy"),
@@ -50,8 +51,8 @@ class Check(NamedTuple):
 class BlessingReport(NamedTuple):
     metrics: dict           # candidate, overall slice: metric name -> value
     baseline_metrics: dict  # the baseline model's, when there was one
-    checks: List[Check]
-    failures: List[str]     # TFMA's failed thresholds, any slice
+    checks: list[Check]
+    failures: list[str]     # TFMA's failed thresholds, any slice
 
 
 def slice_name(slice_key) -> str:

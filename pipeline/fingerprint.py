@@ -1,7 +1,7 @@
 """Content fingerprints: what decides that code or data is unchanged."""
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 
 def files_digest(paths: Iterable[Path], root: Path = None) -> str:

@@ -4,7 +4,7 @@ ExampleValidator records anomalies but lets the pipeline go on (tfx-addons#153);
 this component fails instead, so nothing downstream (Transform, Trainer, Pusher) runs.
 """
 import os
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import types
@@ -28,12 +28,12 @@ class Anomaly(NamedTuple):
 class DataGateError(RuntimeError):
     """The data broke the schema; carries every anomaly."""
 
-    def __init__(self, anomalies: List[Anomaly]):
+    def __init__(self, anomalies: list[Anomaly]):
         self.anomalies = anomalies
         super().__init__(format_anomalies(anomalies))
 
 
-def read_anomalies(artifact: types.Artifact) -> List[Anomaly]:
+def read_anomalies(artifact: types.Artifact) -> list[Anomaly]:
     found = []
     for split in artifact_utils.decode_split_names(artifact.split_names):
         path = os.path.join(artifact_utils.get_split_uri([artifact], split), SCHEMA_DIFF_FILE)
@@ -49,7 +49,7 @@ def read_anomalies(artifact: types.Artifact) -> List[Anomaly]:
     return found
 
 
-def format_anomalies(anomalies: List[Anomaly]) -> str:
+def format_anomalies(anomalies: list[Anomaly]) -> str:
     rows = [("split", "feature", "kind", "description")] + [tuple(a) for a in anomalies]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"Data gate: {len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'} against the schema; "

@@ -9,7 +9,7 @@ import hashlib
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from absl import logging
 from tfx import types
@@ -38,13 +38,13 @@ def model_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def served_versions(base_directory: str) -> List[int]:
+def served_versions(base_directory: str) -> list[int]:
     if not os.path.isdir(base_directory):
         return []
     return sorted(int(n) for n in os.listdir(base_directory) if n.isdigit())
 
 
-def find_identical_version(base_directory: str, model_path: str) -> Optional[int]:
+def find_identical_version(base_directory: str, model_path: str) -> int | None:
     wanted = model_digest(model_path)
     for version in reversed(served_versions(base_directory)):
         if model_digest(os.path.join(base_directory, str(version))) == wanted:
@@ -70,8 +70,8 @@ def push_atomically(model_path: str, base_directory: str) -> int:
 class AtomicPushExecutor(tfx_pusher.Executor):
     """Same inputs, outputs and custom properties (pushed, pushed_destination, pushed_version) as TFX's."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict: dict[str, list[types.Artifact]],
+           exec_properties: dict[str, Any]) -> None:
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         base = destination.filesystem.base_directory

@@ -2,7 +2,6 @@
 (blessing decision with its reasons, metrics for every slice). Written to <output_root>/reports/<pipeline>/."""
 import html
 import os
-from typing import List, Optional
 
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
@@ -10,6 +9,8 @@ import tensorflow_model_analysis as tfma
 from pipeline.evaluation import BlessingReport, slice_name
 
 METRIC_COLUMNS = ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration")
+TABLE_STYLE = ("<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+               "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}</style>")
 
 
 def report_dir(output_root: str, pipeline_name: str) -> str:
@@ -25,7 +26,7 @@ def _write(path: str, text: str) -> str:
     return path
 
 
-def write_statistics(statistics_uri: str, directory: str) -> Optional[str]:
+def write_statistics(statistics_uri: str, directory: str) -> str | None:
     splits = {}
     for split in ("train", "eval"):
         path = os.path.join(statistics_uri, f"Split-{split}", "FeatureStats.pb")
@@ -41,7 +42,7 @@ def write_statistics(statistics_uri: str, directory: str) -> Optional[str]:
 
 
 def write_evaluation(evaluation_uri: str, blessed: bool, report: BlessingReport, directory: str) -> str:
-    rows: List[str] = []
+    rows: list[str] = []
     for per_slice in sorted(tfma.load_metrics(evaluation_uri), key=lambda m: slice_name(m.slice_key)):
         values = {}
         for entry in per_slice.metric_keys_and_values:
@@ -54,7 +55,7 @@ def write_evaluation(evaluation_uri: str, blessed: bool, report: BlessingReport,
                      for c in report.checks)
     failures = "".join(f"<li><b>FAIL</b>: {html.escape(f)}</li>" for f in report.failures)
     page = f"""<!doctype html><meta charset="utf-8"><title>Evaluation</title>
-<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
+{TABLE_STYLE}
 <h1>Model {'BLESSED' if blessed else 'NOT blessed'}</h1><ul>{checks}{failures}</ul>
 <h2>Metrics by slice (eval split)</h2>
 <table><tr><th>slice</th>{''.join(f'<th>{c}</th>' for c in METRIC_COLUMNS)}</tr>{''.join(rows)}</table>

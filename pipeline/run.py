@@ -16,7 +16,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
 
 from pipeline.config import ENV_ALWAYS_RUN, REPO_ROOT, Config, ConfigError, load_config
 from pipeline.fingerprint import files_digest
@@ -48,7 +47,7 @@ class _Progress(logging.Handler):
                     print(f"✓ {position} {node} ({elapsed:.1f} s)", flush=True)
 
 
-def inputs_fingerprint(config: Config) -> Optional[str]:
+def inputs_fingerprint(config: Config) -> str | None:
     """Everything a run depends on: configuration, data, schema, code, locked dependencies.
     None when the data is not on this machine (then there is no shortcut)."""
     if "://" in config.data_root:
@@ -65,7 +64,7 @@ def _record_path(config: Config) -> str:
     return os.path.join(config.output_root, "runs", f"{config.pipeline_name}.last.json")
 
 
-def _unchanged_since_last_run(config: Config, fingerprint: Optional[str]) -> Optional[dict]:
+def _unchanged_since_last_run(config: Config, fingerprint: str | None) -> dict | None:
     try:
         with open(_record_path(config)) as f:
             record = json.load(f)
@@ -78,7 +77,7 @@ def _unchanged_since_last_run(config: Config, fingerprint: Optional[str]) -> Opt
     return record
 
 
-def _write_record(config: Config, fingerprint: str, summary_text: str, served_path: Optional[str]) -> None:
+def _write_record(config: Config, fingerprint: str, summary_text: str, served_path: str | None) -> None:
     path = _record_path(config)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
@@ -153,7 +152,7 @@ def run(make_runner, default_profile: str) -> None:
     sys.exit(0 if outcome.ok else 1)
 
 
-def _root_cause(error: BaseException, kind: type) -> Optional[BaseException]:
+def _root_cause(error: BaseException, kind: type) -> BaseException | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

@@ -3,7 +3,7 @@ anomalies, metrics against thresholds with the blessing decision, and what was p
 import collections
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import NamedTuple
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
@@ -28,8 +28,8 @@ class NodeRun(NamedTuple):
     node_id: str
     status: str
     seconds: float
-    inputs: Dict[str, List[metadata_store_pb2.Artifact]]
-    outputs: Dict[str, List[metadata_store_pb2.Artifact]]
+    inputs: dict[str, list[metadata_store_pb2.Artifact]]
+    outputs: dict[str, list[metadata_store_pb2.Artifact]]
 
 
 def open_store(config: Config) -> mlmd.MetadataStore:
@@ -39,7 +39,7 @@ def open_store(config: Config) -> mlmd.MetadataStore:
     return mlmd.MetadataStore(connection)
 
 
-def latest_run(store: mlmd.MetadataStore, config: Config, since: float = 0.0) -> Dict[str, NodeRun]:
+def latest_run(store: mlmd.MetadataStore, config: Config, since: float = 0.0) -> dict[str, NodeRun]:
     """node id -> NodeRun for the newest pipeline run of this pipeline started after `since` (epoch seconds)."""
     node_prefix = f"{config.pipeline_name}."
     node_contexts = {c.id: c.name[len(node_prefix):]
@@ -90,10 +90,10 @@ def _prop(artifact: metadata_store_pb2.Artifact, key: str):
 
 class Outcome(NamedTuple):
     ok: bool
-    served_path: Optional[str]  # the version directory serving this run's model, if any
+    served_path: str | None  # the version directory serving this run's model, if any
 
 
-def print_summary(config: Config, tfx_pipeline, started: float, error: Optional[BaseException],
+def print_summary(config: Config, tfx_pipeline, started: float, error: BaseException | None,
                   out=sys.stdout) -> Outcome:
     """Prints the summary of the run that started at `started` (epoch seconds)."""
     store = open_store(config)

@@ -25,10 +25,10 @@ def main() -> None:
     path = compiled_path(config.pipeline_name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     runner = kfp_v2.KubeflowV2DagRunner(
-        config=kfp_v2.KubeflowV2DagRunnerConfig(default_image=config.vertex.image),
+        config=kfp_v2.KubeflowV2DagRunnerConfig(default_image=config.image),
         output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
     runner.run(create_pipeline(config))
-    print(f"compiled {path} (pipeline root {config.pipeline_root}, image {config.vertex.image})")
+    print(f"compiled {path} (pipeline root {config.pipeline_root}, image {config.image})")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,10 @@
 What TF Serving's serving_default signature takes; shared by clients and tests.
 """
 import csv
-from typing import Dict, Iterable, List
-
-from tensorflow_metadata.proto.v0 import schema_pb2
+from collections.abc import Iterable
 
 from tensorflow.core.example import example_pb2
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 
 def load_schema(path: str) -> schema_pb2.Schema:
@@ -17,7 +16,7 @@ def load_schema(path: str) -> schema_pb2.Schema:
         return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
-def to_example(row: Dict[str, object], schema: schema_pb2.Schema, skip=("tips",)) -> example_pb2.Example:
+def to_example(row: dict[str, object], schema: schema_pb2.Schema, skip=("tips",)) -> example_pb2.Example:
     """Empty or missing values become absent features; a value of the wrong type raises ValueError."""
     example = example_pb2.Example()
     for feature in schema.feature:
@@ -40,11 +39,11 @@ def to_example(row: Dict[str, object], schema: schema_pb2.Schema, skip=("tips",)
     return example
 
 
-def read_csv_rows(path: str, limit: int = 0) -> List[Dict[str, str]]:
+def read_csv_rows(path: str, limit: int = 0) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return rows[:limit] if limit else rows
 
 
-def serialize(rows: Iterable[Dict[str, object]], schema: schema_pb2.Schema, skip=("tips",)) -> List[bytes]:
+def serialize(rows: Iterable[dict[str, object]], schema: schema_pb2.Schema, skip=("tips",)) -> list[bytes]:
     return [to_example(row, schema, skip).SerializeToString() for row in rows]

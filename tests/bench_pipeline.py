@@ -101,9 +101,9 @@ def random_third(work):
     with open(train_dir / "data.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        writer.writerows(r for r, h in zip(rows, held) if not h)
-    return train_dir, [dict(zip(header, r)) for r, h in zip(rows, held) if h], \
-        [dict(zip(header, r)) for r, h in zip(rows, held) if not h]
+        writer.writerows(r for r, h in zip(rows, held, strict=True) if not h)
+    return train_dir, [dict(zip(header, r, strict=True)) for r, h in zip(rows, held, strict=True) if h], \
+        [dict(zip(header, r, strict=True)) for r, h in zip(rows, held, strict=True) if not h]
 
 
 def _rows_frame(rows):
@@ -241,7 +241,8 @@ def main():
         ("unchanged re-run: new version pushed", pushed(ref_v1, ref_v2), pushed(ours_v1, ours_v2), ""),
         ("re-run, LocalDagRunner all cached (TFX_E2E_ALWAYS_RUN=1)", "", f"{ours_rerun_full[0]:.1f} s"
          + (", no push" if ours_v3 == ours_v1 else ", PUSHED"), ratio(ours_rerun_full[0], ref_rerun[0])),
-        (f"eval split AUC ({len(held_out)} rows, held out by both)", f"{ref_auc:.4f}", f"{ours_auc:.4f}", f"{ours_auc - ref_auc:+.4f}"),
+        (f"eval split AUC ({len(held_out)} rows, held out by both)", f"{ref_auc:.4f}", f"{ours_auc:.4f}",
+         f"{ours_auc - ref_auc:+.4f}"),
         ("eval split binary accuracy", f"{ref_acc:.4f}", f"{ours_acc:.4f}", f"{ours_acc - ref_acc:+.4f}"),
         ("for scale, eval split: rule `payment_type == 'Credit Card'` AUC / accuracy", "",
          f"{rule_auc:.4f} / {rule_acc:.4f}", ""),

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SMALL_DATA
+
 from pipeline import pusher
 from pipeline.config import REPO_ROOT
 

@@ -38,6 +38,17 @@ def test_env_overrides_and_overlay(tmp_path):
     assert config.tuner.enabled is False
 
 
+def test_image_from_the_environment_reaches_dataflow_args(tmp_path):
+    overlay = ("gcp: {project: p, region: r}\n"
+               "dataflow: {enabled: true, temp_location: gs://b/tmp, staging_location: gs://b/staging}\n")
+    image = "europe-west4-docker.pkg.dev/p/tfx-e2e/pipeline:0123abc"
+    config = load_config(env=_env(tmp_path, overlay, TFX_E2E_IMAGE=image))
+    assert config.image == image
+    assert f"--sdk_container_image={image}" in config.beam_args
+    with pytest.raises(ConfigError, match=r"image: required by dataflow.enabled: .*TFX_E2E_IMAGE"):
+        load_config(env=_env(tmp_path, overlay))
+
+
 @pytest.mark.parametrize("overlay, message", [
     ("trainer: {trian_steps: 5}\n", "unknown key 'trainer.trian_steps' (did you mean 'trainer.train_steps'?)"),
     ("trainer: {train_steps: many}\n", "trainer.train_steps: expected int, got str 'many'"),

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL_DATA
 from ml_metadata.proto import metadata_store_pb2
 
-from conftest import SMALL_DATA
 from pipeline import pusher, summary
 from serving import examples
 

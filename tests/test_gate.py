@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import SMALL_DATA, SMALL_OVERLAY, PipelineRun, write_csv_variant
+
 from pipeline import summary
 from pipeline.config import REPO_ROOT
 

@@ -8,8 +8,8 @@ import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import SMALL_DATA
+
 from modules import features as F
 from modules import hparams as H
 from modules import model as M

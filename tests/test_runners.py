@@ -6,10 +6,10 @@ import json
 import os
 
 import pytest
+from conftest import SMALL_DATA, PipelineRun
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from conftest import SMALL_DATA, PipelineRun
 from pipeline import pusher
 from pipeline.config import ConfigError, load_config
 from runners import kubeflow_v2_runner
@@ -18,9 +18,8 @@ IMAGE = "europe-west4-docker.pkg.dev/tfx-e2e-test/tfx-e2e/pipeline:abc123"
 GCP_OVERLAY = f"""
 output_root: gs://tfx-e2e-test-bucket/tfx-e2e
 gcp: {{project: tfx-e2e-test, region: europe-west4, service_account: pipelines@tfx-e2e-test.iam.gserviceaccount.com}}
-dataflow: {{temp_location: gs://tfx-e2e-test-bucket/tmp, staging_location: gs://tfx-e2e-test-bucket/staging,
-            sdk_container_image: {IMAGE}}}
-vertex: {{image: {IMAGE}}}
+dataflow: {{temp_location: gs://tfx-e2e-test-bucket/tmp, staging_location: gs://tfx-e2e-test-bucket/staging}}
+image: {IMAGE}
 """
 COMPONENTS = {"ExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform", "Tuner",
               "Trainer", "Evaluator", "Pusher"}
@@ -61,8 +60,10 @@ def test_compiled_json_is_a_pipeline_job_with_a_task_per_component(vertex_datafl
 
 
 def test_every_container_runs_our_image(vertex_dataflow_job):
-    images = {e["container"]["image"] for e in _executors(vertex_dataflow_job).values() if "container" in e}
-    assert images == {IMAGE}
+    containers = [e["container"] for e in _executors(vertex_dataflow_job).values() if "container" in e]
+    assert {c["image"] for c in containers} == {IMAGE}
+    # The image's entrypoint is Beam's worker boot (Dockerfile): every KFP container must give its own command.
+    assert all(c["command"][:2] == ["python", "-m"] for c in containers)
 
 
 def test_every_executor_class_imports_here(vertex_dataflow_job):
@@ -120,7 +121,7 @@ def test_dataflow_profile_with_the_local_runner(tmp_path):
 
 
 @pytest.mark.parametrize("overlay, message", [
-    (GCP_OVERLAY.replace("vertex: {image: " + IMAGE + "}", ""), "vertex.image: required by training: vertex"),
+    (GCP_OVERLAY.replace("image: " + IMAGE, ""), "image: required by training: vertex"),
     (GCP_OVERLAY.replace("output_root: gs://tfx-e2e-test-bucket/tfx-e2e", "output_root: /tmp/x"),
      "output_root: must be a gs:// path for Vertex AI"),
     (GCP_OVERLAY.replace("project: tfx-e2e-test,", "project: '',"), "gcp.project: required by"),

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SMALL_DATA
+from test_runners import GCP_OVERLAY
+
 from pipeline import pusher
 from pipeline.config import REPO_ROOT
-from test_runners import GCP_OVERLAY
 
 SMALL_FAST = """
 tuner: {enabled: false}

@@ -1,0 +1,35 @@
+# The project's image: KFP / Vertex AI Pipelines containers, Vertex AI training, Dataflow's workers.
+#   docker build -t REGION-docker.pkg.dev/PROJECT/REPOSITORY/pipeline:TAG .      (cloudbuild.yaml does this)
+# Then `image:` in the configuration (or TFX_E2E_IMAGE) names it.
+#
+# The official TFX image brings TensorFlow with GPU support and TFX's container entrypoints on its
+# Python (3.10). requirements/image-lock.txt pins the same dependencies as requirements/lock.txt,
+# resolved for that Python (`make lock`); tests/test_image.py checks the two agree.
+ARG TFX_VERSION=1.16.0
+ARG BEAM_VERSION=2.59.0
+ARG PYTHON_VERSION=3.10
+
+# Dataflow starts its workers with Beam's boot program, which a custom sdk_container_image must carry.
+FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam
+FROM gcr.io/tfx-oss-public/tfx:${TFX_VERSION}
+ARG TFX_VERSION
+
+WORKDIR /pipeline
+COPY requirements/image-lock.txt requirements/image-lock.txt
+RUN python -m pip install --no-cache-dir --no-deps -r requirements/image-lock.txt \
+ && python -m pip install --no-cache-dir --no-deps tfx==${TFX_VERSION} ml-pipelines-sdk==${TFX_VERSION}
+
+# Paths under /pipeline are what the `vertex` profile reads inside the image (schema_path).
+COPY setup.py ./
+COPY pipeline pipeline
+COPY modules modules
+COPY runners runners
+COPY serving serving
+COPY schema schema
+# Editable, as `make setup` does: the package is /pipeline itself, so REPO_ROOT is /pipeline in the image.
+RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation -e . \
+ && python -c "import pipeline.pusher, modules.preprocessing, modules.training, modules.tuning"
+
+COPY --from=beam /opt/apache/beam /opt/apache/beam
+# KFP, Vertex training and TFX's launchers give their own command; a bare container is a Beam worker.
+ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -1,0 +1,101 @@
+"""The Dockerfile (no Docker engine runs here): it references only files that exist and versions that
+agree with the installed stack, and its lock (Python 3.10, the TFX image's) agrees with ours."""
+import importlib.metadata
+import re
+from pathlib import Path
+
+import tfx
+import yaml
+from packaging.requirements import Requirement
+
+from pipeline.config import CONFIG_FILE, IMAGE_ROOT
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+# The stack the pipeline's components run on: the image must have exactly what is tested here.
+SAME_IN_BOTH_LOCKS = ("tensorflow", "tensorflow-transform", "tensorflow-data-validation", "tensorflow-model-analysis",
+                      "tfx-bsl", "ml-metadata", "tensorflow-metadata", "apache-beam", "tensorflow-serving-api",
+                      "tensorflow-hub", "keras-tuner", "numpy", "pyarrow", "scikit-learn", "google-cloud-aiplatform",
+                      "google-cloud-bigquery", "dill")
+
+
+def _instructions():
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [line.split(None, 1) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _args():
+    return dict(rest.split("=", 1) for op, rest in _instructions() if op == "ARG" and "=" in rest)
+
+
+def _pins(path):
+    return dict(re.findall(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", path.read_text(), re.M))
+
+
+def _lock_python(path):
+    return re.search(r"uv pip compile --python-version (\S+)", path.read_text()).group(1)
+
+
+def test_base_image_is_the_official_tfx_image_of_the_installed_version():
+    args = _args()
+    froms = [rest.split()[0] for op, rest in _instructions() if op == "FROM"]
+    assert froms[-1] == "gcr.io/tfx-oss-public/tfx:${TFX_VERSION}"  # the final stage
+    assert args["TFX_VERSION"] == tfx.__version__ == "1.16.0"
+    assert f"TFX_VERSION := {tfx.__version__}" in (REPO / "Makefile").read_text()
+
+
+def test_beam_boot_comes_from_the_sdk_image_of_the_locked_beam():
+    args = _args()
+    assert "apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam" in DOCKERFILE.read_text()
+    assert args["BEAM_VERSION"] == _pins(REPO / "requirements/image-lock.txt")["apache-beam"]
+    assert args["BEAM_VERSION"] == importlib.metadata.version("apache-beam")
+    assert args["PYTHON_VERSION"] == _lock_python(REPO / "requirements/image-lock.txt") == "3.10"
+    assert _lock_python(REPO / "requirements/lock.txt") == "3.11"
+
+
+def test_every_copied_path_exists():
+    copies = [rest.split() for op, rest in _instructions() if op == "COPY"]
+    sources = [parts[0] for parts in copies if not parts[0].startswith("--from")]
+    assert {"requirements/image-lock.txt", "setup.py", "pipeline", "modules", "schema"} <= set(sources)
+    for source in sources:
+        assert (REPO / source).exists(), source
+    # What the vertex profile reads inside the image is copied to that path.
+    in_image = yaml.safe_load(CONFIG_FILE.read_text())["profiles"]["vertex"]["schema_path"]
+    relative = Path(in_image).relative_to(IMAGE_ROOT)
+    assert (REPO / relative).is_file() and relative.parts[0] in sources
+    assert ["WORKDIR", IMAGE_ROOT.rstrip("/")] in [[op, rest.strip()] for op, rest in _instructions()]
+
+def test_installs_pin_the_tfx_version_and_use_the_image_lock():
+    runs = " ".join(rest for op, rest in _instructions() if op == "RUN")
+    assert "pip install --no-cache-dir --no-deps -r requirements/image-lock.txt" in runs
+    assert "tfx==${TFX_VERSION} ml-pipelines-sdk==${TFX_VERSION}" in runs
+
+
+def test_the_two_locks_agree_on_the_stack():
+    dev, image = _pins(REPO / "requirements/lock.txt"), _pins(REPO / "requirements/image-lock.txt")
+    for name in SAME_IN_BOTH_LOCKS:
+        assert image[name] == dev[name], name
+    # The image carries no developer tools.
+    assert not {"apache-airflow", "pytest", "ruff"} & set(image)
+
+
+def test_image_lock_satisfies_every_requirement_of_tfx():
+    """The image re-installs tfx with --no-deps: the lock must meet every requirement tfx declares."""
+    image = _pins(REPO / "requirements/image-lock.txt")
+    environment = {"python_version": "3.10", "python_full_version": "3.10.0", "extra": "kfp"}
+    checked = 0
+    for line in importlib.metadata.requires("tfx"):
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        if requirement.name == "ml-pipelines-sdk":  # installed beside tfx, from the Dockerfile
+            continue
+        assert requirement.name in image, requirement
+        assert requirement.specifier.contains(image[requirement.name], prereleases=True), (requirement, image[requirement.name])
+        checked += 1
+    assert checked >= 30
+
+
+def test_build_context_leaves_out_the_local_environment():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "output", "build", ".git"} <= {entry.strip("/") for entry in ignored}
