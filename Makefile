@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam compile-vertex test lint lock image schema bench-pipeline
+.PHONY: setup run run-beam compile-vertex test test-unit lint lock image schema bench-pipeline
 
 setup: $(STAMP)
 
@@ -54,6 +54,10 @@ compile-vertex: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The fast part (no pipeline run): cloudbuild.yaml's unit-test step.
+test-unit: setup
+	$(PY) -m pytest tests -m "not e2e"
 
 lint: setup
 	$(VENV)/bin/ruff check .

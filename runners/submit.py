@@ -3,6 +3,9 @@
     python -m runners.submit vertex [--schedule]      project, region, service account, cron from the config
     python -m runners.submit kfp --host https://...   an open-source Kubeflow Pipelines 2 endpoint
 
+--template takes another compiled JSON (Vertex: also a gs:// URI, as cloudbuild.yaml uploads it).
+--schedule replaces the pipeline's schedule (same display name) so that it runs the new template.
+
 Credentials come from the environment (gcloud auth / workload identity), never from the configuration.
 """
 import argparse
@@ -30,7 +33,12 @@ def submit_vertex(config: Config, template_path: str, schedule: bool, aiplatform
     if schedule:
         if not config.vertex.schedule_cron:
             raise SystemExit("error: --schedule needs vertex.schedule_cron in the configuration")
-        return job.create_schedule(cron=config.vertex.schedule_cron, display_name=f"{config.pipeline_name}-schedule",
+        display_name = f"{config.pipeline_name}-schedule"
+        # A schedule's pipeline spec cannot be updated in place: the new one replaces the old.
+        for old in aiplatform.PipelineJobSchedule.list(filter=f'display_name="{display_name}"',
+                                                       project=config.gcp.project, location=config.gcp.region):
+            old.delete()
+        return job.create_schedule(cron=config.vertex.schedule_cron, display_name=display_name,
                                    service_account=service_account)
     job.submit(service_account=service_account)
     return job
@@ -51,10 +59,13 @@ def main(argv=None) -> None:
     parser.add_argument("target", choices=["vertex", "kfp"])
     parser.add_argument("--schedule", action="store_true", help="Vertex: create a recurring schedule instead")
     parser.add_argument("--host", help="KFP: the endpoint URL")
+    parser.add_argument("--template", help="the compiled JSON (default: build/<pipeline>.json; Vertex: gs:// too)")
     args = parser.parse_args(argv)
     config = load_or_exit(default_profile="vertex")
-    path = compiled_path(config.pipeline_name)
-    if not os.path.exists(path):
+    path = args.template or compiled_path(config.pipeline_name)
+    if args.target == "kfp" and path.startswith("gs://"):
+        sys.exit("error: kfp takes a local --template file")
+    if not path.startswith("gs://") and not os.path.exists(path):
         sys.exit(f"error: {path} not found; compile first: make compile-vertex")
     if args.target == "vertex":
         result = submit_vertex(config, path, args.schedule)

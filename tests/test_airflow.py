@@ -12,6 +12,8 @@ from conftest import SMALL_DATA
 from pipeline import pusher
 from pipeline.config import REPO_ROOT
 
+pytestmark = pytest.mark.e2e  # whole pipelines (make test-unit leaves them out)
+
 COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
               "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
 OVERLAY = """

@@ -11,6 +11,8 @@ from ml_metadata.proto import metadata_store_pb2
 from pipeline import pusher, summary
 from serving import examples
 
+pytestmark = pytest.mark.e2e  # whole pipelines (make test-unit leaves them out)
+
 COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
               "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
 

@@ -37,6 +37,7 @@ def _assert_stopped_at_gate(config):
     assert not os.path.exists(config.serving_model_dir)
 
 
+@pytest.mark.e2e
 def test_new_category_stops_the_cli_run_with_exit_1(tmp_path):
     data = write_csv_variant(SOURCE, tmp_path / "data", _edit_column("payment_type", "Bitcoin"))
     overlay = tmp_path / "overlay.yaml"
@@ -60,6 +61,7 @@ def test_new_category_stops_the_cli_run_with_exit_1(tmp_path):
     (_edit_column("fare", "twelve"), "fare", "UNEXPECTED_DATA_TYPE"),
     (_drop_column("payment_type"), "payment_type", "SCHEMA_MISSING_COLUMN"),
 ])
+@pytest.mark.e2e
 def test_schema_anomalies_stop_before_transform(tmp_path, capsys, edit, feature, kind):
     data = write_csv_variant(SOURCE, tmp_path / "data", edit)
     run = PipelineRun(tmp_path, data)
@@ -70,6 +72,7 @@ def test_schema_anomalies_stop_before_transform(tmp_path, capsys, edit, feature,
     _assert_stopped_at_gate(run.config())
 
 
+@pytest.mark.e2e
 def test_malformed_csv_fails_in_example_gen_and_pushes_nothing(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

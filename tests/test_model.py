@@ -43,6 +43,7 @@ def test_build_from_tuned_hyperparameters():
     assert math.isclose(float(model.optimizer.learning_rate.numpy()), 1e-3, rel_tol=1e-6)
 
 
+@pytest.mark.e2e
 def test_tuner_output_drives_the_trainer(small_pipeline):
     config = small_pipeline.config()
     store = summary.open_store(config)
@@ -64,11 +65,13 @@ def pushed_model(small_pipeline):
     return config, tf.saved_model.load(os.path.join(config.serving_model_dir, str(version)))
 
 
+@pytest.mark.e2e
 def test_signatures_are_exported(pushed_model):
     _, model = pushed_model
     assert set(model.signatures) == {M.SERVING_SIGNATURE, M.RAW_SIGNATURE, M.TRANSFORM_SIGNATURE}
 
 
+@pytest.mark.e2e
 def test_raw_signature_matches_tf_example_signature(pushed_model):
     config, model = pushed_model
     schema = examples.load_schema(config.schema_path)
@@ -89,6 +92,7 @@ def test_raw_signature_matches_tf_example_signature(pushed_model):
     assert np.all((from_raw >= 0) & (from_raw <= 1))
 
 
+@pytest.mark.e2e
 def test_transform_features_signature_gives_tfma_the_label(pushed_model):
     config, model = pushed_model
     schema = examples.load_schema(config.schema_path)

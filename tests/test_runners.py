@@ -133,6 +133,7 @@ def test_vertex_profile_errors(tmp_path, overlay, message):
     assert message in str(error.value)
 
 
+@pytest.mark.e2e
 def test_beam_dag_runner_end_to_end(tmp_path):
     from runners.beam_runner import beam_dag_runner
 

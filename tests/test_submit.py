@@ -8,7 +8,8 @@ from runners.submit import submit_kfp, submit_vertex
 OVERLAY = """
 output_root: gs://tfx-e2e-test-bucket/tfx-e2e
 gcp: {project: tfx-e2e-test, region: europe-west4, service_account: pipelines@tfx-e2e-test.iam.gserviceaccount.com}
-vertex: {image: europe-west4-docker.pkg.dev/tfx-e2e-test/tfx-e2e/pipeline:abc123, schedule_cron: "0 3 * * 1"}
+image: europe-west4-docker.pkg.dev/tfx-e2e-test/tfx-e2e/pipeline:abc123
+vertex: {schedule_cron: "0 3 * * 1"}
 """
 
 
@@ -30,17 +31,34 @@ class FakeAiplatform:
                 fake.calls.append(("create_schedule", kwargs))
                 return "schedule"
 
+        class PipelineJobSchedule:
+            def __init__(self, name):
+                self.name = name
+
+            @classmethod
+            def list(cls, **kwargs):
+                fake.calls.append(("PipelineJobSchedule.list", kwargs))
+                return [cls("previous")]
+
+            def delete(self, **kwargs):
+                fake.calls.append(("delete", {**kwargs, "_schedule": self.name}))
+
         self.PipelineJob = PipelineJob
+        self.PipelineJobSchedule = PipelineJobSchedule
 
 
 def _accepted_by_the_real_sdk(calls):
     """Every recorded call binds to the real method's signature (google-cloud-aiplatform from the lock)."""
-    from google.cloud.aiplatform import PipelineJob
+    from google.cloud.aiplatform import PipelineJob, PipelineJobSchedule
 
     methods = {"PipelineJob": PipelineJob.__init__, "submit": PipelineJob.submit,
-               "create_schedule": PipelineJob.create_schedule}
+               "create_schedule": PipelineJob.create_schedule, "delete": PipelineJobSchedule.delete}
     for name, kwargs in calls:
-        inspect.signature(methods[name]).bind(None, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        if name == "PipelineJobSchedule.list":
+            inspect.signature(PipelineJobSchedule.list).bind(**kwargs)
+        else:
+            inspect.signature(methods[name]).bind(None, **kwargs)
 
 
 def _config(tmp_path):
@@ -62,9 +80,17 @@ def test_vertex_run_request(tmp_path):
 
 def test_vertex_schedule_request(tmp_path):
     fake = FakeAiplatform()
-    assert submit_vertex(_config(tmp_path), "build/chicago-taxi.json", schedule=True, aiplatform=fake) == "schedule"
-    assert fake.calls[1] == ("create_schedule", {"cron": "0 3 * * 1", "display_name": "chicago-taxi-schedule",
-                                                 "service_account": "pipelines@tfx-e2e-test.iam.gserviceaccount.com"})
+    template = "gs://tfx-e2e-test-bucket/pipelines/abc123/chicago-taxi.json"
+    assert submit_vertex(_config(tmp_path), template, schedule=True, aiplatform=fake) == "schedule"
+    assert fake.calls[0][1]["template_path"] == template
+    # The previous schedule of the same name goes, the new one runs the new template.
+    assert fake.calls[1:] == [
+        ("PipelineJobSchedule.list", {"filter": 'display_name="chicago-taxi-schedule"', "project": "tfx-e2e-test",
+                                      "location": "europe-west4"}),
+        ("delete", {"_schedule": "previous"}),
+        ("create_schedule", {"cron": "0 3 * * 1", "display_name": "chicago-taxi-schedule",
+                             "service_account": "pipelines@tfx-e2e-test.iam.gserviceaccount.com"}),
+    ]
     _accepted_by_the_real_sdk(fake.calls)
 
 

@@ -13,6 +13,8 @@ from test_runners import GCP_OVERLAY
 from pipeline import pusher
 from pipeline.config import REPO_ROOT
 
+pytestmark = pytest.mark.e2e  # whole pipelines (make test-unit leaves them out)
+
 SMALL_FAST = """
 tuner: {enabled: false}
 trainer: {train_steps: 100, eval_steps: 10, batch_size: 64}

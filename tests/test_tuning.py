@@ -2,6 +2,7 @@
 import json
 
 import keras_tuner
+import pytest
 from tfx.components.trainer import fn_args_utils
 from tfx.components.tuner.component import TunerFnResult
 from tfx.proto import trainer_pb2
@@ -12,6 +13,7 @@ from modules.tuning import tuner_fn
 from pipeline import summary
 
 
+@pytest.mark.e2e
 def test_tuner_fn_searches_the_space(small_pipeline, tmp_path):
     config = small_pipeline.config()
     store = summary.open_store(config)
