@@ -95,6 +95,41 @@ class AirflowConfig:
 
 
 @dataclass(frozen=True)
+class BatchingConfig:
+    """TF Serving's BatchingParameters (--enable_batching --batching_parameters_file)."""
+    enabled: bool
+    max_batch_size: int
+    batch_timeout_micros: int
+    max_enqueued_batches: int
+    num_batch_threads: int
+
+
+@dataclass(frozen=True)
+class RequestLogConfig:
+    """TF Serving's LoggingConfig: a sample of requests as PredictionLog records."""
+    sampling_rate: float
+    path: str             # a directory; "" = <output_root>/request_logs/<model_name>
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    host: str
+    rest_port: int
+    grpc_port: int
+    max_request_bytes: int
+    poll_seconds: float   # TF Serving's --file_system_poll_wait_seconds (and the model config file's)
+    model_config_file: str  # a ModelServerConfig text file (--model_config_file); "" = built from the keys below
+    version_policy: str   # latest | all | specific
+    latest_versions: int
+    versions: list[int]
+    labels: dict[str, int]  # version labels, e.g. {stable: 1700000000, canary: 1700000100}
+    batching: BatchingConfig
+    request_log: RequestLogConfig
+    tf_serving_image: str  # production: TF Serving's GPU image (serving/deploy/)
+    gpus: int
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     pipeline_name: str
@@ -116,6 +151,7 @@ class Config:
     dataflow: DataflowConfig
     vertex: VertexConfig
     airflow: AirflowConfig
+    serving: ServingConfig
 
     @property
     def pipeline_root(self) -> str:
@@ -195,7 +231,13 @@ def _build(cls, values, path: str, source: str):
 def _check(tp, value, key: str, source: str):
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, source)
-    if typing.get_origin(tp) in (list, list):
+    if typing.get_origin(tp) is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_check(key_type, k, f"{key} key", source): _check(value_type, v, f"{key}.{k}", source)
+                for k, v in value.items()}
+    if typing.get_origin(tp) is list:
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key}: expected a list, got {type(value).__name__} {value!r}")
@@ -263,6 +305,7 @@ def _validate(config: Config) -> None:
         if not config.output_root.startswith("gs://"):
             raise ConfigError(f"output_root: must be a gs:// path for Vertex AI, got {config.output_root!r} "
                               "(set TFX_E2E_OUTPUT_ROOT)")
+    _validate_serving(config.serving)
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
     in_image = config.schema_path.startswith(IMAGE_ROOT)
@@ -277,6 +320,34 @@ def _validate(config: Config) -> None:
         empty = [p for p in csvs if os.path.getsize(p) == 0]
         if empty:
             raise ConfigError(f"data_root: empty CSV file(s): {', '.join(empty)}")
+
+
+def _validate_serving(serving: ServingConfig) -> None:
+    for key in ("rest_port", "grpc_port"):
+        if not 0 <= getattr(serving, key) <= 65535:
+            raise ConfigError(f"serving.{key}: must be a port number, got {getattr(serving, key)}")
+    if serving.rest_port and serving.rest_port == serving.grpc_port:
+        raise ConfigError(f"serving.rest_port and serving.grpc_port: must differ, both are {serving.rest_port}")
+    if serving.version_policy not in ("latest", "all", "specific"):
+        raise ConfigError(f"serving.version_policy: must be latest, all or specific, got {serving.version_policy!r}")
+    if serving.version_policy == "specific" and not serving.versions:
+        raise ConfigError("serving.versions: version_policy specific needs at least one version")
+    for label, version in serving.labels.items():
+        if serving.version_policy == "specific" and version not in serving.versions:
+            raise ConfigError(f"serving.labels.{label}: version {version} is not in serving.versions {serving.versions}")
+    for key in ("max_request_bytes", "latest_versions"):
+        if getattr(serving, key) < 1:
+            raise ConfigError(f"serving.{key}: must be at least 1, got {getattr(serving, key)}")
+    if serving.poll_seconds <= 0:
+        raise ConfigError(f"serving.poll_seconds: must be > 0, got {serving.poll_seconds}")
+    batching = serving.batching
+    for key in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
+        if getattr(batching, key) < 1:
+            raise ConfigError(f"serving.batching.{key}: must be at least 1, got {getattr(batching, key)}")
+    if batching.batch_timeout_micros < 0:
+        raise ConfigError(f"serving.batching.batch_timeout_micros: must be >= 0, got {batching.batch_timeout_micros}")
+    if not 0.0 <= serving.request_log.sampling_rate <= 1.0:
+        raise ConfigError(f"serving.request_log.sampling_rate: must be within [0, 1], got {serving.request_log.sampling_rate}")
 
 
 def _absolute(path: str, base: Path) -> str:

@@ -59,6 +59,13 @@ def test_image_from_the_environment_reaches_dataflow_args(tmp_path):
     ("pipeline_nmae: x\n", "unknown key 'pipeline_nmae' (did you mean 'pipeline_name'?)"),
     ("trainer: [1, 2]\n", "trainer: expected a mapping, got list"),
     ("trainer: {train_steps: 5\n", "is not valid YAML"),
+    ("serving: {rest_port: 8500}\n", "serving.rest_port and serving.grpc_port: must differ, both are 8500"),
+    ("serving: {version_policy: newest}\n", "serving.version_policy: must be latest, all or specific, got 'newest'"),
+    ("serving: {version_policy: specific}\n", "serving.versions: version_policy specific needs at least one version"),
+    ("serving: {version_policy: specific, versions: [1], labels: {canary: 2}}\n",
+     "serving.labels.canary: version 2 is not in serving.versions [1]"),
+    ("serving: {labels: {stable: latest}}\n", "serving.labels.stable: expected int, got str 'latest'"),
+    ("serving: {batching: {max_batch_size: 0}}\n", "serving.batching.max_batch_size: must be at least 1, got 0"),
 ])
 def test_overlay_errors_name_the_key(tmp_path, overlay, message):
     with pytest.raises(ConfigError) as error:
