@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam compile-vertex test test-unit lint lock image schema bench-pipeline
+.PHONY: setup run run-beam compile-vertex test test-unit lint lock image schema serve predict serving-config bench-pipeline bench-serving
 
 setup: $(STAMP)
 
@@ -65,6 +65,21 @@ lint: setup
 # Re-infer schema/schema.pbtxt from the data, keeping the curation in pipeline/schema_tools.py.
 schema: setup
 	$(PY) -m pipeline.schema_tools
+
+# The local model server on what `make run` pushed: REST 127.0.0.1:8501, gRPC 127.0.0.1:8500 (TF Serving's API).
+serve: setup
+	$(PY) -m serving.server
+
+# Predictions from the running server for the first rows of the bundled data (ARGS="--grpc", "--rows N", "FILE").
+predict: setup
+	$(PY) -m serving.client $(ARGS)
+
+# serving/deploy/ (TF Serving: compose, Kubernetes, model/batching/monitoring configs) from the configuration.
+serving-config: setup
+	TFX_E2E_CONFIG=$${TFX_E2E_CONFIG:-serving/deploy/rollout.yaml} $(PY) -m serving.deploy
+
+bench-serving: setup
+	$(PY) tests/bench_serving.py
 
 bench-pipeline: setup
 	$(PY) tests/bench_pipeline.py

@@ -1,0 +1,112 @@
+"""Server-side batching of concurrent requests, with TF Serving's BatchingParameters.
+
+Requests for the same servable and signature queue together; a batch thread takes up to max_batch_size
+examples at once, concatenated along the batch dimension, and each request gets its own rows back.
+A batch starts as soon as a batch thread is free: under light load a request never waits, and under
+load the requests that arrive while the threads are busy form the next batch. With batch_timeout_micros
+above zero, a free thread waits that long for a batch to fill (TF Serving's timeout) before it starts.
+When max_enqueued_batches batches are already waiting, a request is refused with UNAVAILABLE, as
+TF Serving does.
+"""
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+from serving.errors import ServingError
+
+
+class Batcher:
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], executor: Executor,
+                 max_batch_size: int, batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int):
+        self._run = run
+        self._executor = executor
+        self._max_batch_size = max_batch_size
+        self._timeout = batch_timeout_micros / 1e6
+        self._max_waiting = max_enqueued_batches * max_batch_size
+        self._threads = num_batch_threads
+        self._pending: list[tuple[dict[str, np.ndarray], int, asyncio.Future]] = []
+        self._pending_rows = 0
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.batch_sizes: list[int] = []  # for tests and the benchmark: the size of every batch run
+
+    async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(next(iter(inputs.values())))
+        if any(len(v) != rows for v in inputs.values()):
+            raise ServingError.invalid("inputs have different batch sizes (dimension 0)")
+        if rows > self._max_batch_size:
+            raise ServingError.invalid(f"Task size {rows} is larger than maximum batch size {self._max_batch_size}")
+        if self._pending_rows + rows > self._max_waiting:
+            raise ServingError.unavailable("The batch scheduling queue to which this task was submitted is full")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((inputs, rows, future))
+        self._pending_rows += rows
+        self._schedule()
+        return await future
+
+    def _schedule(self) -> None:
+        if not self._pending or self._running >= self._threads:
+            return
+        if self._timeout and self._pending_rows < self._max_batch_size:
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._timeout, self._on_timeout)
+            return
+        self._start_batch()
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._pending and self._running < self._threads:
+            self._start_batch()
+
+    def _start_batch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, rows = [], 0
+        while self._pending and rows + self._pending[0][1] <= self._max_batch_size:
+            item = self._pending.pop(0)
+            batch.append(item)
+            rows += item[1]
+        self._pending_rows -= rows
+        self._running += 1
+        self.batch_sizes.append(rows)
+        task = asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)
+        task.add_done_callback(lambda done: self._finish(batch, done))
+
+    def _run_batch(self, batch) -> list:
+        """Each request's outputs, or the error that request alone causes."""
+        if len(batch) > 1:
+            try:
+                names = list(batch[0][0])
+                merged = {name: np.concatenate([inputs[name] for inputs, _, _ in batch]) for name in names}
+                outputs = self._run(merged)
+            except (ServingError, ValueError, KeyError):
+                pass  # a bad request (or shapes that do not concatenate): run each alone so only it fails
+            else:
+                results, start = [], 0
+                for _, rows, _ in batch:
+                    results.append({name: value[start:start + rows] for name, value in outputs.items()})
+                    start += rows
+                return results
+        results = []
+        for inputs, _, _ in batch:
+            try:
+                results.append(self._run(inputs))
+            except Exception as e:  # noqa: BLE001 - handed to that request's caller
+                results.append(e)
+        return results
+
+    def _finish(self, batch, done: asyncio.Future) -> None:
+        self._running -= 1
+        error = done.exception()
+        for i, (_, _, future) in enumerate(batch):
+            if future.cancelled():
+                continue
+            result = error if error is not None else done.result()[i]
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self._schedule()

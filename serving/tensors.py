@@ -1,0 +1,210 @@
+"""TF Serving's REST JSON ⇄ NumPy, TensorProto ⇄ NumPy, and JSON examples → tf.Example.
+
+Follows TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest): the row format
+(`instances`) and the columnar format (`inputs`), `{"b64": ...}` for binary strings, and the
+`predictions` / `outputs` response shapes. Errors are ServingError(INVALID_ARGUMENT) with a message
+naming the problem, which the servers turn into 400 / INVALID_ARGUMENT.
+"""
+import base64
+
+import numpy as np
+from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from serving.errors import ServingError
+
+_NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32,
+          types_pb2.DT_INT64: np.int64, types_pb2.DT_INT16: np.int16, types_pb2.DT_INT8: np.int8,
+          types_pb2.DT_UINT8: np.uint8, types_pb2.DT_BOOL: np.bool_, types_pb2.DT_HALF: np.float16,
+          types_pb2.DT_STRING: object}
+_JSON_KIND = {types_pb2.DT_STRING: "string", types_pb2.DT_BOOL: "bool"}
+
+
+def dtype_name(dtype: int) -> str:
+    return types_pb2.DataType.Name(dtype)
+
+
+def _expected(dtype: int) -> str:
+    if dtype in _JSON_KIND:
+        return _JSON_KIND[dtype]
+    return "float" if np.issubdtype(_NUMPY[dtype], np.floating) else "integer"
+
+
+def _decode_strings(value, name: str):
+    """Nested lists of str / {"b64": ...} to nested lists of bytes."""
+    if isinstance(value, list):
+        return [_decode_strings(v, name) for v in value]
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise ServingError.invalid(f"input '{name}': an object value must be {{\"b64\": \"...\"}}, got {value}")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except ValueError:
+            raise ServingError.invalid(f"input '{name}': the \"b64\" value is not valid base64") from None
+    if isinstance(value, str):
+        return value.encode()
+    raise ServingError.invalid(f"input '{name}': JSON value {value!r} is not of expected type: string")
+
+
+def to_array(value, dtype: int, name: str) -> np.ndarray:
+    """One input's JSON value (any nesting) as an array of the signature's dtype."""
+    if dtype not in _NUMPY:
+        raise ServingError.invalid(f"input '{name}': dtype {dtype_name(dtype)} is not supported over JSON")
+    if dtype == types_pb2.DT_STRING:
+        decoded = _decode_strings(value, name)
+        array = np.empty(np.shape(decoded) if isinstance(decoded, list) else (), dtype=object)
+        try:
+            array[...] = decoded
+        except ValueError:
+            raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)") from None
+        return array
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)") from None
+    kind = array.dtype.kind
+    ok = kind in "iub" if dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64, types_pb2.DT_INT16, types_pb2.DT_INT8,
+                                    types_pb2.DT_UINT8) else kind in "fiub"
+    if dtype == types_pb2.DT_BOOL:
+        ok = kind == "b"
+    if not ok or array.dtype == object:
+        sample = array.flat[0] if array.size else value
+        raise ServingError.invalid(f"input '{name}': JSON value {sample!r} is not of expected type: {_expected(dtype)}")
+    return array.astype(_NUMPY[dtype], copy=False)
+
+
+def parse_predict_json(body, inputs: dict[str, int]) -> tuple[dict[str, np.ndarray], bool]:
+    """A :predict body → ({input name: array}, row_format). `inputs` maps the signature's input names to dtypes."""
+    if not isinstance(body, dict):
+        raise ServingError.invalid("the request body must be a JSON object with \"instances\" or \"inputs\"")
+    if ("instances" in body) == ("inputs" in body):
+        raise ServingError.invalid("the request must have exactly one of \"instances\" (row format) or \"inputs\" "
+                                   "(columnar format)")
+    if "instances" in body:
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise ServingError.invalid("\"instances\" must be a non-empty list")
+        named = isinstance(instances[0], dict) and not (set(instances[0]) == {"b64"} and len(inputs) == 1)
+        if named:
+            names = set(instances[0])
+            for i, instance in enumerate(instances):
+                if not isinstance(instance, dict) or set(instance) != names:
+                    raise ServingError.invalid(f"instance {i}: every instance must name the same inputs {sorted(names)}")
+            columns = {name: [instance[name] for instance in instances] for name in names}
+        else:
+            if len(inputs) != 1:
+                raise ServingError.invalid(f"the signature has {len(inputs)} inputs {sorted(inputs)}: each instance "
+                                           "must be an object naming them")
+            columns = {next(iter(inputs)): instances}
+        return _typed(columns, inputs), True
+    columns = body["inputs"]
+    if not isinstance(columns, dict) or (len(inputs) == 1 and set(columns) != set(inputs)):
+        if len(inputs) != 1:
+            raise ServingError.invalid(f"\"inputs\" must be an object naming the signature's inputs {sorted(inputs)}")
+        columns = {next(iter(inputs)): columns}
+    return _typed(columns, inputs), False
+
+
+def _typed(columns: dict, inputs: dict[str, int]) -> dict[str, np.ndarray]:
+    unknown = sorted(set(columns) - set(inputs))
+    missing = sorted(set(inputs) - set(columns))
+    if unknown or missing:
+        raise ServingError.invalid(f"inputs do not match the signature: unknown {unknown}, missing {missing} "
+                                   f"(expected {sorted(inputs)})")
+    return {name: to_array(value, inputs[name], name) for name, value in columns.items()}
+
+
+def _json_value(array: np.ndarray, binary: bool):
+    if array.dtype == object or array.dtype.kind == "S":
+        def convert(item):
+            if isinstance(item, list):
+                return [convert(i) for i in item]
+            if binary:
+                return {"b64": base64.b64encode(item).decode()}
+            try:
+                return item.decode()
+            except UnicodeDecodeError:
+                return {"b64": base64.b64encode(item).decode()}
+        return convert(array.tolist())
+    return array.tolist()
+
+
+def outputs_to_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
+    """TF Serving's response: {"predictions": [...]} (row) or {"outputs": ...} (columnar); one output is unnamed."""
+    # Output names ending in _bytes are binary by TF Serving's convention.
+    if row_format:
+        values = {name: _json_value(array, name.endswith("_bytes")) for name, array in outputs.items()}
+        sizes = {len(v) if isinstance(v, list) else -1 for v in values.values()}
+        if len(sizes) != 1 or -1 in sizes:
+            raise ServingError.invalid("the row format needs every output to have the same batch size; use \"inputs\"")
+        if len(values) == 1:
+            return {"predictions": next(iter(values.values()))}
+        names = list(values)
+        return {"predictions": [dict(zip(names, row, strict=True)) for row in zip(*values.values(), strict=True)]}
+    values = {name: _json_value(array, name.endswith("_bytes")) for name, array in outputs.items()}
+    return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
+
+
+def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    if proto.dtype not in _NUMPY:
+        raise ServingError.invalid(f"dtype {dtype_name(proto.dtype)} is not supported")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype == types_pb2.DT_STRING:
+        array = np.empty(len(proto.string_val), dtype=object)
+        array[:] = list(proto.string_val)
+    elif proto.tensor_content:
+        array = np.frombuffer(proto.tensor_content, dtype=_NUMPY[proto.dtype])
+    else:
+        field = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
+                 types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val"}.get(proto.dtype, "int_val")
+        array = np.asarray(getattr(proto, field), dtype=_NUMPY[proto.dtype])
+    count = int(np.prod(shape)) if shape else 1
+    if array.size == 1 and count > 1:  # TF's compact form: one value repeated
+        array = np.full(count, array[0], dtype=array.dtype)
+    if array.size != count:
+        raise ServingError.invalid(f"tensor has {array.size} values for shape {shape}")
+    return array.reshape(shape)
+
+
+def to_proto(array: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]))
+    if dtype == types_pb2.DT_STRING:
+        proto.string_val.extend(array.reshape(-1).tolist())
+    else:
+        proto.tensor_content = np.ascontiguousarray(array, dtype=_NUMPY[dtype]).tobytes()
+    return proto
+
+
+def _feature(value, name: str) -> feature_pb2.Feature:
+    values = value if isinstance(value, list) else [value]
+    feature = feature_pb2.Feature()
+    if all(isinstance(v, bool) for v in values) or not values:
+        raise ServingError.invalid(f"feature '{name}': {value!r} is not a number, a string or a list of them")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        feature.int64_list.value.extend(values)
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        feature.float_list.value.extend(values)
+    elif all(isinstance(v, (str, dict)) for v in values):
+        feature.bytes_list.value.extend(_decode_strings(values, name))
+    else:
+        raise ServingError.invalid(f"feature '{name}': mixed types in {value!r}")
+    return feature
+
+
+def json_examples(body) -> list[bytes]:
+    """A :classify / :regress body ({"examples": [...], "context": {...}}) as serialized tf.Examples."""
+    if not isinstance(body, dict) or not isinstance(body.get("examples"), list) or not body["examples"]:
+        raise ServingError.invalid("the request must have a non-empty \"examples\" list")
+    context = body.get("context") or {}
+    if not isinstance(context, dict):
+        raise ServingError.invalid("\"context\" must be an object of features")
+    serialized = []
+    for i, row in enumerate(body["examples"]):
+        if not isinstance(row, dict):
+            raise ServingError.invalid(f"example {i}: must be an object of features")
+        example = example_pb2.Example()
+        for name, value in {**context, **row}.items():
+            example.features.feature[name].CopyFrom(_feature(value, name))
+        serialized.append(example.SerializeToString())
+    return serialized
