@@ -19,7 +19,8 @@ from serving.errors import ServingError
 
 class Batcher:
     def __init__(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], executor: Executor,
-                 max_batch_size: int, batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int):
+                 max_batch_size: int, batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
+                 on_batch: Callable[[int], None] = lambda rows: None):
         self._run = run
         self._executor = executor
         self._max_batch_size = max_batch_size
@@ -30,7 +31,7 @@ class Batcher:
         self._pending_rows = 0
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
-        self.batch_sizes: list[int] = []  # for tests and the benchmark: the size of every batch run
+        self._on_batch = on_batch
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
@@ -71,7 +72,7 @@ class Batcher:
             rows += item[1]
         self._pending_rows -= rows
         self._running += 1
-        self.batch_sizes.append(rows)
+        self._on_batch(rows)
         task = asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)
         task.add_done_callback(lambda done: self._finish(batch, done))
 

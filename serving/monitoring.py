@@ -18,6 +18,7 @@ PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 # Microseconds, as TF Serving's request_latency histogram.
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000)
 LABELS = ("model_name", "model_version", "API", "entrypoint", "status")
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
@@ -27,6 +28,14 @@ class Metrics:
         self._buckets = defaultdict(lambda: [0] * (len(LATENCY_BUCKETS_US) + 1))
         self._sum = defaultdict(float)
         self._model_events = defaultdict(int)
+        self._batches = defaultdict(lambda: [0] * (len(BATCH_SIZE_BUCKETS) + 1))
+        self._batch_rows = defaultdict(int)
+
+    def batch(self, model: str, rows: int) -> None:
+        index = next((i for i, bound in enumerate(BATCH_SIZE_BUCKETS) if rows <= bound), len(BATCH_SIZE_BUCKETS))
+        with self._lock:
+            self._batches[model][index] += 1
+            self._batch_rows[model] += rows
 
     def observe(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         key = (model, version, api, entrypoint, status)
@@ -56,6 +65,17 @@ class Metrics:
                     lines.append(f':tensorflow:serving:request_latency_bucket{{{labels(key)},le="{bound}"}} {cumulative}')
                 lines.append(f":tensorflow:serving:request_latency_sum{{{labels(key)}}} {self._sum[key]:.1f}")
                 lines.append(f":tensorflow:serving:request_latency_count{{{labels(key)}}} {cumulative}")
+            lines.append("# TYPE :tensorflow:serving:batching_session:processed_batch_size histogram")
+            for model, buckets in sorted(self._batches.items()):
+                cumulative = 0
+                for bound, count in zip((*BATCH_SIZE_BUCKETS, "+Inf"), buckets, strict=True):
+                    cumulative += count
+                    lines.append(f':tensorflow:serving:batching_session:processed_batch_size_bucket{{model_name="{model}",'
+                                 f'le="{bound}"}} {cumulative}')
+                lines.append(f':tensorflow:serving:batching_session:processed_batch_size_sum{{model_name="{model}"}} '
+                             f'{self._batch_rows[model]}')
+                lines.append(f':tensorflow:serving:batching_session:processed_batch_size_count{{model_name="{model}"}} '
+                             f'{cumulative}')
             lines.append("# TYPE :tensorflow:core:servable_load_events counter")
             lines += [f':tensorflow:core:servable_load_events{{model_name="{m}",model_version="{v}",event="{e}"}} {c}'
                       for (m, v, e), c in sorted(self._model_events.items())]

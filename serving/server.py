@@ -93,7 +93,7 @@ class ServingCore:
                 batcher = servable.batchers[signature.name] = Batcher(
                     lambda batch: servable.run(signature, batch), self.executor, self.batching.max_batch_size,
                     self.batching.batch_timeout_micros, self.batching.max_enqueued_batches,
-                    self.batching.num_batch_threads)
+                    self.batching.num_batch_threads, lambda rows: self.metrics.batch(servable.name, rows))
             return await batcher.submit(inputs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, servable.run, signature, inputs)
 
