@@ -1,0 +1,535 @@
+"""make bench-serving: the local model server's latency and throughput against the in-process limit (not a test).
+
+One run measures, with single-example requests (one serialized tf.Example from the bundled CSV each,
+rotating over --rows different rows):
+  in-process  the newest pushed SavedModel's serving_default, called in this process: single-example
+              latency and calls/s, and examples/s at batch 512 -- the limit no server here can beat;
+  server      `python -m serving.server` as a subprocess on free ports, first with batching on, then with
+              batching off (a TFX_E2E_CONFIG overlay), one after the other; against each, gRPC (grpc.aio with
+              TF Serving's stubs) and REST (aiohttp) clients at concurrency 1, 16, 32, 64: C coroutines in
+              one event loop, each sending requests back to back for --seconds after --warmup seconds.
+Each server's predictions are first checked against the in-process ones (the benchmark stops if they
+differ). The client runs in this process on the same machine as the server, as in the issue's reference
+measurement: on a small machine the two share the cores, which the CPU columns show. The results go to
+stdout and replace the `## Serving: make bench-serving` section of docs/benchmarks.md.
+
+    make bench-serving                                  # about 4 minutes
+    python tests/bench_serving.py --seconds 1 --no-doc  # a smoke run
+"""
+import argparse
+import asyncio
+import base64
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+import numpy as np
+import orjson
+import portpicker
+import psutil
+import yaml
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pipeline.config import ConfigError, load_config
+from serving import examples
+from serving.monitoring import PROMETHEUS_PATH
+from serving.tensors import to_numpy, to_proto
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "taxi" / "data.csv"
+DOC = REPO / "docs" / "benchmarks.md"
+HEADING = "## Serving: `make bench-serving`"
+PYTHON = sys.executable
+BATCH = 512                 # the in-process throughput reference's batch size
+CHECK_ROWS = 32             # rows whose server predictions must equal the in-process ones
+REQUEST_TIMEOUT = 10.0      # seconds; a slower request counts as failed
+SERVER_START_TIMEOUT = 300  # importing TensorFlow and loading the model take a while on a busy machine
+
+# From the issue, for scale (not re-measured): a naive asyncio gRPC Predict handler, Python asyncio client.
+ISSUE_FIGURES = ("naive asyncio gRPC Predict handler, Python asyncio client on the same machine: "
+                 "728 req/s, p50 1.23 ms at concurrency 1; 1,149 req/s, p50 26.8 ms, p99 36.6 ms at concurrency 32")
+
+
+class BenchError(RuntimeError):
+    """Stops the benchmark with a message (the servers are killed on the way out)."""
+
+
+@dataclass
+class Cell:
+    api: str                # "gRPC" | "REST"
+    batching: bool
+    concurrency: int
+    completed: int          # successful requests that finished inside the measured window
+    seconds: float          # the measured window
+    p50_ms: float
+    p99_ms: float
+    failures: int           # non-OK answers and exceptions, warm-up included
+    first_error: str
+    client_cpu: float       # % of one core, this process, over the measured window
+    server_cpu: float       # % of one core, the server process
+    rows_per_batch: float | None  # the server's mean batch size over the window (None: no batches, batching off)
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds
+
+
+# --- inputs -------------------------------------------------------------------------------------------------------
+
+def newest_model(base_path: str) -> tuple[int, str]:
+    """The newest complete version under the model's base path, as the server would pick it."""
+    versions = []
+    if os.path.isdir(base_path):
+        versions = [int(n) for n in os.listdir(base_path)
+                    if n.isdigit() and os.path.isfile(os.path.join(base_path, n, "saved_model.pb"))]
+    if not versions:
+        sys.exit(f"bench-serving: no pushed model under {base_path}: run `make run` first")
+    return max(versions), os.path.join(base_path, str(max(versions)))
+
+
+def grpc_requests(model_name: str, serialized: list[bytes]) -> list[predict_pb2.PredictRequest]:
+    requests = []
+    for one in serialized:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.inputs["examples"].CopyFrom(to_proto(np.array([one], dtype=object), types_pb2.DT_STRING))
+        requests.append(request)
+    return requests
+
+
+def rest_bodies(serialized: list[bytes]) -> list[bytes]:
+    return [orjson.dumps({"instances": [{"b64": base64.b64encode(one).decode()}]}) for one in serialized]
+
+
+# --- the in-process reference -------------------------------------------------------------------------------------
+
+def in_process(model_path: str, serialized: list[bytes], calls: int, batches: int):
+    """Single-example latencies, batch-512 throughput, and the expected outputs of the first CHECK_ROWS rows.
+
+    Each call includes tf.constant on the input and .numpy() on the outputs, which the server does too."""
+    import tensorflow as tf
+
+    predict = tf.saved_model.load(model_path).signatures["serving_default"]
+
+    def call(batch):
+        return {name: value.numpy() for name, value in predict(examples=tf.constant(batch)).items()}
+
+    for one in serialized[:100]:  # the first calls initialise the function's runtime state
+        call([one])
+    latencies = np.empty(calls)
+    started = time.perf_counter()
+    for i in range(calls):
+        t0 = time.perf_counter()
+        call([serialized[i % len(serialized)]])
+        latencies[i] = time.perf_counter() - t0
+    single_wall = time.perf_counter() - started
+
+    big = [[serialized[(b * BATCH + j) % len(serialized)] for j in range(BATCH)] for b in range(batches)]
+    call(big[0])
+    started = time.perf_counter()
+    for batch in big:
+        call(batch)
+    batch_wall = time.perf_counter() - started
+
+    expected = [call([one]) for one in serialized[:CHECK_ROWS]]
+    return {"calls": calls, "p50_ms": np.percentile(latencies, 50) * 1e3, "p99_ms": np.percentile(latencies, 99) * 1e3,
+            "calls_per_s": calls / single_wall, "batches": batches,
+            "examples_per_s": batches * BATCH / batch_wall}, expected, tf.__version__
+
+
+# --- the server ---------------------------------------------------------------------------------------------------
+
+def overlay_env(work: Path, batching: bool) -> dict[str, str]:
+    """The environment for a server with batching forced on or off: the user's TFX_E2E_CONFIG overlay (if any)
+    plus `serving: {batching: {enabled: ...}}`, written to a new overlay file (the server takes one)."""
+    overlay = {}
+    user = os.environ.get("TFX_E2E_CONFIG")
+    if user:
+        overlay = yaml.safe_load(Path(user).read_text()) or {}
+        # The new file lives elsewhere: resolve the user's relative paths as the configuration loader would.
+        for key in ("data_root", "output_root", "schema_path"):
+            value = overlay.get(key)
+            if isinstance(value, str) and "://" not in value and not os.path.isabs(value):
+                overlay[key] = str((Path(user).resolve().parent / value).resolve())
+    serving = overlay["serving"] = dict(overlay.get("serving") or {})
+    serving["batching"] = {**(serving.get("batching") or {}), "enabled": batching}
+    path = work / f"batching-{'on' if batching else 'off'}.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return dict(os.environ, TFX_E2E_CONFIG=str(path), TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+
+
+class Server:
+    """`python -m serving.server` on free loopback ports; its output goes to a log file shown on failure."""
+
+    def __init__(self, model_name: str, base_path: str, env: dict[str, str], log_path: Path):
+        self.model_name, self.base_path, self.env, self.log_path = model_name, base_path, env, log_path
+        self.process: subprocess.Popen | None = None
+        self.rest_port = self.grpc_port = 0
+
+    def start(self) -> None:
+        self.rest_port, self.grpc_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
+        command = [PYTHON, "-m", "serving.server", "--host", "127.0.0.1", "--rest_port", str(self.rest_port),
+                   "--grpc_port", str(self.grpc_port), "--model_name", self.model_name,
+                   "--model_base_path", self.base_path]
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        # The server prints a line starting with "serving " once both ports listen and the model is loaded.
+        while not any(line.startswith("serving ") for line in self.log_path.read_text().splitlines()):
+            if self.process.poll() is not None:
+                raise BenchError(f"the server exited ({self.process.returncode}) before serving:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the server did not start serving in {SERVER_START_TIMEOUT} s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def stop(self) -> int | None:
+        """SIGTERM, as a process manager stops it; the exit code (0 = graceful), None if it had to be killed."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text()[-chars:]
+
+
+# --- clients ------------------------------------------------------------------------------------------------------
+
+async def batch_totals(server: Server) -> tuple[float, float]:
+    """The server's (rows, batches) so far, from its Prometheus batch-size histogram."""
+    totals = {"sum": 0.0, "count": 0.0}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.rest_port}{PROMETHEUS_PATH}") as response:
+            text = await response.text()
+    for line in text.splitlines():
+        for key in totals:
+            if line.startswith(f":tensorflow:serving:batching_session:processed_batch_size_{key}{{"):
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals["sum"], totals["count"]
+
+
+async def drive(send, count: int, concurrency: int, warmup: float, seconds: float, server: Server):
+    """`concurrency` coroutines, each sending request after request (rotating over the `count` prebuilt ones)
+    for warmup + seconds. Latencies and throughput count the requests that finish inside the measured
+    window; failures count the whole run."""
+    server_process = psutil.Process(server.process.pid)
+    measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + seconds
+    latencies: list[float] = []
+    failures, errors = 0, []
+
+    async def worker(k: int) -> None:
+        nonlocal failures
+        i = k * count // concurrency  # the coroutines start at different rows
+        while (t0 := time.perf_counter()) < stop_at:
+            try:
+                await send(i % count)
+            except Exception as e:  # noqa: BLE001 - every error is a failed request
+                failures += 1
+                if not errors:
+                    errors.append(f"{type(e).__name__}: {str(e)[:300]}")
+            else:
+                t1 = time.perf_counter()
+                if measure_from <= t1 <= stop_at:
+                    latencies.append(t1 - t0)
+            i += 1
+
+    async def sampler():
+        """CPU time of this process (the client) and of the server, and the server's batches, over the window."""
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        t0, client0, server0 = time.perf_counter(), time.process_time(), sum(server_process.cpu_times()[:2])
+        rows0, batches0 = await batch_totals(server)
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        wall = time.perf_counter() - t0
+        client_cpu = (time.process_time() - client0) / wall * 100
+        server_cpu = (sum(server_process.cpu_times()[:2]) - server0) / wall * 100
+        rows, batches = await batch_totals(server)
+        return client_cpu, server_cpu, (rows - rows0) / (batches - batches0) if batches > batches0 else None
+
+    *_, (client_cpu, server_cpu, rows_per_batch) = await asyncio.gather(*(worker(k) for k in range(concurrency)),
+                                                                        sampler())
+    latencies_ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return dict(completed=len(latencies), seconds=seconds, p50_ms=float(np.percentile(latencies_ms, 50)),
+                p99_ms=float(np.percentile(latencies_ms, 99)), failures=failures,
+                first_error=errors[0] if errors else "", client_cpu=client_cpu, server_cpu=server_cpu,
+                rows_per_batch=rows_per_batch)
+
+
+def grpc_channel(server: Server) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+
+
+def rest_session(server: Server, concurrency: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(f"http://127.0.0.1:{server.rest_port}",
+                                 connector=aiohttp.TCPConnector(limit=max(100, concurrency)),
+                                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+                                 headers={"Content-Type": "application/json"})
+
+
+async def rest_predict(session: aiohttp.ClientSession, path: str, body: bytes) -> dict:
+    async with session.post(path, data=body) as response:
+        payload = await response.read()
+        if response.status != 200:
+            raise BenchError(f"HTTP {response.status}: {payload[:300]!r}")
+    return orjson.loads(payload)  # parsed, as a real client would (the gRPC stub parses its response too)
+
+
+async def grpc_cell(server: Server, requests, concurrency, warmup, seconds):
+    # One channel (one HTTP/2 connection) shared by all the coroutines.
+    async with grpc_channel(server) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        async def send(i):
+            await stub.Predict(requests[i], timeout=REQUEST_TIMEOUT)
+
+        return await drive(send, len(requests), concurrency, warmup, seconds, server)
+
+
+async def rest_cell(server: Server, bodies, concurrency, warmup, seconds):
+    # One session; its connection pool allows at least `concurrency` keep-alive connections.
+    async with rest_session(server, concurrency) as session:
+        path = f"/v1/models/{server.model_name}:predict"
+
+        async def send(i):
+            await rest_predict(session, path, bodies[i])
+
+        return await drive(send, len(bodies), concurrency, warmup, seconds, server)
+
+
+async def check_predictions(server: Server, requests, bodies, expected) -> None:
+    """The first CHECK_ROWS rows, sent all at once (so that batching merges them) over gRPC and REST:
+    each answer must equal the in-process prediction for its own row."""
+    names = list(expected[0])
+    async with grpc_channel(server) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        responses = await asyncio.gather(*(stub.Predict(requests[i], timeout=REQUEST_TIMEOUT)
+                                           for i in range(CHECK_ROWS)))
+    grpc_outputs = [{name: to_numpy(r.outputs[name]) for name in names} for r in responses]
+    async with rest_session(server, CHECK_ROWS) as session:
+        path = f"/v1/models/{server.model_name}:predict"
+        payloads = await asyncio.gather(*(rest_predict(session, path, bodies[i]) for i in range(CHECK_ROWS)))
+    # Row format: one output gives its rows directly; several give a list of {name: value} objects.
+    rest_outputs = [{names[0]: np.asarray(p["predictions"])} if len(names) == 1 else
+                    {name: np.asarray([row[name] for row in p["predictions"]]) for name in names} for p in payloads]
+    for api, outputs in (("gRPC", grpc_outputs), ("REST", rest_outputs)):
+        for row, (got, want) in enumerate(zip(outputs, expected, strict=True)):
+            for name in names:
+                if got[name].size != want[name].size or \
+                        not np.allclose(got[name].reshape(want[name].shape), want[name], atol=1e-5):
+                    raise BenchError(f"{api} prediction for row {row}, output '{name}': {got[name].tolist()} != "
+                                     f"in-process {want[name].tolist()}")
+
+
+def run_server(batching: bool, model_name: str, base_path: str, work: Path, requests, bodies, expected, args):
+    """Starts a server, checks its predictions, measures every (concurrency, API) cell, stops it with SIGTERM."""
+    server = Server(model_name, base_path, overlay_env(work, batching), work / f"server-batching-{batching}.log")
+    label = "on" if batching else "off"
+    cells = []
+    try:
+        print(f"server, batching {label}: starting ...", flush=True)
+        server.start()
+        asyncio.run(check_predictions(server, requests, bodies, expected))
+        print(f"server, batching {label}: {CHECK_ROWS} rows' predictions equal the in-process ones (gRPC, REST)",
+              flush=True)
+        # gRPC and REST alternate at each concurrency, so that drift on a shared machine hits both alike.
+        for concurrency in args.concurrency:
+            for api in ("gRPC", "REST"):
+                if api == "gRPC":
+                    coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
+                else:
+                    coroutine = rest_cell(server, bodies, concurrency, args.warmup, args.seconds)
+                cell = Cell(api, batching, concurrency, **asyncio.run(coroutine))  # one event loop per cell
+                cells.append(cell)
+                print(f"  {api:4} c={concurrency:<3} {cell.rate:8.0f} req/s  p50 {cell.p50_ms:7.2f} ms  "
+                      f"p99 {cell.p99_ms:7.2f} ms  failures {cell.failures}  rows/batch {rows(cell)}", flush=True)
+        exit_code = server.stop()
+        print(f"server, batching {label}: SIGTERM -> exit code {exit_code}", flush=True)
+        if exit_code != 0:
+            print(server.log_tail(2000), file=sys.stderr)
+        return cells, exit_code
+    finally:
+        server.kill()
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+def find(cells, api, batching, concurrency) -> Cell | None:
+    return next((c for c in cells if (c.api, c.batching, c.concurrency) == (api, batching, concurrency)), None)
+
+
+def rows(cell: Cell) -> str:
+    return "—" if cell.rows_per_batch is None else f"{cell.rows_per_batch:.1f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+def report(args, model_name, version, reference, tf_version, cells, exit_codes, batching_config,
+           load_before: float) -> str:
+    command = "make bench-serving" if len(sys.argv) == 1 else f"python tests/bench_serving.py {' '.join(sys.argv[1:])}"
+    # The load average says whether something else was running (the machine may be shared).
+    load = f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    machine = (f"{platform.node()}: {platform.platform()}, {psutil.cpu_count()} CPUs ({load}), "
+               f"Python {platform.python_version()}, TensorFlow {tf_version}, grpcio {grpc.__version__}, "
+               f"aiohttp {aiohttp.__version__}")
+    b = batching_config
+    lines = [
+        HEADING, "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}; command: `{command}` "
+        "(tests/bench_serving.py).",
+        f"Model: {model_name} version {version}. Every request carries one serialized tf.Example, rotating over "
+        f"{args.rows:,} rows of data/taxi/data.csv; {args.seconds:g} s measured per cell after {args.warmup:g} s of "
+        "warm-up; the client (Python asyncio, one event loop, one gRPC channel / aiohttp session) runs on the same "
+        f"machine as the server. Batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "
+        f"{b.batch_timeout_micros}, num_batch_threads {b.num_batch_threads}. rows/batch: the server's mean batch "
+        "size over the measured window (its Prometheus batch histogram). CPU columns: % of one core over the measured "
+        "window (client: the benchmark process).", "",
+        "In-process reference (`signatures[\"serving_default\"](examples=tf.constant(batch))` and `.numpy()` on the "
+        "outputs, in the benchmark process):", "",
+        f"- single example: p50 {reference['p50_ms']:.3f} ms, p99 {reference['p99_ms']:.3f} ms, "
+        f"{reference['calls_per_s']:,.0f} calls/s ({reference['calls']:,} calls)",
+        f"- batch {BATCH}: {reference['examples_per_s']:,.0f} examples/s ({reference['batches']} batches)", "",
+        "| API | batching | concurrency | req/s | p50 ms | p99 ms | failed | rows/batch | client CPU | server CPU |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for batching in (True, False):
+        for concurrency in args.concurrency:
+            for api in ("gRPC", "REST"):
+                c = find(cells, api, batching, concurrency)
+                if c:
+                    lines.append(f"| {api} | {'on' if batching else 'off'} | {concurrency} | {c.rate:,.0f} | "
+                                 f"{c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.failures} | {rows(c)} | {c.client_cpu:.0f}% | "
+                                 f"{c.server_cpu:.0f}% |")
+
+    lines += ["", "Ratios:", ""]
+    for batching in (True, False):
+        c1 = find(cells, "gRPC", batching, 1)
+        if c1:
+            lines.append(f"- gRPC p50 at concurrency 1, batching {'on' if batching else 'off'}: {c1.p50_ms:.3f} ms = "
+                         f"{c1.p50_ms / reference['p50_ms']:.2f}× the in-process p50 "
+                         f"(+{c1.p50_ms - reference['p50_ms']:.3f} ms of server and client overhead)")
+    for batching in (True, False):
+        ratios = []
+        for concurrency in args.concurrency:
+            g, r = find(cells, "gRPC", batching, concurrency), find(cells, "REST", batching, concurrency)
+            if g and r and g.rate:
+                ratios.append(f"c={concurrency} {r.rate / g.rate:.2f}")
+        lines.append(f"- REST/gRPC throughput, batching {'on' if batching else 'off'}: {', '.join(ratios)}")
+    best = max((c for c in cells if c.api == "gRPC"), key=lambda c: c.rate, default=None)
+    if best:
+        lines.append(f"- best gRPC throughput {best.rate:,.0f} req/s (batching {'on' if best.batching else 'off'}, "
+                     f"c={best.concurrency}) = {best.rate / reference['calls_per_s']:.2f}× the in-process "
+                     f"single-example calls/s, {best.rate / reference['examples_per_s']:.3f}× the in-process "
+                     f"batch-{BATCH} examples/s")
+
+    # Targets, evaluated on the default configuration (batching on) from this run's numbers.
+    lines += ["", "Targets (batching on, the default configuration; evaluated from this run):", ""]
+    g1 = find(cells, "gRPC", True, 1)
+    lines.append(f"- gRPC p50 ≤ 1.0 ms at concurrency 1: {g1.p50_ms:.2f} ms: {verdict(g1.p50_ms <= 1.0)}" if g1 else
+                 "- gRPC p50 ≤ 1.0 ms at concurrency 1: not measured (concurrency 1 not in --concurrency)")
+    g32 = find(cells, "gRPC", True, 32)
+    lines.append(f"- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: {g32.rate:,.0f} req/s, p99 "
+                 f"{g32.p99_ms:.1f} ms: {verdict(g32.rate >= 2000 and g32.p99_ms <= 25)}" if g32 else
+                 "- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: not measured")
+    worst, parts = 0.0, []
+    for concurrency in args.concurrency:
+        g, r = find(cells, "gRPC", True, concurrency), find(cells, "REST", True, concurrency)
+        factor = g.rate / r.rate if r.rate else float("inf")
+        worst = max(worst, factor)
+        parts.append(f"c={concurrency} {factor:.2f}")
+    lines.append(f"- REST within 1.5× of gRPC (gRPC req/s ÷ REST req/s ≤ 1.5) at every concurrency: "
+                 f"{', '.join(parts)}: {verdict(worst <= 1.5)}")
+    failures = sum(c.failures for c in cells)
+    first_error = next((c for c in cells if c.first_error), None)
+    lines.append(f"- no failed requests (both servers, warm-up included): {failures:,} failed: {verdict(failures == 0)}"
+                 + (f" (first: {first_error.api} c={first_error.concurrency}: `{first_error.first_error}`)"
+                    if first_error else ""))
+    codes = ", ".join(f"batching {k}: {v}" for k, v in exit_codes.items())
+    lines.append(f"- graceful shutdown (SIGTERM, exit code 0): {codes}: "
+                 f"{verdict(all(v == 0 for v in exit_codes.values()))}")
+    lines += ["", f"For scale (from the issue, not re-measured): {ISSUE_FIGURES}.", ""]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replaces this benchmark's section (from HEADING to the next `## ` heading) or appends it; keeps the rest."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach table says how it was produced.\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == HEADING), None)
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        rest = "".join(lines[end:])
+        text = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (default 8)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per cell, not measured (default 2)")
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 16, 32, 64],
+                        help="comma-separated concurrency levels (default 1,16,32,64)")
+    parser.add_argument("--rows", type=int, default=1000, help="distinct rows to rotate over (default 1000)")
+    parser.add_argument("--calls", type=int, default=2000, help="in-process single-example calls (default 2000)")
+    parser.add_argument("--batches", type=int, default=20, help=f"in-process batches of {BATCH} (default 20)")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the markdown file to update (default docs/benchmarks.md)")
+    parser.add_argument("--no-doc", action="store_true", help="print only; leave the markdown file alone")
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    if args.rows < CHECK_ROWS:
+        parser.error(f"--rows must be at least {CHECK_ROWS}")
+
+    try:
+        config = load_config()
+    except ConfigError as e:
+        sys.exit(f"bench-serving: configuration: {e}")
+    version, model_path = newest_model(config.serving_model_dir)
+    serialized = examples.serialize(examples.read_csv_rows(str(DATA), args.rows),
+                                    examples.load_schema(config.schema_path))
+    requests, bodies = grpc_requests(config.model_name, serialized), rest_bodies(serialized)
+
+    print(f"in-process reference: {model_path} ...", flush=True)
+    reference, expected, tf_version = in_process(model_path, serialized, args.calls, args.batches)
+    print(f"  single example p50 {reference['p50_ms']:.3f} ms, p99 {reference['p99_ms']:.3f} ms, "
+          f"{reference['calls_per_s']:,.0f} calls/s; batch {BATCH}: {reference['examples_per_s']:,.0f} examples/s",
+          flush=True)
+
+    cells, exit_codes = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        try:
+            for batching in (True, False):  # one server at a time
+                measured, exit_codes["on" if batching else "off"] = run_server(
+                    batching, config.model_name, config.serving_model_dir, Path(tmp), requests, bodies, expected, args)
+                cells += measured
+        except BenchError as e:
+            sys.exit(f"bench-serving: {e}")
+
+    section = report(args, config.model_name, version, reference, tf_version, cells, exit_codes,
+                     config.serving.batching, load_before)
+    print("\n" + section)
+    if not args.no_doc:
+        write_section(args.doc, section)
+        print(f"written to {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
