@@ -147,9 +147,9 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
                 p(f"\nNothing new to push: this model is already served as version {version} ({served_path}).")
             else:
                 p(f"\nPushed version {version}: {served_path}")
-            p("Serve it with TF Serving (model_base_path is the directory of versions):")
+            p("Serve it: make serve (TF Serving's API on 127.0.0.1:8501/8500), then make predict; or with TF Serving:")
             p(f"  docker run --rm -p 127.0.0.1:8501:8501 -v {config.serving_model_dir}:/models/{config.model_name} "
-              f"-e MODEL_NAME={config.model_name} tensorflow/serving:2.16.1")
+              f"-e MODEL_NAME={config.model_name} {config.serving.tf_serving_image.removesuffix('-gpu')}")
         else:
             p("\nNothing pushed: the model was not blessed.")
 
