@@ -7,8 +7,14 @@ load the requests that arrive while the threads are busy form the next batch. Wi
 above zero, a free thread waits that long for a batch to fill (TF Serving's timeout) before it starts.
 When max_enqueued_batches batches are already waiting, a request is refused with UNAVAILABLE, as
 TF Serving does.
+
+An idle server (nothing running or queued, and the last request arrived longer ago than two batch run
+times) runs a request right away on the event loop: handing it to a thread costs more than the wait it
+could save, and at that request rate no other request would have joined its batch.
 """
 import asyncio
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -27,11 +33,13 @@ class Batcher:
         self._timeout = batch_timeout_micros / 1e6
         self._max_waiting = max_enqueued_batches * max_batch_size
         self._threads = num_batch_threads
-        self._pending: list[tuple[dict[str, np.ndarray], int, asyncio.Future]] = []
+        self._pending: deque[tuple[dict[str, np.ndarray], int, asyncio.Future]] = deque()
         self._pending_rows = 0
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._on_batch = on_batch
+        self._last_arrival = 0.0
+        self._run_seconds = 0.001  # moving average of a batch's run time
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
@@ -41,6 +49,14 @@ class Batcher:
             raise ServingError.invalid(f"Task size {rows} is larger than maximum batch size {self._max_batch_size}")
         if self._pending_rows + rows > self._max_waiting:
             raise ServingError.unavailable("The batch scheduling queue to which this task was submitted is full")
+        now = time.perf_counter()
+        idle = not self._running and not self._pending and now - self._last_arrival > 2 * self._run_seconds
+        self._last_arrival = now
+        if idle:
+            self._on_batch(rows)
+            outputs = self._run(inputs)
+            self._record_run_time(time.perf_counter() - now)
+            return outputs
         future = asyncio.get_running_loop().create_future()
         self._pending.append((inputs, rows, future))
         self._pending_rows += rows
@@ -67,7 +83,7 @@ class Batcher:
             self._timer = None
         batch, rows = [], 0
         while self._pending and rows + self._pending[0][1] <= self._max_batch_size:
-            item = self._pending.pop(0)
+            item = self._pending.popleft()
             batch.append(item)
             rows += item[1]
         self._pending_rows -= rows
@@ -76,8 +92,18 @@ class Batcher:
         task = asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)
         task.add_done_callback(lambda done: self._finish(batch, done))
 
+    def _record_run_time(self, seconds: float) -> None:
+        self._run_seconds = 0.9 * self._run_seconds + 0.1 * seconds
+
     def _run_batch(self, batch) -> list:
         """Each request's outputs, or the error that request alone causes."""
+        started = time.perf_counter()
+        try:
+            return self._run_each_or_together(batch)
+        finally:
+            self._record_run_time(time.perf_counter() - started)
+
+    def _run_each_or_together(self, batch) -> list:
         if len(batch) > 1:
             try:
                 names = list(batch[0][0])

@@ -225,6 +225,10 @@ class RestApi:
         except web.HTTPRequestEntityTooLarge:
             status = "RESOURCE_EXHAUSTED"
             return _json({"error": f"Request body is larger than the limit of {self.max_request_bytes} bytes"}, 413)
+        except Exception as e:  # noqa: BLE001 - a bug or a TensorFlow failure: TF Serving's INTERNAL, logged
+            status = "INTERNAL"
+            log.exception("%s %s failed", request.method, path)
+            return _json({"error": f"Internal error: {type(e).__name__}: {e}"}, 500)
         finally:
             if spec is not None:
                 self.core.metrics.observe(spec.name, version, api, "REST", status, time.perf_counter() - started)
@@ -294,6 +298,10 @@ def _grpc_errors(api: str):
             except ServingError as e:
                 status = e.code.name
                 await context.abort(e.code, e.message)
+            except Exception as e:  # noqa: BLE001 - a bug or a TensorFlow failure: INTERNAL, logged
+                status = "INTERNAL"
+                log.exception("gRPC %s failed", api)
+                await context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
             finally:
                 self.core.metrics.observe(name, version, api, "GRPC", status, time.perf_counter() - started)
         return wrapper
@@ -416,9 +424,9 @@ async def serve(core: ServingCore, host: str, rest_port: int, grpc_port: int, ma
     # aiohttp's own limit is a little above ours, so that RestApi answers oversized bodies in TF Serving's format.
     app = web.Application(client_max_size=max_request_bytes + 1)
     app.router.add_route("*", "/{tail:.*}", rest.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, rest_port, shutdown_timeout=5.0)
+    site = web.TCPSite(runner, host, rest_port)
     await site.start()
     rest_port = site._server.sockets[0].getsockname()[1]
     print(f"serving {', '.join(core.manager.model_names())}: REST http://{host}:{rest_port}/v1/models/..., "

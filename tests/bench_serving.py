@@ -7,13 +7,17 @@ rotating over --rows different rows):
   server      `python -m serving.server` as a subprocess on free ports, first with batching on, then with
               batching off (a TFX_E2E_CONFIG overlay), one after the other; against each, gRPC (grpc.aio with
               TF Serving's stubs) and REST (aiohttp) clients at concurrency 1, 16, 32, 64: C coroutines in
-              one event loop, each sending requests back to back for --seconds after --warmup seconds.
+              one event loop, each sending requests back to back for --seconds after --warmup seconds;
+  naive       after them, the issue's reference for scale, re-measured here: a naive grpc.aio Predict handler
+              calling the same SavedModel inline on the event loop (no executor, no batching; naive_server below,
+              this file re-run with --naive-server), measured with the same gRPC client, concurrency levels
+              and durations (gRPC only: it has no REST API).
 Each server's predictions are first checked against the in-process ones (the benchmark stops if they
 differ). The client runs in this process on the same machine as the server, as in the issue's reference
 measurement: on a small machine the two share the cores, which the CPU columns show. The results go to
 stdout and replace the `## Serving: make bench-serving` section of docs/benchmarks.md.
 
-    make bench-serving                                  # about 4 minutes
+    make bench-serving                                  # about 5 minutes
     python tests/bench_serving.py --seconds 1 --no-doc  # a smoke run
 """
 import argparse
@@ -54,7 +58,8 @@ CHECK_ROWS = 32             # rows whose server predictions must equal the in-pr
 REQUEST_TIMEOUT = 10.0      # seconds; a slower request counts as failed
 SERVER_START_TIMEOUT = 300  # importing TensorFlow and loading the model take a while on a busy machine
 
-# From the issue, for scale (not re-measured): a naive asyncio gRPC Predict handler, Python asyncio client.
+# From the issue, measured earlier on this machine kind: a naive asyncio gRPC Predict handler, Python asyncio client.
+# The naive server below re-measures that reference in every run; these are the issue's own figures, quoted.
 ISSUE_FIGURES = ("naive asyncio gRPC Predict handler, Python asyncio client on the same machine: "
                  "728 req/s, p50 1.23 ms at concurrency 1; 1,149 req/s, p50 26.8 ms, p99 36.6 ms at concurrency 32")
 
@@ -77,6 +82,7 @@ class Cell:
     client_cpu: float       # % of one core, this process, over the measured window
     server_cpu: float       # % of one core, the server process
     rows_per_batch: float | None  # the server's mean batch size over the window (None: no batches, batching off)
+    naive: bool = False     # measured against the naive reference server, not serving.server
 
     @property
     def rate(self) -> float:
@@ -170,20 +176,28 @@ def overlay_env(work: Path, batching: bool) -> dict[str, str]:
 class Server:
     """`python -m serving.server` on free loopback ports; its output goes to a log file shown on failure."""
 
+    naive = False
+    label = "serving.server"
+
     def __init__(self, model_name: str, base_path: str, env: dict[str, str], log_path: Path):
         self.model_name, self.base_path, self.env, self.log_path = model_name, base_path, env, log_path
         self.process: subprocess.Popen | None = None
         self.rest_port = self.grpc_port = 0
 
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "serving.server", "--host", "127.0.0.1", "--rest_port", str(self.rest_port),
+                "--grpc_port", str(self.grpc_port), "--model_name", self.model_name,
+                "--model_base_path", self.base_path]
+
     def start(self) -> None:
-        self.rest_port, self.grpc_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
-        command = [PYTHON, "-m", "serving.server", "--host", "127.0.0.1", "--rest_port", str(self.rest_port),
-                   "--grpc_port", str(self.grpc_port), "--model_name", self.model_name,
-                   "--model_base_path", self.base_path]
+        self.grpc_port = portpicker.pick_unused_port()
+        if not self.naive:
+            self.rest_port = portpicker.pick_unused_port()
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), cwd=REPO, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
-        # The server prints a line starting with "serving " once both ports listen and the model is loaded.
+        # Both servers print a line starting with "serving " once their ports listen and the model is loaded.
         while not any(line.startswith("serving ") for line in self.log_path.read_text().splitlines()):
             if self.process.poll() is not None:
                 raise BenchError(f"the server exited ({self.process.returncode}) before serving:\n{self.log_tail()}")
@@ -209,11 +223,68 @@ class Server:
         return self.log_path.read_text()[-chars:]
 
 
+class NaiveServer(Server):
+    """The issue's naive reference (naive_server, this file with --naive-server) on a free loopback gRPC port;
+    no REST API (rest_port stays 0) and no metrics."""
+
+    naive = True
+    label = "naive asyncio handler (issue's reference)"
+
+    def __init__(self, model_name: str, model_path: str, log_path: Path):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+        super().__init__(model_name, model_path, env, log_path)
+
+    def command(self) -> list[str]:
+        return [PYTHON, str(Path(__file__).resolve()), "--naive-server", str(self.grpc_port), self.model_name,
+                self.base_path]
+
+
+# --- the issue's naive reference server (a subprocess) -------------------------------------------------------------
+
+def naive_server(port: int, model_name: str, model_path: str) -> None:
+    """The issue's reference, for scale: grpc.aio with a Predict handler that calls the SavedModel inline on the
+    event loop (no executor, no batching, no checks, no metrics); serves until SIGTERM, then exits 0.
+
+        python tests/bench_serving.py --naive-server PORT MODEL_NAME MODEL_PATH   # MODEL_PATH: <base>/<version>
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(model_path)
+    version = int(os.path.basename(os.path.normpath(model_path)))
+
+    class NaivePredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        async def Predict(self, request, context):
+            examples = tf.constant(to_numpy(request.inputs["examples"]), dtype=tf.string)
+            outputs = loaded.signatures["serving_default"](examples=examples)  # inline: blocks the event loop
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = model_name
+            response.model_spec.version.value = version
+            response.outputs["probabilities"].CopyFrom(to_proto(outputs["probabilities"].numpy(), types_pb2.DT_FLOAT))
+            return response
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(NaivePredictionService(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print(f"serving {model_name} version {version} (naive asyncio handler, the issue's reference): "
+              f"gRPC 127.0.0.1:{port}", flush=True)
+        await stop.wait()
+        await server.stop(grace=1)
+
+    asyncio.run(serve())
+
+
 # --- clients ------------------------------------------------------------------------------------------------------
 
 async def batch_totals(server: Server) -> tuple[float, float]:
-    """The server's (rows, batches) so far, from its Prometheus batch-size histogram."""
+    """The server's (rows, batches) so far, from its Prometheus batch-size histogram; (0, 0) for the naive
+    server, which has no metrics (its rows/batch shows as —)."""
     totals = {"sum": 0.0, "count": 0.0}
+    if server.naive:
+        return totals["sum"], totals["count"]
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{server.rest_port}{PROMETHEUS_PATH}") as response:
             text = await response.text()
@@ -313,21 +384,28 @@ async def rest_cell(server: Server, bodies, concurrency, warmup, seconds):
 
 
 async def check_predictions(server: Server, requests, bodies, expected) -> None:
-    """The first CHECK_ROWS rows, sent all at once (so that batching merges them) over gRPC and REST:
-    each answer must equal the in-process prediction for its own row."""
+    """The first CHECK_ROWS rows, sent all at once (so that batching merges them) over gRPC and REST (gRPC only
+    for the naive server): each answer must equal the in-process prediction for its own row."""
     names = list(expected[0])
     async with grpc_channel(server) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         responses = await asyncio.gather(*(stub.Predict(requests[i], timeout=REQUEST_TIMEOUT)
                                            for i in range(CHECK_ROWS)))
     grpc_outputs = [{name: to_numpy(r.outputs[name]) for name in names} for r in responses]
+    checks = [("gRPC", grpc_outputs)]
+    if server.naive:
+        return compare(checks, expected, names)
     async with rest_session(server, CHECK_ROWS) as session:
         path = f"/v1/models/{server.model_name}:predict"
         payloads = await asyncio.gather(*(rest_predict(session, path, bodies[i]) for i in range(CHECK_ROWS)))
     # Row format: one output gives its rows directly; several give a list of {name: value} objects.
     rest_outputs = [{names[0]: np.asarray(p["predictions"])} if len(names) == 1 else
                     {name: np.asarray([row[name] for row in p["predictions"]]) for name in names} for p in payloads]
-    for api, outputs in (("gRPC", grpc_outputs), ("REST", rest_outputs)):
+    compare(checks + [("REST", rest_outputs)], expected, names)
+
+
+def compare(checks, expected, names) -> None:
+    for api, outputs in checks:
         for row, (got, want) in enumerate(zip(outputs, expected, strict=True)):
             for name in names:
                 if got[name].size != want[name].size or \
@@ -336,30 +414,31 @@ async def check_predictions(server: Server, requests, bodies, expected) -> None:
                                      f"in-process {want[name].tolist()}")
 
 
-def run_server(batching: bool, model_name: str, base_path: str, work: Path, requests, bodies, expected, args):
-    """Starts a server, checks its predictions, measures every (concurrency, API) cell, stops it with SIGTERM."""
-    server = Server(model_name, base_path, overlay_env(work, batching), work / f"server-batching-{batching}.log")
-    label = "on" if batching else "off"
+def run_server(server: Server, batching: bool, requests, bodies, expected, args):
+    """Starts a server, checks its predictions, measures every (concurrency, API) cell, stops it with SIGTERM.
+    The naive server is measured over gRPC only (it has no REST API)."""
+    label = server.label if server.naive else f"server, batching {'on' if batching else 'off'}"
+    apis = ("gRPC",) if server.naive else ("gRPC", "REST")
     cells = []
     try:
-        print(f"server, batching {label}: starting ...", flush=True)
+        print(f"{label}: starting ...", flush=True)
         server.start()
         asyncio.run(check_predictions(server, requests, bodies, expected))
-        print(f"server, batching {label}: {CHECK_ROWS} rows' predictions equal the in-process ones (gRPC, REST)",
-              flush=True)
+        print(f"{label}: {CHECK_ROWS} rows' predictions equal the in-process ones ({', '.join(apis)})", flush=True)
         # gRPC and REST alternate at each concurrency, so that drift on a shared machine hits both alike.
         for concurrency in args.concurrency:
-            for api in ("gRPC", "REST"):
+            for api in apis:
                 if api == "gRPC":
                     coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
                 else:
                     coroutine = rest_cell(server, bodies, concurrency, args.warmup, args.seconds)
-                cell = Cell(api, batching, concurrency, **asyncio.run(coroutine))  # one event loop per cell
+                # one event loop per cell
+                cell = Cell(api, batching, concurrency, **asyncio.run(coroutine), naive=server.naive)
                 cells.append(cell)
                 print(f"  {api:4} c={concurrency:<3} {cell.rate:8.0f} req/s  p50 {cell.p50_ms:7.2f} ms  "
                       f"p99 {cell.p99_ms:7.2f} ms  failures {cell.failures}  rows/batch {rows(cell)}", flush=True)
         exit_code = server.stop()
-        print(f"server, batching {label}: SIGTERM -> exit code {exit_code}", flush=True)
+        print(f"{label}: SIGTERM -> exit code {exit_code}", flush=True)
         if exit_code != 0:
             print(server.log_tail(2000), file=sys.stderr)
         return cells, exit_code
@@ -369,8 +448,10 @@ def run_server(batching: bool, model_name: str, base_path: str, work: Path, requ
 
 # --- the report ---------------------------------------------------------------------------------------------------
 
-def find(cells, api, batching, concurrency) -> Cell | None:
-    return next((c for c in cells if (c.api, c.batching, c.concurrency) == (api, batching, concurrency)), None)
+def find(cells, api, batching, concurrency, naive=False) -> Cell | None:
+    """A serving.server cell, or with naive=True the naive reference's (gRPC, batching False) cell."""
+    return next((c for c in cells if (c.api, c.batching, c.concurrency, c.naive) == (api, batching, concurrency, naive)),
+                None)
 
 
 def rows(cell: Cell) -> str:
@@ -381,7 +462,7 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**NOT met**"
 
 
-def report(args, model_name, version, reference, tf_version, cells, exit_codes, batching_config,
+def report(args, model_name, version, reference, tf_version, cells, exit_codes, naive_exit_code, batching_config,
            load_before: float) -> str:
     command = "make bench-serving" if len(sys.argv) == 1 else f"python tests/bench_serving.py {' '.join(sys.argv[1:])}"
     # The load average says whether something else was running (the machine may be shared).
@@ -400,21 +481,27 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
         f"machine as the server. Batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "
         f"{b.batch_timeout_micros}, num_batch_threads {b.num_batch_threads}. rows/batch: the server's mean batch "
         "size over the measured window (its Prometheus batch histogram). CPU columns: % of one core over the measured "
-        "window (client: the benchmark process).", "",
+        "window (client: the benchmark process). The naive asyncio handler is the issue's reference, re-measured "
+        "here after serving.server with the same client, concurrency levels and durations (gRPC only): a grpc.aio "
+        "Predict handler calling `signatures[\"serving_default\"]` inline on the event loop, no executor, no batching "
+        "(naive_server in tests/bench_serving.py).", "",
         "In-process reference (`signatures[\"serving_default\"](examples=tf.constant(batch))` and `.numpy()` on the "
         "outputs, in the benchmark process):", "",
         f"- single example: p50 {reference['p50_ms']:.3f} ms, p99 {reference['p99_ms']:.3f} ms, "
         f"{reference['calls_per_s']:,.0f} calls/s ({reference['calls']:,} calls)",
         f"- batch {BATCH}: {reference['examples_per_s']:,.0f} examples/s ({reference['batches']} batches)", "",
-        "| API | batching | concurrency | req/s | p50 ms | p99 ms | failed | rows/batch | client CPU | server CPU |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | API | batching | concurrency | req/s | p50 ms | p99 ms | failed | rows/batch | client CPU | "
+        "server CPU |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for batching in (True, False):
+    for batching, naive in ((True, False), (False, False), (False, True)):
         for concurrency in args.concurrency:
             for api in ("gRPC", "REST"):
-                c = find(cells, api, batching, concurrency)
+                c = find(cells, api, batching, concurrency, naive)
                 if c:
-                    lines.append(f"| {api} | {'on' if batching else 'off'} | {concurrency} | {c.rate:,.0f} | "
+                    server = NaiveServer.label if naive else Server.label
+                    mode = "none (inline)" if naive else "on" if batching else "off"
+                    lines.append(f"| {server} | {api} | {mode} | {concurrency} | {c.rate:,.0f} | "
                                  f"{c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.failures} | {rows(c)} | {c.client_cpu:.0f}% | "
                                  f"{c.server_cpu:.0f}% |")
 
@@ -425,6 +512,11 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
             lines.append(f"- gRPC p50 at concurrency 1, batching {'on' if batching else 'off'}: {c1.p50_ms:.3f} ms = "
                          f"{c1.p50_ms / reference['p50_ms']:.2f}× the in-process p50 "
                          f"(+{c1.p50_ms - reference['p50_ms']:.3f} ms of server and client overhead)")
+    n1 = find(cells, "gRPC", False, 1, naive=True)
+    if n1:
+        lines.append(f"- gRPC p50 at concurrency 1, naive asyncio handler: {n1.p50_ms:.3f} ms = "
+                     f"{n1.p50_ms / reference['p50_ms']:.2f}× the in-process p50 "
+                     f"(+{n1.p50_ms - reference['p50_ms']:.3f} ms of server and client overhead)")
     for batching in (True, False):
         ratios = []
         for concurrency in args.concurrency:
@@ -432,7 +524,19 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
             if g and r and g.rate:
                 ratios.append(f"c={concurrency} {r.rate / g.rate:.2f}")
         lines.append(f"- REST/gRPC throughput, batching {'on' if batching else 'off'}: {', '.join(ratios)}")
-    best = max((c for c in cells if c.api == "gRPC"), key=lambda c: c.rate, default=None)
+    # Against the issue's naive reference, re-measured in this run.
+    versus = []
+    for concurrency in args.concurrency:
+        g, n = find(cells, "gRPC", True, concurrency), find(cells, "gRPC", False, concurrency, naive=True)
+        if g and n and n.rate:
+            versus.append(f"c={concurrency} {g.rate / n.rate:.2f} ({g.rate:,.0f} vs {n.rate:,.0f})")
+    if versus:
+        lines.append(f"- our gRPC (batching on) req/s ÷ naive asyncio handler req/s: {', '.join(versus)}")
+    g1, n1 = find(cells, "gRPC", True, 1), find(cells, "gRPC", False, 1, naive=True)
+    if g1 and n1:
+        lines.append(f"- gRPC p50 at concurrency 1, ours (batching on) vs naive asyncio handler: {g1.p50_ms:.3f} ms vs "
+                     f"{n1.p50_ms:.3f} ms ({g1.p50_ms - n1.p50_ms:+.3f} ms)")
+    best = max((c for c in cells if c.api == "gRPC" and not c.naive), key=lambda c: c.rate, default=None)
     if best:
         lines.append(f"- best gRPC throughput {best.rate:,.0f} req/s (batching {'on' if best.batching else 'off'}, "
                      f"c={best.concurrency}) = {best.rate / reference['calls_per_s']:.2f}× the in-process "
@@ -441,12 +545,15 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
 
     # Targets, evaluated on the default configuration (batching on) from this run's numbers.
     lines += ["", "Targets (batching on, the default configuration; evaluated from this run):", ""]
-    g1 = find(cells, "gRPC", True, 1)
-    lines.append(f"- gRPC p50 ≤ 1.0 ms at concurrency 1: {g1.p50_ms:.2f} ms: {verdict(g1.p50_ms <= 1.0)}" if g1 else
-                 "- gRPC p50 ≤ 1.0 ms at concurrency 1: not measured (concurrency 1 not in --concurrency)")
-    g32 = find(cells, "gRPC", True, 32)
+    g1, n1 = find(cells, "gRPC", True, 1), find(cells, "gRPC", False, 1, naive=True)
+    naive1 = f" (naive asyncio handler, this run: {n1.p50_ms:.2f} ms)" if n1 else ""
+    lines.append(f"- gRPC p50 ≤ 1.0 ms at concurrency 1: {g1.p50_ms:.2f} ms: {verdict(g1.p50_ms <= 1.0)}{naive1}" if g1
+                 else "- gRPC p50 ≤ 1.0 ms at concurrency 1: not measured (concurrency 1 not in --concurrency)")
+    g32, n32 = find(cells, "gRPC", True, 32), find(cells, "gRPC", False, 32, naive=True)
+    naive32 = (f" (naive asyncio handler, this run: {n32.rate:,.0f} req/s, p99 {n32.p99_ms:.1f} ms; ours ÷ naive "
+               f"{g32.rate / n32.rate:.2f})" if g32 and n32 and n32.rate else "")
     lines.append(f"- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: {g32.rate:,.0f} req/s, p99 "
-                 f"{g32.p99_ms:.1f} ms: {verdict(g32.rate >= 2000 and g32.p99_ms <= 25)}" if g32 else
+                 f"{g32.p99_ms:.1f} ms: {verdict(g32.rate >= 2000 and g32.p99_ms <= 25)}{naive32}" if g32 else
                  "- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: not measured")
     worst, parts = 0.0, []
     for concurrency in args.concurrency:
@@ -456,15 +563,23 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
         parts.append(f"c={concurrency} {factor:.2f}")
     lines.append(f"- REST within 1.5× of gRPC (gRPC req/s ÷ REST req/s ≤ 1.5) at every concurrency: "
                  f"{', '.join(parts)}: {verdict(worst <= 1.5)}")
-    failures = sum(c.failures for c in cells)
-    first_error = next((c for c in cells if c.first_error), None)
-    lines.append(f"- no failed requests (both servers, warm-up included): {failures:,} failed: {verdict(failures == 0)}"
+    ours = [c for c in cells if not c.naive]
+    failures = sum(c.failures for c in ours)
+    first_error = next((c for c in ours if c.first_error), None)
+    lines.append(f"- no failed requests (serving.server, batching on and off, warm-up included): {failures:,} failed: "
+                 f"{verdict(failures == 0)}"
                  + (f" (first: {first_error.api} c={first_error.concurrency}: `{first_error.first_error}`)"
                     if first_error else ""))
     codes = ", ".join(f"batching {k}: {v}" for k, v in exit_codes.items())
     lines.append(f"- graceful shutdown (SIGTERM, exit code 0): {codes}: "
                  f"{verdict(all(v == 0 for v in exit_codes.values()))}")
-    lines += ["", f"For scale (from the issue, not re-measured): {ISSUE_FIGURES}.", ""]
+    naive = [c for c in cells if c.naive]
+    naive_error = next((c for c in naive if c.first_error), None)
+    lines += ["", f"For scale: the naive asyncio handler rows above re-measure the issue's reference in this run "
+              f"({sum(c.failures for c in naive):,} failed requests"
+              + (f", first: c={naive_error.concurrency}: `{naive_error.first_error}`" if naive_error else "")
+              + f"; SIGTERM exit code {naive_exit_code}). From the issue, measured earlier on this machine kind: "
+              f"{ISSUE_FIGURES}.", ""]
     return "\n".join(lines)
 
 
@@ -493,7 +608,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help=f"in-process batches of {BATCH} (default 20)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the markdown file to update (default docs/benchmarks.md)")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave the markdown file alone")
+    parser.add_argument("--naive-server", nargs=3, metavar=("PORT", "MODEL_NAME", "MODEL_PATH"),
+                        help="internal: run the issue's naive reference server (the benchmark starts it itself)")
     args = parser.parse_args()
+    if args.naive_server:
+        port, name, path = args.naive_server
+        naive_server(int(port), name, path)
+        return
     load_before = os.getloadavg()[0]
     if args.rows < CHECK_ROWS:
         parser.error(f"--rows must be at least {CHECK_ROWS}")
@@ -515,15 +636,22 @@ def main() -> None:
 
     cells, exit_codes = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        work = Path(tmp)
         try:
             for batching in (True, False):  # one server at a time
+                server = Server(config.model_name, config.serving_model_dir, overlay_env(work, batching),
+                                work / f"server-batching-{batching}.log")
                 measured, exit_codes["on" if batching else "off"] = run_server(
-                    batching, config.model_name, config.serving_model_dir, Path(tmp), requests, bodies, expected, args)
+                    server, batching, requests, bodies, expected, args)
                 cells += measured
+            # The issue's naive reference, after ours (never at the same time), on the same model version.
+            naive = NaiveServer(config.model_name, model_path, work / "server-naive.log")
+            measured, naive_exit_code = run_server(naive, False, requests, bodies, expected, args)
+            cells += measured
         except BenchError as e:
             sys.exit(f"bench-serving: {e}")
 
-    section = report(args, config.model_name, version, reference, tf_version, cells, exit_codes,
+    section = report(args, config.model_name, version, reference, tf_version, cells, exit_codes, naive_exit_code,
                      config.serving.batching, load_before)
     print("\n" + section)
     if not args.no_doc:
