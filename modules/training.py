@@ -48,3 +48,4 @@ def run_fn(fn_args: FnArgs) -> None:
     )
     signatures = M.export_signatures(model, tf_transform_output)
     tf.saved_model.save(model, fn_args.serving_model_dir, signatures=signatures)
+    M.write_warmup_requests(fn_args.serving_model_dir, tf_transform_output)

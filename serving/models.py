@@ -308,7 +308,7 @@ class ModelManager:
             with self._lock:
                 self._servables.setdefault(model.name, {})[version] = servable
                 self._status.setdefault(model.name, {})[version] = _VersionStatus(State.AVAILABLE)
-            log.info("%s version %d AVAILABLE (%d warm-up requests)", model.name, version, warmed)
+            log.info("%s version %d AVAILABLE (warm-up requests replayed: %d)", model.name, version, warmed)
             self._on_change(model.name, version, "available")
             loaded[version] = servable
         # Unload only what the policy no longer wants, and only once something it wants is serving.

@@ -72,6 +72,22 @@ def test_signatures_are_exported(pushed_model):
 
 
 @pytest.mark.e2e
+def test_warmup_request_is_exported_and_answered(pushed_model):
+    """TF Serving (and serving/) replay assets.extra/tf_serving_warmup_requests before a version serves."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    config, model = pushed_model
+    version = pusher.served_versions(config.serving_model_dir)[-1]
+    path = os.path.join(config.serving_model_dir, str(version), M.WARMUP_FILE)
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    assert len(records) == 1
+    request = records[0].predict_log.request
+    assert request.model_spec.signature_name == M.SERVING_SIGNATURE
+    output = model.signatures[M.SERVING_SIGNATURE](examples=tf.make_ndarray(request.inputs["examples"]))
+    assert output[M.OUTPUT_KEY].shape == (1, 1)
+
+
+@pytest.mark.e2e
 def test_raw_signature_matches_tf_example_signature(pushed_model):
     config, model = pushed_model
     schema = examples.load_schema(config.schema_path)

@@ -211,6 +211,7 @@ def test_model_status_and_metadata_as_tf_serving_returns_them(server):
     assert server.http("GET", f"/v1/models/{MODEL}") == (200, {"model_version_status": [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
     assert server.http("GET", f"/v1/models/{MODEL}/versions/1")[0] == 200
+    assert f"{MODEL} version 1 AVAILABLE (warm-up requests replayed: 1)" in server.logs()  # the Trainer's file
     status, metadata = server.http("GET", f"/v1/models/{MODEL}/metadata")
     assert status == 200
     assert metadata["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
