@@ -130,6 +130,21 @@ class ServingCore:
         outputs = await self._run(servable, signature, {input_name: np.array(examples, dtype=object)})
         return servable, signature, outputs
 
+    async def classify(self, spec: ModelSpec, signature_name: str, examples: list[bytes]):
+        """Per example, (label, score) pairs; a signature with only scores has labels "0", "1"..."""
+        servable, signature, outputs = await self.run_method(spec, signature_name, CLASSIFY_METHOD, examples)
+        classes, scores = outputs.get("classes"), outputs.get("scores")
+        rows = []
+        for i in range(len(examples)):
+            labels = [c.decode() for c in classes[i]] if classes is not None else [str(j) for j in range(len(scores[i]))]
+            values = scores[i].tolist() if scores is not None else [0.0] * len(labels)
+            rows.append(list(zip(labels, values, strict=True)))
+        return servable, signature, rows
+
+    async def regress(self, spec: ModelSpec, signature_name: str, examples: list[bytes]):
+        servable, signature, outputs = await self.run_method(spec, signature_name, REGRESS_METHOD, examples)
+        return servable, signature, np.asarray(outputs["outputs"]).reshape(-1).tolist()
+
     def _log_predict(self, servable, signature, inputs, outputs) -> None:
         request = predict_pb2.PredictRequest()
         request.model_spec.name, request.model_spec.signature_name = servable.name, signature.name
@@ -256,18 +271,12 @@ class RestApi:
             pinned = ModelSpec(spec.name, servable.version)
             servable, _, outputs = await self.core.predict(pinned, signature_name, inputs)
             return _json(tensors.outputs_to_json(outputs, row_format)), str(servable.version)
-        method = CLASSIFY_METHOD if api == "classify" else REGRESS_METHOD
-        servable, _, outputs = await self.core.run_method(spec, signature_name, method, tensors.json_examples(body))
+        examples = tensors.json_examples(body)
         if api == "classify":
-            classes, scores = outputs.get("classes"), outputs.get("scores")
-            rows = len(classes if classes is not None else scores)
-            result = []
-            for i in range(rows):
-                labels = [c.decode() for c in classes[i]] if classes is not None else [str(j) for j in range(len(scores[i]))]
-                values = scores[i].tolist() if scores is not None else [0.0] * len(labels)
-                result.append([[label, value] for label, value in zip(labels, values, strict=True)])
-            return _json({"result": result}), str(servable.version)
-        return _json({"result": np.asarray(outputs["outputs"]).reshape(-1).tolist()}), str(servable.version)
+            servable, _, rows = await self.core.classify(spec, signature_name, examples)
+            return _json({"result": [[[label, score] for label, score in row] for row in rows]}), str(servable.version)
+        servable, _, values = await self.core.regress(spec, signature_name, examples)
+        return _json({"result": values}), str(servable.version)
 
     def _status(self, spec: ModelSpec):
         response = self.core.manager.status(spec.name, spec.version, spec.label)
@@ -332,29 +341,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_grpc_errors("classify")
     async def Classify(self, request, context):
-        examples = _input_examples(request.input)
-        servable, signature, outputs = await self.core.run_method(
-            ModelSpec.from_proto(request.model_spec), request.model_spec.signature_name, CLASSIFY_METHOD, examples)
+        servable, signature, rows = await self.core.classify(
+            ModelSpec.from_proto(request.model_spec), request.model_spec.signature_name, _input_examples(request.input))
         response = classification_pb2.ClassificationResponse()
         _response_spec(response.model_spec, servable, signature.name)
-        classes, scores = outputs.get("classes"), outputs.get("scores")
-        for i in range(len(classes if classes is not None else scores)):
-            row = response.result.classifications.add()
-            width = len(classes[i]) if classes is not None else len(scores[i])
-            for j in range(width):
-                row.classes.add(label=classes[i][j].decode() if classes is not None else "",
-                                score=float(scores[i][j]) if scores is not None else 0.0)
+        for row in rows:
+            response.result.classifications.add().classes.extend(
+                classification_pb2.Class(label=label, score=score) for label, score in row)
         return response
 
     @_grpc_errors("regress")
     async def Regress(self, request, context):
-        examples = _input_examples(request.input)
-        servable, signature, outputs = await self.core.run_method(
-            ModelSpec.from_proto(request.model_spec), request.model_spec.signature_name, REGRESS_METHOD, examples)
+        servable, signature, values = await self.core.regress(
+            ModelSpec.from_proto(request.model_spec), request.model_spec.signature_name, _input_examples(request.input))
         response = regression_pb2.RegressionResponse()
         _response_spec(response.model_spec, servable, signature.name)
-        for value in np.asarray(outputs["outputs"]).reshape(-1):
-            response.result.regressions.add(value=float(value))
+        response.result.regressions.extend(regression_pb2.Regression(value=value) for value in values)
         return response
 
     @_grpc_errors("metadata")
