@@ -73,3 +73,22 @@ def write_csv_variant(source: Path, target_dir: Path, edit) -> Path:
         writer.writerows(rows)
     return target_dir
 
+
+def write_toy_model(path: str) -> None:
+    """A TF1-style SavedModel with classify and regress signatures: y = 2x + 1, P(yes) = sigmoid(x)."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        serialized = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
+        x = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+        two = tf.compat.v1.Variable(2.0, name="two")
+        score = tf.sigmoid(x)
+        scores = tf.concat([1 - score, score], axis=1)
+        classes = tf.tile(tf.constant([[b"no", b"yes"]]), [tf.shape(x)[0], 1])
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+            "classify": tf.compat.v1.saved_model.classification_signature_def(serialized, classes, scores),
+            "regress": tf.compat.v1.saved_model.regression_signature_def(serialized, two * x + 1),
+        })
+        builder.save()

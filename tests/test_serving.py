@@ -20,6 +20,7 @@ import numpy as np
 import portpicker
 import pytest
 import tensorflow as tf
+from conftest import write_toy_model
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -64,24 +65,6 @@ def _model_config(root, chicago_policy: str = "", labels: dict | None = None) ->
     return text_format.MessageToString(config)
 
 
-def _toy_model(path: str) -> None:
-    """A TF1-style SavedModel with classify and regress signatures: y = 2x + 1, P(yes) = sigmoid(x)."""
-    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        serialized = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
-        x = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
-        two = tf.compat.v1.Variable(2.0, name="two")
-        score = tf.sigmoid(x)
-        scores = tf.concat([1 - score, score], axis=1)
-        classes = tf.tile(tf.constant([[b"no", b"yes"]]), [tf.shape(x)[0], 1])
-        session.run(tf.compat.v1.global_variables_initializer())
-        builder = tf.compat.v1.saved_model.Builder(path)
-        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
-            "classify": tf.compat.v1.saved_model.classification_signature_def(serialized, classes, scores),
-            "regress": tf.compat.v1.saved_model.regression_signature_def(serialized, two * x + 1),
-        })
-        builder.save()
-
-
 class Server:
     def __init__(self, root, model_path):
         self.root = root
@@ -91,7 +74,7 @@ class Server:
         self.config_file = root / "models.config"
         self.config_file.write_text(_model_config(root))
         shutil.copytree(model_path, root / "models" / MODEL / "1")
-        _toy_model(str(root / "models" / "toy" / "1"))
+        write_toy_model(str(root / "models" / "toy" / "1"))
         (root / "overlay.yaml").write_text(f"serving: {{poll_seconds: 0.3, max_request_bytes: {MAX_REQUEST_BYTES}, "
                                            f"request_log: {{sampling_rate: 1.0, path: {root / 'request_logs'}}}}}\n")
         env = {**os.environ, "TFX_E2E_OUTPUT_ROOT": str(root / "out"), "TFX_E2E_CONFIG": str(root / "overlay.yaml")}

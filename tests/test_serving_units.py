@@ -1,0 +1,206 @@
+"""The local server's parts without a pipeline: version policies and swaps in the model manager (on a small
+TF1-style SavedModel), the batcher, and TF Serving's JSON formats."""
+import asyncio
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from conftest import write_toy_model
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+
+from serving import tensors
+from serving.batching import Batcher
+from serving.errors import ServingError
+from serving.models import ModelManager, single_model_config
+
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+END = get_model_status_pb2.ModelVersionStatus.END
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy") / "model"
+    write_toy_model(str(path))
+    return path
+
+
+def _versions(base, toy, *versions):
+    for version in versions:
+        shutil.copytree(toy, base / str(version))
+
+
+def _manager(base, policy="latest", latest=1, versions=(), labels=None):
+    config = single_model_config("toy", str(base), policy, latest, list(versions), labels or {})
+    return ModelManager(config, poll_seconds=60)
+
+
+def _states(manager):
+    return {s.version: s.state for s in manager.status("toy").model_version_status}
+
+
+@pytest.mark.parametrize("policy, latest, versions, served", [
+    ("latest", 1, (), {3}),
+    ("latest", 2, (), {2, 3}),
+    ("all", 1, (), {1, 2, 3}),
+    ("specific", 1, (1, 3), {1, 3}),
+])
+def test_version_policies(tmp_path, toy, policy, latest, versions, served):
+    _versions(tmp_path, toy, 1, 2, 3)
+    manager = _manager(tmp_path, policy, latest, versions)
+    manager.poll_once()
+    assert {v for v, state in _states(manager).items() if state == AVAILABLE} == served
+    assert manager.resolve("toy").version == max(served)
+
+
+def test_new_version_replaces_the_old_only_once_loaded(tmp_path, toy):
+    _versions(tmp_path, toy, 1)
+    manager = _manager(tmp_path)
+    manager.poll_once()
+    (tmp_path / "2").mkdir()  # a version still being copied: no variables yet
+    shutil.copy(toy / "saved_model.pb", tmp_path / "2" / "saved_model.pb")
+    manager.poll_once()
+    assert _states(manager) == {1: AVAILABLE} and manager.resolve("toy").version == 1
+    shutil.rmtree(tmp_path / "2")
+    _versions(tmp_path, toy, 2)
+    manager.poll_once()
+    assert _states(manager) == {2: AVAILABLE, 1: END} and manager.resolve("toy").version == 2
+    with pytest.raises(ServingError) as error:
+        manager.resolve("toy", version=1)
+    assert error.value.code == grpc.StatusCode.NOT_FOUND and error.value.http_status == 404
+
+
+def test_a_broken_version_keeps_the_old_one_serving_until_fixed(tmp_path, toy):
+    _versions(tmp_path, toy, 1)
+    manager = _manager(tmp_path)
+    manager.poll_once()
+    (tmp_path / "2" / "variables").mkdir(parents=True)
+    (tmp_path / "2" / "saved_model.pb").write_bytes(b"garbage")
+    (tmp_path / "2" / "variables" / "variables.index").write_bytes(b"")
+    manager.poll_once()
+    status = {s.version: s for s in manager.status("toy").model_version_status}
+    assert status[2].state == END and status[2].status.error_message
+    assert status[1].state == AVAILABLE and manager.resolve("toy").version == 1
+    shutil.rmtree(tmp_path / "2")  # fixed: the same version number, good files
+    _versions(tmp_path, toy, 2)
+    manager.poll_once()
+    assert manager.resolve("toy").version == 2
+
+
+def test_labels_resolve_and_unknown_ones_are_404(tmp_path, toy):
+    _versions(tmp_path, toy, 1, 2)
+    manager = _manager(tmp_path, "specific", versions=(1, 2), labels={"stable": 1, "canary": 2})
+    manager.poll_once()
+    assert manager.resolve("toy", label="stable").version == 1
+    assert manager.resolve("toy", label="canary").version == 2
+    with pytest.raises(ServingError) as error:
+        manager.resolve("toy", label="nope")
+    assert error.value.http_status == 404
+    bad = single_model_config("toy", str(tmp_path), "specific", 1, [1, 2], {"canary": 7})
+    with pytest.raises(ServingError) as error:
+        manager.reload(bad)
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert manager.resolve("toy", label="canary").version == 2  # unchanged
+
+
+def test_no_version_yet_is_503(tmp_path):
+    manager = _manager(tmp_path)
+    manager.poll_once()
+    with pytest.raises(ServingError) as error:
+        manager.resolve("toy")
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE and error.value.http_status == 503
+
+
+def test_batcher_merges_concurrent_requests_and_isolates_a_bad_one():
+    calls = []
+
+    def run(inputs):
+        calls.append(len(inputs["x"]))
+        if (inputs["x"] < 0).any():
+            raise ServingError.invalid("negative input")
+        return {"y": inputs["x"] * 2}
+
+    async def main():
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(run, executor, max_batch_size=8, batch_timeout_micros=0, max_enqueued_batches=10,
+                          num_batch_threads=1)
+        await batcher.submit({"x": np.array([100.0])})  # idle: runs alone, at once
+        results = await asyncio.gather(*[batcher.submit({"x": np.array([float(i)])}) for i in range(6)],
+                                       batcher.submit({"x": np.array([-1.0])}), return_exceptions=True)
+        executor.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert [r["y"].tolist() for r in results[:6]] == [[0.0], [2.0], [4.0], [6.0], [8.0], [10.0]]
+    assert isinstance(results[6], ServingError) and results[6].message == "negative input"
+    assert calls[0] == 1 and max(calls) > 1  # the concurrent ones shared a batch
+
+
+def test_batcher_refuses_oversized_tasks_and_a_full_queue():
+    release = threading.Event()
+
+    def run(inputs):  # batches on the batch thread wait for `release`, so the queue fills up
+        if threading.current_thread() is not threading.main_thread():
+            release.wait(10)
+        return inputs
+
+    async def main():
+        batcher = Batcher(run, ThreadPoolExecutor(1), max_batch_size=2, batch_timeout_micros=0,
+                          max_enqueued_batches=1, num_batch_threads=1)
+        with pytest.raises(ServingError, match="Task size 3 is larger than maximum batch size 2"):
+            await batcher.submit({"x": np.zeros(3)})
+        await batcher.submit({"x": np.zeros(1)})  # idle: runs at once on the loop
+        running = asyncio.ensure_future(batcher.submit({"x": np.zeros(2)}))  # right after: to the batch thread
+        queued = asyncio.ensure_future(batcher.submit({"x": np.zeros(2)}))  # waits: the one queue slot
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServingError) as error:
+            await batcher.submit({"x": np.zeros(1)})
+        release.set()
+        await asyncio.gather(running, queued)
+        return error.value
+
+    error = asyncio.run(main())
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert error.message == "The batch scheduling queue to which this task was submitted is full"
+
+
+def test_json_row_and_columnar_formats():
+    inputs = {"examples": types_pb2.DT_STRING}
+    arrays, row = tensors.parse_predict_json({"instances": [{"b64": "YWJj"}, "plain"]}, inputs)
+    assert row and arrays["examples"].tolist() == [b"abc", b"plain"]
+    arrays, row = tensors.parse_predict_json({"inputs": {"examples": [{"b64": "YWJj"}]}}, inputs)
+    assert not row and arrays["examples"].tolist() == [b"abc"]
+    two = {"a": types_pb2.DT_FLOAT, "b": types_pb2.DT_INT64}
+    arrays, _ = tensors.parse_predict_json({"instances": [{"a": 1.5, "b": 2}, {"a": 2, "b": 3}]}, two)
+    assert arrays["a"].dtype == np.float32 and arrays["b"].tolist() == [2, 3]
+    assert tensors.outputs_to_json({"p": np.array([[0.25], [0.5]], np.float32)}, True) == {"predictions": [[0.25], [0.5]]}
+    assert tensors.outputs_to_json({"p": np.array([1, 2]), "q": np.array([b"x", b"\xff"], dtype=object)}, True) == {
+        "predictions": [{"p": 1, "q": "x"}, {"p": 2, "q": {"b64": "/w=="}}]}
+    assert tensors.outputs_to_json({"p": np.array([1, 2])}, False) == {"outputs": [1, 2]}
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"instances": [1], "inputs": [1]}, "exactly one of \"instances\""),
+    ({"instances": []}, "non-empty list"),
+    ({"instances": [{"a": 1.0, "b": 1}, {"a": 1.0}]}, "every instance must name the same inputs"),
+    ({"instances": [{"a": "x", "b": 1}]}, "input 'a': JSON value 'x' is not of expected type: float"),
+    ({"instances": [{"a": 1.0, "b": 1.5}]}, "input 'b': JSON value 1.5 is not of expected type: integer"),
+    ({"instances": [{"a": [1.0, 2.0], "b": 1}, {"a": [1.0], "b": 1}]}, "ragged"),
+    ({"inputs": {"a": [1.0]}}, "missing ['b']"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_json_errors_name_the_problem(body, message):
+    with pytest.raises(ServingError) as error:
+        tensors.parse_predict_json(body, {"a": types_pb2.DT_FLOAT, "b": types_pb2.DT_INT64})
+    assert message in error.value.message and error.value.http_status == 400
+
+
+def test_tensor_protos_round_trip():
+    for array, dtype in ((np.array([[1.5, 2.5]], np.float32), types_pb2.DT_FLOAT),
+                         (np.array([3, 4], np.int64), types_pb2.DT_INT64),
+                         (np.array([b"a", b"bc"], dtype=object), types_pb2.DT_STRING)):
+        back = tensors.to_numpy(tensors.to_proto(array, dtype))
+        assert back.shape == array.shape and back.tolist() == array.tolist()
