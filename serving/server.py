@@ -415,8 +415,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 async def serve(core: ServingCore, host: str, rest_port: int, grpc_port: int, max_request_bytes: int,
                 ready=None) -> None:
-    limits = [("grpc.max_receive_message_length", max_request_bytes), ("grpc.max_send_message_length", -1)]
-    grpc_server = grpc.aio.server(options=limits)
+    # No SO_REUSEPORT: a second server on the same port must fail, not share it silently.
+    options = [("grpc.max_receive_message_length", max_request_bytes), ("grpc.max_send_message_length", -1),
+               ("grpc.so_reuseport", 0)]
+    grpc_server = grpc.aio.server(options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), grpc_server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), grpc_server)
     grpc_port = grpc_server.add_insecure_port(f"{host}:{grpc_port}")
@@ -429,7 +431,12 @@ async def serve(core: ServingCore, host: str, rest_port: int, grpc_port: int, ma
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, rest_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        await grpc_server.stop(None)
+        raise
     rest_port = site._server.sockets[0].getsockname()[1]
     print(f"serving {', '.join(core.manager.model_names())}: REST http://{host}:{rest_port}/v1/models/..., "
           f"gRPC {host}:{grpc_port}, metrics http://{host}:{rest_port}{PROMETHEUS_PATH}", flush=True)
@@ -496,9 +503,10 @@ def main(argv=None) -> None:
     grpc_port = config.serving.grpc_port if args.grpc_port is None else args.grpc_port
     try:
         asyncio.run(serve(core, host, rest_port, grpc_port, config.serving.max_request_bytes))
-    except OSError as e:
-        print(f"error: cannot listen on {host}: {e.strerror} (is another server on ports {rest_port}/{grpc_port}?)",
-              file=sys.stderr)
+    except (OSError, RuntimeError) as e:  # aiohttp: OSError; grpc: RuntimeError("Failed to bind ...")
+        print(f"error: cannot listen on {host} (REST {rest_port}, gRPC {grpc_port}): {getattr(e, 'strerror', None) or e} "
+              "(is another server on these ports?)", file=sys.stderr)
+        core.close()
         sys.exit(1)
 
 

@@ -512,6 +512,18 @@ def test_version_labels_route_stable_and_canary(server, rows):
         _grpc_predict_request(rows[1][:1], label="stable")).model_spec.version.value == canary, "the promotion")
 
 
+def test_a_second_server_on_the_same_port_fails_clearly(server, rows):
+    env = {**os.environ, "TFX_E2E_OUTPUT_ROOT": str(server.root / "out2")}
+    for rest, grpc_port in ((portpicker.pick_unused_port(), server.grpc_port), (server.rest_port, portpicker.pick_unused_port())):
+        result = subprocess.run([sys.executable, "-m", "serving.server", "--rest_port", str(rest), "--grpc_port",
+                                 str(grpc_port), "--model_config_file", str(server.config_file)],
+                                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        assert f"error: cannot listen on 127.0.0.1 (REST {rest}, gRPC {grpc_port})" in result.stderr
+        assert "is another server on these ports?" in result.stderr
+    assert server.predict_stub.Predict(_grpc_predict_request(rows[1][:1])).model_spec.version.value > 0
+
+
 def test_graceful_shutdown(server, rows):
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=30) == 0
