@@ -128,10 +128,11 @@ def test_batching_and_monitoring_configs_parse_as_tf_serving_protos(config, file
     batching_parameters, monitoring_config = _tf_serving_messages()
     batching = text_format.Parse(files["batching.config"], batching_parameters())
     expected = config.serving.batching
-    assert batching.max_batch_size.value == expected.max_batch_size == 64
-    assert batching.batch_timeout_micros.value == expected.batch_timeout_micros == 1000
+    # The GPU tuning of serving/deploy/rollout.yaml, not the local server's defaults.
+    assert batching.max_batch_size.value == expected.max_batch_size == 128
+    assert batching.batch_timeout_micros.value == expected.batch_timeout_micros == 2000
     assert batching.max_enqueued_batches.value == expected.max_enqueued_batches == 100
-    assert batching.num_batch_threads.value == expected.num_batch_threads == 2
+    assert batching.num_batch_threads.value == expected.num_batch_threads == 4
     monitoring = text_format.Parse(files["monitoring.config"], monitoring_config())
     assert monitoring.prometheus_config.enable is True
     assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
