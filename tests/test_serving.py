@@ -250,6 +250,26 @@ def test_grpc_predict_equals_the_saved_model(server, rows, expected):
     assert np.allclose(RestClient(server.url, MODEL).predict(rows[1]), expected, atol=1e-6)
 
 
+def test_make_predict_prints_probabilities_and_names_errors(server, expected, tmp_path):
+    rows_csv = str(REPO_ROOT / "tests" / "data" / "taxi_small" / "data.csv")
+    env = {**os.environ, "TFX_E2E_OUTPUT_ROOT": str(tmp_path)}
+    for transport in (["--url", server.url], ["--grpc", "--target", server.target]):
+        result = subprocess.run([sys.executable, "-m", "serving.client", rows_csv, "--rows", "3", *transport],
+                                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert lines[0].split() == ["row", "P(big", "tipper)"]
+        assert [float(line.split()[1]) for line in lines[1:]] == pytest.approx(expected[:3, 0].tolist(), abs=1e-4)
+    result = subprocess.run([sys.executable, "-m", "serving.client", rows_csv, "--url", server.url, "--label", "nope"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"error: {server.url}/v1/models/{MODEL}/labels/nope:predict: HTTP 404: Unrecognized servable version label: nope" \
+        in result.stderr
+    result = subprocess.run([sys.executable, "-m", "serving.client", str(tmp_path / "missing.csv")],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "missing.csv" in result.stderr
+
+
 def _toy_examples(*xs):
     return [tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(
         float_list=tf.train.FloatList(value=[x]))})) for x in xs]
