@@ -160,7 +160,7 @@ class Config:
     @property
     def metadata_path(self) -> str:
         # SQLite needs a local file: with a gs:// output root (Dataflow) it stays in the checkout's output/.
-        root = str(REPO_ROOT / "output") if _is_uri(self.output_root) else self.output_root
+        root = str(REPO_ROOT / "output") if is_uri(self.output_root) else self.output_root
         return os.path.join(root, "metadata", self.pipeline_name, "metadata.db")
 
     @property
@@ -190,7 +190,7 @@ class Config:
         return os.path.join(self.output_root, "serving", self.model_name)
 
 
-def _is_uri(path: str) -> bool:
+def is_uri(path: str) -> bool:
     return "://" in path
 
 
@@ -309,9 +309,9 @@ def _validate(config: Config) -> None:
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
     in_image = config.schema_path.startswith(IMAGE_ROOT)
-    if not _is_uri(config.schema_path) and not in_image and not os.path.isfile(config.schema_path):
+    if not is_uri(config.schema_path) and not in_image and not os.path.isfile(config.schema_path):
         raise ConfigError(f"schema_path: file not found: {config.schema_path}")
-    if config.example_gen == "csv" and not _is_uri(config.data_root):
+    if config.example_gen == "csv" and not is_uri(config.data_root):
         if not os.path.isdir(config.data_root):
             raise ConfigError(f"data_root: directory not found: {config.data_root}")
         csvs = sorted(glob.glob(os.path.join(config.data_root, "*.csv")))
@@ -351,7 +351,7 @@ def _validate_serving(serving: ServingConfig) -> None:
 
 
 def _absolute(path: str, base: Path) -> str:
-    return path if _is_uri(path) else str((base / path).resolve())
+    return path if is_uri(path) else str((base / path).resolve())
 
 
 def load_config(profile: str | None = None, env: Mapping[str, str] | None = None) -> Config:

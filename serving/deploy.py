@@ -24,13 +24,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import REPO_ROOT, Config, ConfigError, load_config
+from pipeline.config import REPO_ROOT, Config, ConfigError, is_uri, load_config
+from serving.errors import ServingError
+from serving.monitoring import PROMETHEUS_PATH
 
 DEFAULT_OUT = REPO_ROOT / "serving" / "deploy"
 CONFIG_DIR = "/config"   # the three .config files inside the container
 MODELS_DIR = "/models"   # the pushed models inside the container (when output_root is a local path)
 SERVER = "/usr/bin/tensorflow_model_server"  # the image's entrypoint script would add its own --model_name flags
-PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 CONFIG_FILES = ("models.config", "batching.config", "monitoring.config")
 # Every file this module may write: main() deletes the ones a configuration no longer renders (k8s/pvc.yaml).
 ALL_FILES = (*CONFIG_FILES, "docker-compose.yaml", "k8s/configmap.yaml", "k8s/deployment.yaml", "k8s/service.yaml",
@@ -53,10 +54,6 @@ def _literal(dumper: yaml.SafeDumper, value: _Literal) -> yaml.ScalarNode:
 yaml.add_representer(_Literal, _literal, Dumper=yaml.SafeDumper)
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def app_name(config: Config) -> str:
     """The Kubernetes name (DNS-1123): chicago_taxi -> chicago-taxi-serving."""
     return f"{config.model_name.replace('_', '-').lower()}-serving"
@@ -64,7 +61,7 @@ def app_name(config: Config) -> str:
 
 def model_base_path(config: Config) -> str:
     """TF Serving's base_path inside the container: the gs:// path itself, else where the models are mounted."""
-    if _is_uri(config.serving_model_dir):
+    if is_uri(config.serving_model_dir):
         return config.serving_model_dir
     return f"{MODELS_DIR}/{config.model_name}"
 
@@ -104,33 +101,21 @@ def _check(config: Config) -> None:
 
 def render_models_config(config: Config) -> str:
     from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.models import read_model_config_file, single_model_config
 
     serving = config.serving
-    server_config = model_server_config_pb2.ModelServerConfig()
     if serving.model_config_file:
         # An explicit ModelServerConfig wins over the keys below; its base_path must be a container path
         # (/models/<model_name>) or a gs:// URI.
-        with open(serving.model_config_file) as f:
-            text_format.Parse(f.read(), server_config)
+        server_config = read_model_config_file(serving.model_config_file)
         names = [c.name for c in server_config.model_config_list.config]
         if config.model_name not in names:
             raise ValueError(f"serving.model_config_file: {serving.model_config_file} serves {names}, "
                              f"not model_name {config.model_name!r} (the probes ask for it)")
     else:
-        model = server_config.model_config_list.config.add()
-        model.name = config.model_name
-        model.base_path = model_base_path(config)
-        model.model_platform = "tensorflow"
-        policy = model.model_version_policy
-        if serving.version_policy == "latest":
-            policy.latest.num_versions = serving.latest_versions
-        elif serving.version_policy == "all":
-            policy.all.SetInParent()
-        else:
-            policy.specific.versions.extend(serving.versions)
-        for label, version in serving.labels.items():
-            model.version_labels[label] = version
+        server_config = single_model_config(config.model_name, model_base_path(config), serving.version_policy,
+                                            serving.latest_versions, serving.versions, serving.labels)
     note = (f"# TF Serving re-reads this file every {poll_seconds(config)} s: version and label changes apply without "
             "a restart.")
     return f"{GENERATED}\n{note}\n{text_format.MessageToString(server_config)}"
@@ -168,7 +153,7 @@ def _host_path(path: str, out_dir: Path) -> str:
 def render_compose(config: Config, out_dir: Path) -> str:
     serving = config.serving
     volumes = [f".:{CONFIG_DIR}:ro"]  # the directory, not the files: an atomic rewrite replaces their inodes
-    if not _is_uri(config.serving_model_dir):
+    if not is_uri(config.serving_model_dir):
         volumes.insert(0, f"{_host_path(config.serving_model_dir, out_dir)}:{MODELS_DIR}/{config.model_name}:ro")
     # The image has neither curl nor wget: bash's /dev/tcp asks the REST API whether a version is AVAILABLE.
     probe = (f"exec 3<>/dev/tcp/127.0.0.1/{serving.rest_port} && "
@@ -230,7 +215,7 @@ def render_deployment(config: Config, config_files: dict[str, str]) -> str:
     if serving.gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": serving.gpus}}
     volumes = [{"name": "config", "configMap": {"name": f"{name}-config"}}]
-    if not _is_uri(config.serving_model_dir):
+    if not is_uri(config.serving_model_dir):
         container["volumeMounts"].append(
             {"name": "models", "mountPath": f"{MODELS_DIR}/{config.model_name}", "readOnly": True})
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": f"{name}-models", "readOnly": True}})
@@ -300,7 +285,7 @@ def render(config: Config, out_dir: Path | None = None) -> dict[str, str]:
     files["k8s/configmap.yaml"] = render_configmap(config, files)
     files["k8s/deployment.yaml"] = render_deployment(config, files)
     files["k8s/service.yaml"] = render_service(config)
-    if not _is_uri(config.serving_model_dir):
+    if not is_uri(config.serving_model_dir):
         files["k8s/pvc.yaml"] = render_pvc(config)
     return files
 
@@ -328,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config()
         files = render(config, out)
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, ServingError) as e:  # ServingError: an unreadable serving.model_config_file
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name, text in files.items():
