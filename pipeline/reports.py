@@ -7,6 +7,7 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 
 from pipeline.evaluation import BlessingReport, slice_name
+from pipeline.files import write_atomic
 
 METRIC_COLUMNS = ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration")
 TABLE_STYLE = ("<style>body{font-family:sans-serif}table{border-collapse:collapse}"
@@ -15,15 +16,6 @@ TABLE_STYLE = ("<style>body{font-family:sans-serif}table{border-collapse:collaps
 
 def report_dir(output_root: str, pipeline_name: str) -> str:
     return os.path.join(output_root, "reports", pipeline_name)
-
-
-def _write(path: str, text: str) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 def write_statistics(statistics_uri: str, directory: str) -> str | None:
@@ -38,7 +30,7 @@ def write_statistics(statistics_uri: str, directory: str) -> str | None:
     page = tfdv.utils.display_util.get_statistics_html(
         splits[names[0]], splits[names[1]] if len(names) > 1 else None,
         lhs_name=names[0], rhs_name=names[1] if len(names) > 1 else "rhs_statistics")
-    return _write(os.path.join(directory, "statistics.html"), page)
+    return write_atomic(os.path.join(directory, "statistics.html"), page)
 
 
 def write_evaluation(evaluation_uri: str, blessed: bool, report: BlessingReport, directory: str) -> str:
@@ -60,4 +52,4 @@ def write_evaluation(evaluation_uri: str, blessed: bool, report: BlessingReport,
 <h2>Metrics by slice (eval split)</h2>
 <table><tr><th>slice</th>{''.join(f'<th>{c}</th>' for c in METRIC_COLUMNS)}</tr>{''.join(rows)}</table>
 <p>TFMA output: {html.escape(evaluation_uri)}</p>"""
-    return _write(os.path.join(directory, "evaluation.html"), page)
+    return write_atomic(os.path.join(directory, "evaluation.html"), page)

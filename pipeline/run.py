@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.config import ENV_ALWAYS_RUN, REPO_ROOT, Config, ConfigError, load_config
+from pipeline.files import write_atomic
 from pipeline.fingerprint import files_digest
 
 
@@ -78,13 +79,9 @@ def _unchanged_since_last_run(config: Config, fingerprint: str | None) -> dict |
 
 
 def _write_record(config: Config, fingerprint: str, summary_text: str, served_path: str | None) -> None:
-    path = _record_path(config)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   "served_path": served_path, "summary": summary_text}, f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(_record_path(config), json.dumps({
+        "fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "served_path": served_path,
+        "summary": summary_text}, indent=1))
 
 
 _TFX_CLI_PATCHER = "tfx.tools.cli.handler.dag_runner_patcher"

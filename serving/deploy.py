@@ -19,12 +19,12 @@ import hashlib
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from pipeline.config import REPO_ROOT, Config, ConfigError, is_uri, load_config
+from pipeline.files import write_atomic
 from serving.errors import ServingError
 from serving.monitoring import PROMETHEUS_PATH
 
@@ -288,21 +288,6 @@ def render(config: Config, out_dir: Path | None = None) -> dict[str, str]:
     if not is_uri(config.serving_model_dir):
         files["k8s/pvc.yaml"] = render_pvc(config)
     return files
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from pipeline.config import BatchingConfig
 from serving import tensors
 from serving.batching import Batcher
 from serving.errors import ServingError
@@ -51,14 +52,6 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)",
                           re.IGNORECASE)
 STATUS_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Batching:
-    max_batch_size: int
-    batch_timeout_micros: int
-    max_enqueued_batches: int
-    num_batch_threads: int
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ class ModelSpec:
 class ServingCore:
     """What both APIs call: resolve the servable, check the request against its signature, run (batched)."""
 
-    def __init__(self, manager: ModelManager, batching: Batching | None, request_logger: RequestLogger,
+    def __init__(self, manager: ModelManager, batching: BatchingConfig | None, request_logger: RequestLogger,
                  metrics: Metrics, num_threads: int = 2):
         self.manager = manager
         self.batching = batching
@@ -106,7 +99,7 @@ class ServingCore:
             raise ServingError.invalid(f"Request inputs do not match the signature '{signature.name}': unknown "
                                        f"{unknown}, missing {missing} (expected {sorted(signature.inputs)})")
         for name, array in inputs.items():
-            _check_dtype(name, array, signature.inputs[name])
+            tensors.check_dtype(name, array, signature.inputs[name])
         unknown_outputs = sorted(set(output_filter) - set(signature.outputs))
         if unknown_outputs:
             raise ServingError.invalid(f"output_filter: {unknown_outputs} not in the signature's outputs "
@@ -171,19 +164,6 @@ class ServingCore:
         self.manager.stop()
         self.executor.shutdown(wait=True)
         self.request_logger.close()
-
-
-_KINDS = {"float": "f", "integer": "iu", "bool": "b"}
-
-
-def _check_dtype(name: str, array: np.ndarray, dtype: int) -> None:
-    expected = tensors._expected(dtype)
-    if expected == "string":
-        ok = array.dtype == object or array.dtype.kind in "SU"
-    else:
-        ok = array.dtype.kind in _KINDS[expected] or (expected == "float" and array.dtype.kind in "iu")
-    if not ok:
-        raise ServingError.invalid(f"input '{name}': expects {tensors.dtype_name(dtype)}, got {array.dtype}")
 
 
 # --- REST ---------------------------------------------------------------------------------------------------------
@@ -467,9 +447,7 @@ def build_core(config, model_config_file: str = "", model_name: str = "", model_
                                            serving.version_policy, serving.latest_versions, serving.versions,
                                            serving.labels)
     manager = ModelManager(model_config, serving.poll_seconds, model_config_file, on_change=metrics.model_event)
-    batching = Batching(serving.batching.max_batch_size, serving.batching.batch_timeout_micros,
-                        serving.batching.max_enqueued_batches, serving.batching.num_batch_threads) \
-        if serving.batching.enabled else None
+    batching = serving.batching if serving.batching.enabled else None
     log_dir = serving.request_log.path or os.path.join(config.output_root, "request_logs")
     return ServingCore(manager, batching, RequestLogger(log_dir, serving.request_log.sampling_rate), metrics)
 

@@ -30,6 +30,17 @@ def _expected(dtype: int) -> str:
     return "float" if np.issubdtype(_NUMPY[dtype], np.floating) else "integer"
 
 
+def check_dtype(name: str, array: np.ndarray, dtype: int) -> None:
+    """A gRPC input tensor's dtype must suit the signature's (integers may feed a float input)."""
+    expected = _expected(dtype)
+    if expected == "string":
+        ok = array.dtype == object or array.dtype.kind in "SU"
+    else:
+        ok = array.dtype.kind in {"float": "fiu", "integer": "iu", "bool": "b"}[expected]
+    if not ok:
+        raise ServingError.invalid(f"input '{name}': expects {dtype_name(dtype)}, got {array.dtype}")
+
+
 def _decode_strings(value, name: str):
     """Nested lists of str / {"b64": ...} to nested lists of bytes."""
     if isinstance(value, list):

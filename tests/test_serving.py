@@ -21,6 +21,7 @@ import portpicker
 import pytest
 import tensorflow as tf
 from conftest import write_toy_model
+from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -52,16 +53,15 @@ RAW_FEATURES = ("company", "dropoff_census_tract", "dropoff_community_area", "dr
 
 
 def _model_config(root, chicago_policy: str = "", labels: dict | None = None) -> str:
+    """models.config for the server: chicago_taxi (policy and labels as given) and the toy classify/regress model."""
     config = model_server_config_pb2.ModelServerConfig()
     chicago = config.model_config_list.config.add(name=MODEL, base_path=str(root / "models" / MODEL),
                                                   model_platform="tensorflow")
     if chicago_policy:
-        from google.protobuf import text_format
         text_format.Parse(chicago_policy, chicago.model_version_policy)
     for label, version in (labels or {}).items():
         chicago.version_labels[label] = version
     config.model_config_list.config.add(name="toy", base_path=str(root / "models" / "toy"), model_platform="tensorflow")
-    from google.protobuf import text_format
     return text_format.MessageToString(config)
 
 
@@ -501,7 +501,6 @@ def test_partial_and_corrupt_versions_are_never_served(server, rows):
 
 
 def _reload(server, text: str):
-    from google.protobuf import text_format
     request = model_management_pb2.ReloadConfigRequest()
     text_format.Parse(text, request.config)
     return server.model_stub.HandleReloadConfigRequest(request)
