@@ -73,15 +73,27 @@ def _raw_feature(value, spec):
     )
 
 
-def export_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
+def export_saved_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput, export_dir: str) -> None:
+    """The serving SavedModel: the signatures below, the transform layer (its tables and assets), the model's weights.
+
+    The root is a tf.Module holding the Keras variables' underlying tf.Variables, not the Keras model: saved from
+    the model, Keras 3 variables are missing from the graph that TF Serving's session loader restores, and TF
+    Serving then fails every request with "Could not find variable ..." (keras-team/keras#19274), although
+    tf.saved_model.load serves the same files.
+    """
+    root = tf.Module()
+    root.tft_layer = tf_transform_output.transform_features_layer()
+    root.model_variables = [variable.value for variable in model.variables]
+    signatures = export_signatures(model, root.tft_layer, tf_transform_output.raw_feature_spec())
+    tf.saved_model.save(root, export_dir, signatures=signatures)
+
+
+def export_signatures(model: keras.Model, tft_layer, raw_spec: dict) -> dict:
     """serving_default (serialized tf.Example), serving_raw (one tensor per raw feature), transform_features."""
-    # The transform layer is tracked on the model so that tf.saved_model.save exports its assets.
-    model.tft_layer = tf_transform_output.transform_features_layer()
-    raw_spec = tf_transform_output.raw_feature_spec()
     serving_spec = {k: v for k, v in raw_spec.items() if k != F.TIPS_KEY}
 
     def predict(raw_features):
-        transformed = model.tft_layer(raw_features)
+        transformed = tft_layer(raw_features)
         return {OUTPUT_KEY: model(_model_inputs(transformed))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -95,7 +107,7 @@ def export_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOu
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(serialized):
-        return model.tft_layer(tf.io.parse_example(serialized, raw_spec))
+        return tft_layer(tf.io.parse_example(serialized, raw_spec))
 
     return {
         SERVING_SIGNATURE: serve_tf_examples,

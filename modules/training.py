@@ -46,6 +46,5 @@ def run_fn(fn_args: FnArgs) -> None:
         callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
         verbose=2,
     )
-    signatures = M.export_signatures(model, tf_transform_output)
-    tf.saved_model.save(model, fn_args.serving_model_dir, signatures=signatures)
+    M.export_saved_model(model, tf_transform_output, fn_args.serving_model_dir)
     M.write_warmup_requests(fn_args.serving_model_dir, tf_transform_output)
