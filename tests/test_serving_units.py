@@ -1,5 +1,5 @@
 """The local server's parts without a pipeline: version policies and swaps in the model manager (on a small
-TF1-style SavedModel), the batcher, and TF Serving's JSON formats."""
+TF1-style SavedModel), a Keras 3 version TF Serving could not run, the batcher, and TF Serving's JSON formats."""
 import asyncio
 import shutil
 import threading
@@ -88,6 +88,41 @@ def test_a_broken_version_keeps_the_old_one_serving_until_fixed(tmp_path, toy):
     _versions(tmp_path, toy, 2)
     manager.poll_once()
     assert manager.resolve("toy").version == 2
+
+
+def _keras_version(path, saved_from_model: bool) -> None:
+    """A Keras 3 model with an embedding and a warm-up request, saved from the model itself or from a tf.Module
+    holding its variables' tf.Variables (as modules/model.py exports)."""
+    import keras
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    ids = keras.Input(shape=(1,), dtype="int64")
+    model = keras.Model(ids, keras.layers.Dense(1)(keras.layers.Flatten()(keras.layers.Embedding(4, 2)(ids))))
+    serve = tf.function(lambda ids: {"y": model(ids)}, input_signature=[tf.TensorSpec([None, 1], tf.int64, name="ids")])
+    root = model
+    if not saved_from_model:
+        root = tf.Module()
+        root.model_variables = [variable.value for variable in model.variables]
+    tf.saved_model.save(root, str(path), signatures={"serving_default": serve})
+    record = prediction_log_pb2.PredictionLog()
+    record.predict_log.request.inputs["ids"].CopyFrom(tf.make_tensor_proto(np.array([[1]], dtype=np.int64)))
+    (path / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        writer.write(record.SerializeToString())
+
+
+def test_a_version_tf_serving_cannot_run_is_refused_at_warm_up(tmp_path):
+    """Saved from a Keras 3 model, the variables are missing from the graph TF Serving's session loader restores
+    (keras-team/keras#19274): the warm-up request fails there, and here, and the version never serves."""
+    _keras_version(tmp_path / "1", saved_from_model=False)
+    _keras_version(tmp_path / "2", saved_from_model=True)
+    manager = _manager(tmp_path, "all")
+    manager.poll_once()
+    status = {s.version: s for s in manager.status("toy").model_version_status}
+    assert status[1].state == AVAILABLE
+    assert status[2].state == END and "Could not find variable" in status[2].status.error_message
+    assert manager.resolve("toy").version == 1
 
 
 def test_labels_resolve_and_unknown_ones_are_404(tmp_path, toy):
