@@ -93,8 +93,8 @@ def load_servable(name: str, version: int, path: str) -> Servable:
     that only tf.saved_model.load can run fails here as it fails in TF Serving (a Keras 3 model saved without
     its variables in that graph: "Could not find variable ..."), and the warm-up request catches it before the
     version serves. Each signature is a Session callable that runs its ops on the calling thread: for requests
-    this small, handing ops to TensorFlow's inter-op pool costs more than the ops (0.35 ms per single-example
-    call here against 0.5 ms through Session.run and 1.1 ms through the tf.function signature).
+    this small, handing ops to TensorFlow's inter-op pool costs more than the ops (make bench-serving: 0.56 ms
+    per single-example call against 1.15 ms through tf.saved_model.load's signature).
     """
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2
@@ -121,7 +121,7 @@ def _signature(session, key: str, definition) -> Signature:
         feed=[definition.inputs[k].name for k in inputs], fetch=[definition.outputs[k].name for k in outputs])
     options.run_options.inter_op_thread_pool = -1  # run on the caller's thread
     # Session's C callable (TF_SessionMakeCallable); the public make_callable with feeds goes through Session.run.
-    function = session._make_callable_from_options(options)  # noqa: SLF001
+    function = session._make_callable_from_options(options)
     batchable = all(_leading_batch_dim(i) for i in definition.inputs.values()) and \
         all(_leading_batch_dim(o) for o in definition.outputs.values())
     return Signature(key, definition.method_name, {k: v.dtype for k, v in definition.inputs.items()},
