@@ -106,11 +106,22 @@ def load_servable(name: str, version: int, path: str) -> Servable:
         with session.graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
         signatures = {key: _signature(session, key, definition)
-                      for key, definition in meta_graph.signature_def.items() if not key.startswith("__")}
+                      for key, definition in meta_graph.signature_def.items() if _servable_signature(key, definition)}
     except BaseException:
         session.close()
         raise
     return Servable(name, version, path, meta_graph.signature_def, signatures, session)
+
+
+def _servable_signature(key: str, definition) -> bool:
+    """Signatures of dense tensors by name, as TF Serving's APIs take; not the SavedModel's own init op."""
+    if key.startswith("__"):
+        return False
+    tensors = list(definition.inputs.values()) + list(definition.outputs.values())
+    if not all(t.WhichOneof("encoding") == "name" for t in tensors):
+        log.warning("signature '%s' has sparse or composite tensors: not served", key)
+        return False
+    return True
 
 
 def _signature(session, key: str, definition) -> Signature:

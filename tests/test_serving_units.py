@@ -125,6 +125,30 @@ def test_a_version_tf_serving_cannot_run_is_refused_at_warm_up(tmp_path):
     assert manager.resolve("toy").version == 1
 
 
+def test_a_sparse_signature_is_left_out_and_the_rest_serves(tmp_path):
+    """TF Serving's APIs take dense tensors by name: a signature with a SparseTensor input is not served."""
+    import tensorflow as tf
+
+    from serving.models import load_servable
+
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        dense = tf.compat.v1.placeholder(tf.float32, [None], name="dense")
+        sparse = tf.compat.v1.sparse_placeholder(tf.float32, name="sparse")
+        info = tf.compat.v1.saved_model.build_tensor_info
+        builder = tf.compat.v1.saved_model.Builder(str(tmp_path / "1"))
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+            "double": tf.compat.v1.saved_model.predict_signature_def({"x": dense}, {"y": dense * 2}),
+            "sum": tf.compat.v1.saved_model.build_signature_def(
+                {"x": info(sparse)}, {"y": info(tf.sparse.reduce_sum(sparse))}, "tensorflow/serving/predict"),
+        })
+        builder.save()
+    servable = load_servable("toy", 1, str(tmp_path / "1"))
+    assert set(servable.signatures) == {"double"}
+    assert set(servable.signature_defs) == {"double", "sum"}  # GetModelMetadata still lists it, as TF Serving does
+    outputs = servable.run(servable.signature("double"), {"x": np.array([1.5, -2.0], dtype=np.float32)})
+    assert outputs["y"].tolist() == [3.0, -4.0]
+
+
 def test_labels_resolve_and_unknown_ones_are_404(tmp_path, toy):
     _versions(tmp_path, toy, 1, 2)
     manager = _manager(tmp_path, "specific", versions=(1, 2), labels={"stable": 1, "canary": 2})
