@@ -8,9 +8,11 @@ above zero, a free thread waits that long for a batch to fill (TF Serving's time
 When max_enqueued_batches batches are already waiting, a request is refused with UNAVAILABLE, as
 TF Serving does.
 
-An idle server (nothing running or queued, and the last request arrived longer ago than two batch run
-times) runs a request right away on the event loop: handing it to a thread costs more than the wait it
-could save, and at that request rate no other request would have joined its batch.
+An idle server (nothing running or queued, and requests arriving, on average and this time, further apart
+than two batch run times) runs a request right away on the event loop: handing it to a thread costs more
+than the wait it could save, and at that request rate no other request would have joined its batch. The
+average matters under load: a loaded server's loop sometimes falls behind, and a single long gap after
+such a stall must not send requests one by one past the batch.
 """
 import asyncio
 import time
@@ -39,6 +41,7 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._on_batch = on_batch
         self._last_arrival = 0.0
+        self._mean_gap = 1.0  # moving average of the time between requests (seconds)
         self._run_seconds = 0.001  # moving average of a batch's run time
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -50,8 +53,9 @@ class Batcher:
         if self._pending_rows + rows > self._max_waiting:
             raise ServingError.unavailable("The batch scheduling queue to which this task was submitted is full")
         now = time.perf_counter()
-        idle = not self._running and not self._pending and now - self._last_arrival > 2 * self._run_seconds
-        self._last_arrival = now
+        gap, self._last_arrival = now - self._last_arrival, now
+        self._mean_gap = 0.8 * self._mean_gap + 0.2 * min(gap, 1.0)
+        idle = not self._running and not self._pending and min(gap, self._mean_gap) > 2 * self._run_seconds
         if idle:
             self._on_batch(rows)
             outputs = self._run(inputs)

@@ -6,6 +6,7 @@ Follows TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest):
 naming the problem, which the servers turn into 400 / INVALID_ARGUMENT.
 """
 import base64
+import math
 
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
@@ -169,7 +170,7 @@ def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
         field = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
                  types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val"}.get(proto.dtype, "int_val")
         array = np.asarray(getattr(proto, field), dtype=_NUMPY[proto.dtype])
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if array.size == 1 and count > 1:  # TF's compact form: one value repeated
         array = np.full(count, array[0], dtype=array.dtype)
     if array.size != count:
