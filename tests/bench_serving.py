@@ -13,7 +13,10 @@ rotating over --rows different rows):
   naive       after them, the issue's reference for scale, re-measured here: a naive grpc.aio Predict handler
               calling the same SavedModel inline on the event loop (no executor, no batching; naive_server below,
               this file re-run with --naive-server), measured with the same gRPC client, concurrency levels
-              and durations (gRPC only: it has no REST API).
+              and durations (gRPC only: it has no REST API);
+  floor       last, an empty grpc.aio Predict handler that answers a fixed response without running any model
+              (this file with --naive-server ... --empty), at concurrency 1 and 32: what the gRPC round trip
+              alone costs this client on this machine, the least any Python gRPC server here can answer in.
 Each server's predictions are first checked against the in-process ones (the benchmark stops if they
 differ). The client runs in this process on the same machine as the server, as in the issue's reference
 measurement: on a small machine the two share the cores, which the CPU columns show. The results go to
@@ -66,6 +69,8 @@ ISSUE_FIGURES = ("naive asyncio gRPC Predict handler, Python asyncio client on t
                  "728 req/s, p50 1.23 ms at concurrency 1; 1,149 req/s, p50 26.8 ms, p99 36.6 ms at concurrency 32")
 
 
+FLOOR_CONCURRENCY = (1, 32)  # the floor is measured where the targets are
+
 REFERENCE_LABELS = {
     "signature": "`tf.saved_model.load(...).signatures[\"serving_default\"]` (the issue's in-process reference)",
     "session": "TF Serving's loader, a Session callable (how serving.server runs the model)",
@@ -91,7 +96,7 @@ class Cell:
     client_cpu: float       # % of one core, this process, over the measured window
     server_cpu: float       # % of one core, the server process
     rows_per_batch: float | None  # the server's mean batch size over the window (None: no batches, batching off)
-    naive: bool = False     # measured against the naive reference server, not serving.server
+    kind: str = "ours"      # the server measured: "ours" (serving.server), "naive" or "floor" (the references)
 
     @property
     def rate(self) -> float:
@@ -207,7 +212,7 @@ def overlay_env(work: Path, batching: bool) -> dict[str, str]:
 class Server:
     """`python -m serving.server` on free loopback ports; its output goes to a log file shown on failure."""
 
-    naive = False
+    kind = "ours"
     label = "serving.server"
 
     def __init__(self, model_name: str, base_path: str, env: dict[str, str], log_path: Path):
@@ -222,7 +227,7 @@ class Server:
 
     def start(self) -> None:
         self.grpc_port = portpicker.pick_unused_port()
-        if not self.naive:
+        if self.kind == "ours":
             self.rest_port = portpicker.pick_unused_port()
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(self.command(), cwd=REPO, env=self.env, stdout=log,
@@ -258,7 +263,7 @@ class NaiveServer(Server):
     """The issue's naive reference (naive_server, this file with --naive-server) on a free loopback gRPC port;
     no REST API (rest_port stays 0) and no metrics."""
 
-    naive = True
+    kind = "naive"
     label = "naive asyncio handler (issue's reference)"
 
     def __init__(self, model_name: str, model_path: str, log_path: Path):
@@ -270,27 +275,44 @@ class NaiveServer(Server):
                 self.base_path]
 
 
+class FloorServer(NaiveServer):
+    """The gRPC floor: the naive server's grpc.aio Predict handler with the model call left out (a fixed response)."""
+
+    kind = "floor"
+    label = "empty grpc.aio handler (the gRPC floor)"
+
+    def command(self) -> list[str]:
+        return super().command() + ["--empty"]
+
+
 # --- the issue's naive reference server (a subprocess) -------------------------------------------------------------
 
-def naive_server(port: int, model_name: str, model_path: str) -> None:
+def naive_server(port: int, model_name: str, model_path: str, empty: bool = False) -> None:
     """The issue's reference, for scale: grpc.aio with a Predict handler that calls the SavedModel inline on the
-    event loop (no executor, no batching, no checks, no metrics); serves until SIGTERM, then exits 0.
+    event loop (no executor, no batching, no checks, no metrics); serves until SIGTERM, then exits 0. With
+    empty=True the handler answers probability 0 without loading or calling the model (the gRPC floor).
 
-        python tests/bench_serving.py --naive-server PORT MODEL_NAME MODEL_PATH   # MODEL_PATH: <base>/<version>
+        python tests/bench_serving.py --naive-server PORT MODEL_NAME MODEL_PATH [--empty]  # MODEL_PATH: <base>/<v>
     """
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(model_path)
     version = int(os.path.basename(os.path.normpath(model_path)))
+    if empty:
+        def probabilities(serialized):
+            return np.zeros((len(serialized), 1), np.float32)
+    else:
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(model_path).signatures["serving_default"]
+
+        def probabilities(serialized):
+            return signature(examples=tf.constant(serialized, dtype=tf.string))["probabilities"].numpy()
 
     class NaivePredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         async def Predict(self, request, context):
-            examples = tf.constant(to_numpy(request.inputs["examples"]), dtype=tf.string)
-            outputs = loaded.signatures["serving_default"](examples=examples)  # inline: blocks the event loop
+            outputs = probabilities(to_numpy(request.inputs["examples"]))  # inline: blocks the event loop
             response = predict_pb2.PredictResponse()
             response.model_spec.name = model_name
             response.model_spec.version.value = version
-            response.outputs["probabilities"].CopyFrom(to_proto(outputs["probabilities"].numpy(), types_pb2.DT_FLOAT))
+            response.outputs["probabilities"].CopyFrom(to_proto(outputs, types_pb2.DT_FLOAT))
             return response
 
     async def serve() -> None:
@@ -300,7 +322,8 @@ def naive_server(port: int, model_name: str, model_path: str) -> None:
         await server.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        print(f"serving {model_name} version {version} (naive asyncio handler, the issue's reference): "
+        print(f"serving {model_name} version {version} "
+              f"({'empty handler, the gRPC floor' if empty else 'naive asyncio handler, the issue reference'}): "
               f"gRPC 127.0.0.1:{port}", flush=True)
         await stop.wait()
         await server.stop(grace=1)
@@ -311,10 +334,10 @@ def naive_server(port: int, model_name: str, model_path: str) -> None:
 # --- clients ------------------------------------------------------------------------------------------------------
 
 async def batch_totals(server: Server) -> tuple[float, float]:
-    """The server's (rows, batches) so far, from its Prometheus batch-size histogram; (0, 0) for the naive
-    server, which has no metrics (its rows/batch shows as —)."""
+    """The server's (rows, batches) so far, from its Prometheus batch-size histogram; (0, 0) for the reference
+    servers, which have no metrics (their rows/batch shows as —)."""
     totals = {"sum": 0.0, "count": 0.0}
-    if server.naive:
+    if server.kind != "ours":
         return totals["sum"], totals["count"]
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{server.rest_port}{PROMETHEUS_PATH}") as response:
@@ -424,7 +447,7 @@ async def check_predictions(server: Server, requests, bodies, expected) -> None:
                                            for i in range(CHECK_ROWS)))
     grpc_outputs = [{name: to_numpy(r.outputs[name]) for name in names} for r in responses]
     checks = [("gRPC", grpc_outputs)]
-    if server.naive:
+    if server.kind != "ours":
         return compare(checks, expected, names)
     async with rest_session(server, CHECK_ROWS) as session:
         path = f"/v1/models/{server.model_name}:predict"
@@ -445,26 +468,27 @@ def compare(checks, expected, names) -> None:
                                      f"in-process {want[name].tolist()}")
 
 
-def run_server(server: Server, batching: bool, requests, bodies, expected, args):
-    """Starts a server, checks its predictions, measures every (concurrency, API) cell, stops it with SIGTERM.
-    The naive server is measured over gRPC only (it has no REST API)."""
-    label = server.label if server.naive else f"server, batching {'on' if batching else 'off'}"
-    apis = ("gRPC",) if server.naive else ("gRPC", "REST")
+def run_server(server: Server, batching: bool, requests, bodies, expected, args, concurrencies=None):
+    """Starts a server, checks its predictions (not the floor's: it runs no model), measures every (concurrency,
+    API) cell, stops it with SIGTERM. The reference servers are measured over gRPC only (they have no REST API)."""
+    label = f"server, batching {'on' if batching else 'off'}" if server.kind == "ours" else server.label
+    apis = ("gRPC", "REST") if server.kind == "ours" else ("gRPC",)
     cells = []
     try:
         print(f"{label}: starting ...", flush=True)
         server.start()
-        asyncio.run(check_predictions(server, requests, bodies, expected))
-        print(f"{label}: {CHECK_ROWS} rows' predictions equal the in-process ones ({', '.join(apis)})", flush=True)
+        if server.kind != "floor":
+            asyncio.run(check_predictions(server, requests, bodies, expected))
+            print(f"{label}: {CHECK_ROWS} rows' predictions equal the in-process ones ({', '.join(apis)})", flush=True)
         # gRPC and REST alternate at each concurrency, so that drift on a shared machine hits both alike.
-        for concurrency in args.concurrency:
+        for concurrency in args.concurrency if concurrencies is None else concurrencies:
             for api in apis:
                 if api == "gRPC":
                     coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
                 else:
                     coroutine = rest_cell(server, bodies, concurrency, args.warmup, args.seconds)
                 # one event loop per cell
-                cell = Cell(api, batching, concurrency, **asyncio.run(coroutine), naive=server.naive)
+                cell = Cell(api, batching, concurrency, **asyncio.run(coroutine), kind=server.kind)
                 cells.append(cell)
                 print(f"  {api:4} c={concurrency:<3} {cell.rate:8.0f} req/s  p50 {cell.p50_ms:7.2f} ms  "
                       f"p99 {cell.p99_ms:7.2f} ms  failures {cell.failures}  rows/batch {rows(cell)}", flush=True)
@@ -479,9 +503,9 @@ def run_server(server: Server, batching: bool, requests, bodies, expected, args)
 
 # --- the report ---------------------------------------------------------------------------------------------------
 
-def find(cells, api, batching, concurrency, naive=False) -> Cell | None:
-    """A serving.server cell, or with naive=True the naive reference's (gRPC, batching False) cell."""
-    return next((c for c in cells if (c.api, c.batching, c.concurrency, c.naive) == (api, batching, concurrency, naive)),
+def find(cells, api, batching, concurrency, kind="ours") -> Cell | None:
+    """A serving.server cell, or a reference server's (kind "naive" or "floor"; gRPC, batching False) cell."""
+    return next((c for c in cells if (c.api, c.batching, c.concurrency, c.kind) == (api, batching, concurrency, kind)),
                 None)
 
 
@@ -493,7 +517,7 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**NOT met**"
 
 
-def report(args, model_name, version, reference, tf_version, cells, exit_codes, naive_exit_code, batching_config,
+def report(args, model_name, version, reference, tf_version, cells, exit_codes, reference_exit_codes, batching_config,
            load_before: float) -> str:
     command = "make bench-serving" if len(sys.argv) == 1 else f"python tests/bench_serving.py {' '.join(sys.argv[1:])}"
     # The load average says whether something else was running (the machine may be shared).
@@ -516,7 +540,9 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
         "window (client: the benchmark process). The naive asyncio handler is the issue's reference, re-measured "
         "here after serving.server with the same client, concurrency levels and durations (gRPC only): a grpc.aio "
         "Predict handler calling `signatures[\"serving_default\"]` inline on the event loop, no executor, no batching "
-        "(naive_server in tests/bench_serving.py).", "",
+        "(naive_server in tests/bench_serving.py). The empty handler is that server with the model call left out (a "
+        "fixed response): the gRPC round trip alone with this client, the floor under any Python gRPC server here.",
+        "",
         "In-process references (one call at a time, in the benchmark process):", "",
         f"- {REFERENCE_LABELS['signature']}: single example p50 {sig['p50_ms']:.3f} ms, p99 {sig['p99_ms']:.3f} ms, "
         f"{sig['calls_per_s']:,.0f} calls/s ({sig['calls']:,} calls); batch {BATCH}: {sig['examples_per_s']:,.0f} "
@@ -529,13 +555,14 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
         "server CPU |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for batching, naive in ((True, False), (False, False), (False, True)):
+    modes = {"naive": "none (inline)", "floor": "none (no model)"}
+    for batching, kind in ((True, "ours"), (False, "ours"), (False, "naive"), (False, "floor")):
         for concurrency in args.concurrency:
             for api in ("gRPC", "REST"):
-                c = find(cells, api, batching, concurrency, naive)
+                c = find(cells, api, batching, concurrency, kind)
                 if c:
-                    server = NaiveServer.label if naive else Server.label
-                    mode = "none (inline)" if naive else "on" if batching else "off"
+                    server = {"ours": Server, "naive": NaiveServer, "floor": FloorServer}[kind].label
+                    mode = modes.get(kind, "on" if batching else "off")
                     lines.append(f"| {server} | {api} | {mode} | {concurrency} | {c.rate:,.0f} | "
                                  f"{c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.failures} | {rows(c)} | {c.client_cpu:.0f}% | "
                                  f"{c.server_cpu:.0f}% |")
@@ -547,7 +574,11 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
             lines.append(f"- gRPC p50 at concurrency 1, batching {'on' if batching else 'off'}: {c1.p50_ms:.3f} ms = "
                          f"the session call after idle ({idle['p50_ms']:.3f} ms) "
                          f"+{c1.p50_ms - idle['p50_ms']:.3f} ms of gRPC, server and client")
-    n1 = find(cells, "gRPC", False, 1, naive=True)
+    n1, f1 = find(cells, "gRPC", False, 1, "naive"), find(cells, "gRPC", False, 1, "floor")
+    if f1:
+        lines.append(f"- gRPC floor at concurrency 1: the empty handler's p50 {f1.p50_ms:.3f} ms + the session call "
+                     f"after idle ({idle['p50_ms']:.3f} ms) = {f1.p50_ms + idle['p50_ms']:.3f} ms, the least a server "
+                     "running the model in-process can answer in with this client")
     if n1:
         lines.append(f"- gRPC p50 at concurrency 1, naive asyncio handler: {n1.p50_ms:.3f} ms = "
                      f"the signature call ({sig['p50_ms']:.3f} ms) +{n1.p50_ms - sig['p50_ms']:.3f} ms of gRPC, "
@@ -562,16 +593,16 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
     # Against the issue's naive reference, re-measured in this run.
     versus = []
     for concurrency in args.concurrency:
-        g, n = find(cells, "gRPC", True, concurrency), find(cells, "gRPC", False, concurrency, naive=True)
+        g, n = find(cells, "gRPC", True, concurrency), find(cells, "gRPC", False, concurrency, "naive")
         if g and n and n.rate:
             versus.append(f"c={concurrency} {g.rate / n.rate:.2f} ({g.rate:,.0f} vs {n.rate:,.0f})")
     if versus:
         lines.append(f"- our gRPC (batching on) req/s ÷ naive asyncio handler req/s: {', '.join(versus)}")
-    g1, n1 = find(cells, "gRPC", True, 1), find(cells, "gRPC", False, 1, naive=True)
+    g1, n1 = find(cells, "gRPC", True, 1), find(cells, "gRPC", False, 1, "naive")
     if g1 and n1:
         lines.append(f"- gRPC p50 at concurrency 1, ours (batching on) vs naive asyncio handler: {g1.p50_ms:.3f} ms vs "
                      f"{n1.p50_ms:.3f} ms ({g1.p50_ms - n1.p50_ms:+.3f} ms)")
-    best = max((c for c in cells if c.api == "gRPC" and not c.naive), key=lambda c: c.rate, default=None)
+    best = max((c for c in cells if c.api == "gRPC" and c.kind == "ours"), key=lambda c: c.rate, default=None)
     if best:
         lines.append(f"- best gRPC throughput {best.rate:,.0f} req/s (batching {'on' if best.batching else 'off'}, "
                      f"c={best.concurrency}) = {best.rate / ses['calls_per_s']:.2f}× the in-process "
@@ -580,13 +611,19 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
 
     # Targets, evaluated on the default configuration (batching on) from this run's numbers.
     lines += ["", "Targets (batching on, the default configuration; evaluated from this run):", ""]
-    g1, n1 = find(cells, "gRPC", True, 1), find(cells, "gRPC", False, 1, naive=True)
+    g1, n1 = find(cells, "gRPC", True, 1), find(cells, "gRPC", False, 1, "naive")
     naive1 = f" (naive asyncio handler, this run: {n1.p50_ms:.2f} ms)" if n1 else ""
+    if f1:
+        naive1 += (f"; floor, this run: empty handler {f1.p50_ms:.2f} ms + session call after idle "
+                   f"{idle['p50_ms']:.2f} ms = {f1.p50_ms + idle['p50_ms']:.2f} ms")
     lines.append(f"- gRPC p50 ≤ 1.0 ms at concurrency 1: {g1.p50_ms:.2f} ms: {verdict(g1.p50_ms <= 1.0)}{naive1}" if g1
                  else "- gRPC p50 ≤ 1.0 ms at concurrency 1: not measured (concurrency 1 not in --concurrency)")
-    g32, n32 = find(cells, "gRPC", True, 32), find(cells, "gRPC", False, 32, naive=True)
+    g32, n32 = find(cells, "gRPC", True, 32), find(cells, "gRPC", False, 32, "naive")
+    f32 = find(cells, "gRPC", False, 32, "floor")
     naive32 = (f" (naive asyncio handler, this run: {n32.rate:,.0f} req/s, p99 {n32.p99_ms:.1f} ms; ours ÷ naive "
                f"{g32.rate / n32.rate:.2f})" if g32 and n32 and n32.rate else "")
+    if f32:
+        naive32 += f"; empty handler, this run: {f32.rate:,.0f} req/s, p99 {f32.p99_ms:.1f} ms"
     lines.append(f"- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: {g32.rate:,.0f} req/s, p99 "
                  f"{g32.p99_ms:.1f} ms: {verdict(g32.rate >= 2000 and g32.p99_ms <= 25)}{naive32}" if g32 else
                  "- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: not measured")
@@ -598,7 +635,7 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
         parts.append(f"c={concurrency} {factor:.2f}")
     lines.append(f"- REST within 1.5× of gRPC (gRPC req/s ÷ REST req/s ≤ 1.5) at every concurrency: "
                  f"{', '.join(parts)}: {verdict(worst <= 1.5)}")
-    ours = [c for c in cells if not c.naive]
+    ours = [c for c in cells if c.kind == "ours"]
     failures = sum(c.failures for c in ours)
     first_error = next((c for c in ours if c.first_error), None)
     lines.append(f"- no failed requests (serving.server, batching on and off, warm-up included): {failures:,} failed: "
@@ -608,12 +645,14 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
     codes = ", ".join(f"batching {k}: {v}" for k, v in exit_codes.items())
     lines.append(f"- graceful shutdown (SIGTERM, exit code 0): {codes}: "
                  f"{verdict(all(v == 0 for v in exit_codes.values()))}")
-    naive = [c for c in cells if c.naive]
-    naive_error = next((c for c in naive if c.first_error), None)
+    references = [c for c in cells if c.kind != "ours"]
+    reference_error = next((c for c in references if c.first_error), None)
+    codes = ", ".join(f"{k} {v}" for k, v in reference_exit_codes.items())
     lines += ["", f"For scale: the naive asyncio handler rows above re-measure the issue's reference in this run "
-              f"({sum(c.failures for c in naive):,} failed requests"
-              + (f", first: c={naive_error.concurrency}: `{naive_error.first_error}`" if naive_error else "")
-              + f"; SIGTERM exit code {naive_exit_code}). From the issue, measured earlier on this machine kind: "
+              f"(reference servers: {sum(c.failures for c in references):,} failed requests"
+              + (f", first: {reference_error.kind} c={reference_error.concurrency}: `{reference_error.first_error}`"
+                 if reference_error else "")
+              + f"; SIGTERM exit codes: {codes}). From the issue, measured earlier on this machine kind: "
               f"{ISSUE_FIGURES}.", ""]
     return "\n".join(lines)
 
@@ -645,10 +684,11 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="print only; leave the markdown file alone")
     parser.add_argument("--naive-server", nargs=3, metavar=("PORT", "MODEL_NAME", "MODEL_PATH"),
                         help="internal: run the issue's naive reference server (the benchmark starts it itself)")
+    parser.add_argument("--empty", action="store_true", help="internal: with --naive-server, the gRPC floor")
     args = parser.parse_args()
     if args.naive_server:
         port, name, path = args.naive_server
-        naive_server(int(port), name, path)
+        naive_server(int(port), name, path, args.empty)
         return
     load_before = os.getloadavg()[0]
     if args.rows < CHECK_ROWS:
@@ -679,14 +719,18 @@ def main() -> None:
                 measured, exit_codes["on" if batching else "off"] = run_server(
                     server, batching, requests, bodies, expected, args)
                 cells += measured
-            # The issue's naive reference, after ours (never at the same time), on the same model version.
-            naive = NaiveServer(config.model_name, model_path, work / "server-naive.log")
-            measured, naive_exit_code = run_server(naive, False, requests, bodies, expected, args)
-            cells += measured
+            # The references, after ours (never at the same time), on the same model version.
+            reference_exit_codes = {}
+            for server_class, concurrencies in ((NaiveServer, None), (FloorServer, FLOOR_CONCURRENCY)):
+                server = server_class(config.model_name, model_path, work / f"server-{server_class.kind}.log")
+                measured, reference_exit_codes[server_class.label] = run_server(
+                    server, False, requests, bodies, expected, args,
+                    concurrencies and [c for c in args.concurrency if c in concurrencies])
+                cells += measured
         except BenchError as e:
             sys.exit(f"bench-serving: {e}")
 
-    section = report(args, config.model_name, version, reference, tf_version, cells, exit_codes, naive_exit_code,
+    section = report(args, config.model_name, version, reference, tf_version, cells, exit_codes, reference_exit_codes,
                      config.serving.batching, load_before)
     print("\n" + section)
     if not args.no_doc:
