@@ -198,6 +198,39 @@ def test_batcher_merges_concurrent_requests_and_isolates_a_bad_one():
     assert calls[0] == 1 and max(calls) > 1  # the concurrent ones shared a batch
 
 
+def test_batcher_runs_on_the_loop_only_when_requests_are_sparse_on_average():
+    """One long gap after a burst (a loaded server's loop stalling) does not send a request past the batch thread;
+    requests that keep arriving far apart run on the event loop at once."""
+    threads = []
+
+    def run(inputs):  # 5 ms a batch: the idle shortcut needs gaps over two run times (10 ms)
+        threads.append(threading.current_thread() is threading.main_thread())
+        threading.Event().wait(0.005)
+        return inputs
+
+    async def main():
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(run, executor, max_batch_size=64, batch_timeout_micros=0, max_enqueued_batches=10,
+                          num_batch_threads=1)
+        for _ in range(20):  # one at a time: the batcher learns that a run takes 5 ms
+            await batcher.submit({"x": np.zeros(1)})
+        await asyncio.gather(*(batcher.submit({"x": np.zeros(1)}) for _ in range(40)))  # a burst: mean gap ~0
+        await asyncio.sleep(0.03)  # one gap of 30 ms; the mean stays under 10 ms
+        threads.clear()
+        await batcher.submit({"x": np.zeros(1)})
+        after_stall = list(threads)
+        for _ in range(12):  # 30 ms apart, one after another: the mean gap grows past two run times
+            await asyncio.sleep(0.03)
+            threads.clear()
+            await batcher.submit({"x": np.zeros(1)})
+        executor.shutdown()
+        return after_stall, list(threads)
+
+    after_stall, sparse = asyncio.run(main())
+    assert after_stall == [False]  # the batch thread
+    assert sparse == [True]  # the event loop
+
+
 def test_batcher_refuses_oversized_tasks_and_a_full_queue():
     release = threading.Event()
 
