@@ -468,7 +468,7 @@ def compare(checks, expected, names) -> None:
                                      f"in-process {want[name].tolist()}")
 
 
-def run_server(server: Server, batching: bool, requests, bodies, expected, args, concurrencies=None):
+def run_server(server: Server, batching: bool, requests, bodies, expected, args, concurrencies: list[int]):
     """Starts a server, checks its predictions (not the floor's: it runs no model), measures every (concurrency,
     API) cell, stops it with SIGTERM. The reference servers are measured over gRPC only (they have no REST API)."""
     label = f"server, batching {'on' if batching else 'off'}" if server.kind == "ours" else server.label
@@ -481,7 +481,7 @@ def run_server(server: Server, batching: bool, requests, bodies, expected, args,
             asyncio.run(check_predictions(server, requests, bodies, expected))
             print(f"{label}: {CHECK_ROWS} rows' predictions equal the in-process ones ({', '.join(apis)})", flush=True)
         # gRPC and REST alternate at each concurrency, so that drift on a shared machine hits both alike.
-        for concurrency in args.concurrency if concurrencies is None else concurrencies:
+        for concurrency in concurrencies:
             for api in apis:
                 if api == "gRPC":
                     coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
@@ -717,15 +717,15 @@ def main() -> None:
                 server = Server(config.model_name, config.serving_model_dir, overlay_env(work, batching),
                                 work / f"server-batching-{batching}.log")
                 measured, exit_codes["on" if batching else "off"] = run_server(
-                    server, batching, requests, bodies, expected, args)
+                    server, batching, requests, bodies, expected, args, args.concurrency)
                 cells += measured
             # The references, after ours (never at the same time), on the same model version.
             reference_exit_codes = {}
-            for server_class, concurrencies in ((NaiveServer, None), (FloorServer, FLOOR_CONCURRENCY)):
+            floor_concurrency = [c for c in args.concurrency if c in FLOOR_CONCURRENCY]
+            for server_class, concurrencies in ((NaiveServer, args.concurrency), (FloorServer, floor_concurrency)):
                 server = server_class(config.model_name, model_path, work / f"server-{server_class.kind}.log")
                 measured, reference_exit_codes[server_class.label] = run_server(
-                    server, False, requests, bodies, expected, args,
-                    concurrencies and [c for c in args.concurrency if c in concurrencies])
+                    server, False, requests, bodies, expected, args, concurrencies)
                 cells += measured
         except BenchError as e:
             sys.exit(f"bench-serving: {e}")
