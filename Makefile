@@ -81,7 +81,7 @@ serving-config: setup
 	TFX_E2E_CONFIG=$${TFX_E2E_CONFIG:-serving/deploy/rollout.yaml} $(PY) -m serving.deploy
 
 bench-serving: setup
-	$(PY) tests/bench_serving.py
+	$(PY) bench/bench_serving.py
 
 bench-pipeline: setup
 	$(PY) tests/bench_pipeline.py
