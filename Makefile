@@ -84,4 +84,4 @@ bench-serving: setup
 	$(PY) bench/bench_serving.py
 
 bench-pipeline: setup
-	$(PY) tests/bench_pipeline.py
+	$(PY) bench/bench_pipeline.py

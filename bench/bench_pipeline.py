@@ -266,7 +266,7 @@ def main():
     print("\n" + text + "\n\n" + note + "\n" + machine)
 
     section = (f"## Pipeline: `make bench-pipeline`\n\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-               f"on {machine}; command: `make bench-pipeline` (tests/bench_pipeline.py).\n"
+               f"on {machine}; command: `make bench-pipeline` (bench/bench_pipeline.py).\n"
                f"Data: the 15,002-row bundled sample for both. {note}.\n\n{text}\n")
     write_section(REPO / "docs" / "benchmarks.md", "## Pipeline: `make bench-pipeline`", section)
     shutil.rmtree(work, ignore_errors=True)
