@@ -3,6 +3,7 @@
 Shared by preprocessing_fn, the model and the serving signatures, so a feature
 is renamed or re-encoded in exactly one place.
 """
+from modules import contract
 
 # Heavy-tailed amounts (fares up to $700, trips up to 1,700 miles): log1p, then z-score.
 # Missing values are imputed with the training mean of log1p(x).
@@ -33,9 +34,9 @@ CATEGORICAL_FEATURES = {
 }
 
 FARE_KEY = "fare"
-TIPS_KEY = "tips"
+TIPS_KEY = contract.TIPS_KEY
 # Label: the passenger tipped more than 20% of the fare ("big tipper").
-LABEL_KEY = "big_tipper"
+LABEL_KEY = contract.LABEL_KEY
 BIG_TIP_FRACTION = 0.2
 
 # Validated by the schema but not model inputs: trip_start_timestamp, and the census tracts

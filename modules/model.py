@@ -11,11 +11,17 @@ import tensorflow_transform as tft
 
 from modules import features as F
 
-# The three exported signatures (what TF Serving clients, JSON clients and TFMA call).
-SERVING_SIGNATURE = "serving_default"
-RAW_SIGNATURE = "serving_raw"
-TRANSFORM_SIGNATURE = "transform_features"
-OUTPUT_KEY = "probabilities"
+# The three exported signatures (what TF Serving clients, JSON clients and TFMA call), their output, the warm-up
+# file and the keys a request leaves out: the contract with pipeline/ and serving/.
+from modules.contract import (
+    EXAMPLES_INPUT,
+    OUTPUT_KEY,
+    RAW_SIGNATURE,
+    SERVING_DROPPED_KEYS,
+    SERVING_SIGNATURE,
+    TRANSFORM_SIGNATURE,
+    WARMUP_FILE,
+)
 
 
 def build_keras_model(hp: keras_tuner.HyperParameters) -> keras.Model:
@@ -90,13 +96,13 @@ def export_saved_model(model: keras.Model, tf_transform_output: tft.TFTransformO
 
 def export_signatures(model: keras.Model, tft_layer, raw_spec: dict) -> dict:
     """serving_default (serialized tf.Example), serving_raw (one tensor per raw feature), transform_features."""
-    serving_spec = {k: v for k, v in raw_spec.items() if k != F.TIPS_KEY}
+    serving_spec = {k: v for k, v in raw_spec.items() if k not in SERVING_DROPPED_KEYS}
 
     def predict(raw_features):
         transformed = tft_layer(raw_features)
         return {OUTPUT_KEY: model(_model_inputs(transformed))}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_tf_examples(serialized):
         return predict(tf.io.parse_example(serialized, serving_spec))
 
@@ -105,7 +111,7 @@ def export_signatures(model: keras.Model, tft_layer, raw_spec: dict) -> dict:
         features = zip(sorted(serving_spec), tensors, strict=True)
         return predict({name: _raw_feature(value, serving_spec[name]) for name, value in features})
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def transform_features(serialized):
         return tft_layer(tf.io.parse_example(serialized, raw_spec))
 
@@ -114,9 +120,6 @@ def export_signatures(model: keras.Model, tft_layer, raw_spec: dict) -> dict:
         RAW_SIGNATURE: serve_raw,
         TRANSFORM_SIGNATURE: transform_features,
     }
-
-
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # read by TF Serving (and serving/) before a version serves
 
 
 def write_warmup_requests(export_dir: str, tf_transform_output: tft.TFTransformOutput) -> str:
@@ -128,7 +131,7 @@ def write_warmup_requests(export_dir: str, tf_transform_output: tft.TFTransformO
 
     example = tf.train.Example()
     for name, spec in tf_transform_output.raw_feature_spec().items():
-        if name == F.TIPS_KEY:
+        if name in SERVING_DROPPED_KEYS:
             continue
         feature = example.features.feature[name]
         if spec.dtype == tf.string:
@@ -140,7 +143,7 @@ def write_warmup_requests(export_dir: str, tf_transform_output: tft.TFTransformO
     record = prediction_log_pb2.PredictionLog()
     request = record.predict_log.request
     request.model_spec.signature_name = SERVING_SIGNATURE
-    request.inputs["examples"].CopyFrom(tf.make_tensor_proto([example.SerializeToString()], dtype=tf.string))
+    request.inputs[EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto([example.SerializeToString()], dtype=tf.string))
     path = f"{export_dir}/{WARMUP_FILE}"
     tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
     with tf.io.TFRecordWriter(path) as writer:

@@ -6,6 +6,7 @@ from absl import logging
 from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs
 from tfx_bsl.tfxio import dataset_options
 
+from modules import contract
 from modules import features as F
 from modules import hparams as H
 from modules import model as M
@@ -25,7 +26,7 @@ def dataset(file_pattern, data_accessor: DataAccessor, tf_transform_output: tft.
 
 
 def batch_size(fn_args: FnArgs) -> int:
-    return int((fn_args.custom_config or {}).get("batch_size", 128))
+    return int((fn_args.custom_config or {}).get(contract.BATCH_SIZE_KEY, 128))
 
 
 def run_fn(fn_args: FnArgs) -> None:

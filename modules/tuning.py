@@ -4,6 +4,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
+from modules import contract
 from modules import hparams as H
 from modules import model as M
 from modules import training as T
@@ -16,7 +17,7 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
         M.build_keras_model,
         hyperparameters=H.search_space(),
         objective=keras_tuner.Objective("val_auc", direction="max"),
-        max_trials=int(config.get("max_trials", 4)),
+        max_trials=int(config.get(contract.MAX_TRIALS_KEY, 4)),
         seed=int(config.get("seed", 42)),
         directory=fn_args.working_dir,
         project_name="taxi_tuning",

@@ -4,8 +4,7 @@ from typing import NamedTuple
 
 import tensorflow_model_analysis as tfma
 
-from modules import features as F
-from modules import model as M
+from modules import contract
 from pipeline.config import EvaluatorConfig
 
 THRESHOLD_METRIC = "auc"
@@ -20,9 +19,9 @@ def eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
     )
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
-            signature_name=M.SERVING_SIGNATURE,
-            label_key=F.LABEL_KEY,
-            preprocessing_function_names=[M.TRANSFORM_SIGNATURE],
+            signature_name=contract.SERVING_SIGNATURE,
+            label_key=contract.LABEL_KEY,
+            preprocessing_function_names=[contract.TRANSFORM_SIGNATURE],
         )],
         slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[key]) for key in config.slices],
         metrics_specs=[tfma.MetricsSpec(metrics=[

@@ -9,6 +9,7 @@ from tfx.orchestration import metadata, pipeline
 from tfx.proto import pusher_pb2
 
 import modules
+from modules import contract
 from pipeline import baseline, components, evaluation
 from pipeline.config import Config
 from pipeline.fingerprint import files_digest
@@ -41,7 +42,7 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"module_fingerprint": fingerprint})
+        custom_config={contract.MODULE_FINGERPRINT_KEY: fingerprint})
     transform.add_upstream_node(data_gate)
 
     training_inputs = dict(
@@ -52,12 +53,13 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     if config.tuner.enabled:
         tuner = components.tuner(
             config,
-            custom_config={"max_trials": config.tuner.max_trials, "batch_size": config.trainer.batch_size,
-                           "module_fingerprint": fingerprint},
+            custom_config={contract.MAX_TRIALS_KEY: config.tuner.max_trials,
+                           contract.BATCH_SIZE_KEY: config.trainer.batch_size,
+                           contract.MODULE_FINGERPRINT_KEY: fingerprint},
             **training_inputs)
     trainer = components.trainer(
         config,
-        custom_config={"batch_size": config.trainer.batch_size, "module_fingerprint": fingerprint},
+        custom_config={contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.MODULE_FINGERPRINT_KEY: fingerprint},
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         **training_inputs)
 

@@ -1,0 +1,26 @@
+"""What modules/ (the exported model), pipeline/ (the DAG) and serving/ (the model server, its clients) agree on.
+
+Constants only: no TensorFlow or TFX import, so any of the three (and a client) can import it cheaply.
+Change a value here and every side changes with it.
+"""
+
+# The exported SavedModel's signatures (modules/model.py exports them; TFMA and TF Serving clients call them).
+SERVING_SIGNATURE = "serving_default"        # serialized tf.Example -> OUTPUT_KEY
+RAW_SIGNATURE = "serving_raw"                # one tensor per raw feature (JSON clients) -> OUTPUT_KEY
+TRANSFORM_SIGNATURE = "transform_features"   # serialized tf.Example -> the transformed features (TFMA's preprocessing)
+EXAMPLES_INPUT = "examples"                  # the serialized tf.Example input of SERVING_SIGNATURE, TRANSFORM_SIGNATURE
+OUTPUT_KEY = "probabilities"                 # P(big tipper), shape [batch, 1]
+
+# Requests TF Serving (and serving/) replay before a version serves: PredictionLog records, in the version directory.
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+
+# The label the model learns ("big tipper": tips > 20% of the fare), made by preprocessing_fn from the raw tips.
+LABEL_KEY = "big_tipper"
+TIPS_KEY = "tips"
+# Raw features a serving request leaves out (what the label is derived from is not known at prediction time).
+SERVING_DROPPED_KEYS = (TIPS_KEY,)
+
+# custom_config keys (pipeline/ sets them, modules/ reads them).
+MODULE_FINGERPRINT_KEY = "module_fingerprint"  # Transform, Tuner, Trainer: a change to modules/ invalidates the cache
+BATCH_SIZE_KEY = "batch_size"                  # Tuner, Trainer: trainer.batch_size
+MAX_TRIALS_KEY = "max_trials"                  # Tuner: tuner.max_trials
