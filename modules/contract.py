@@ -20,7 +20,12 @@ TIPS_KEY = "tips"
 # Raw features a serving request leaves out (what the label is derived from is not known at prediction time).
 SERVING_DROPPED_KEYS = (TIPS_KEY,)
 
-# custom_config keys (pipeline/ sets them, modules/ reads them).
+# custom_config keys: pipeline/components.py passes every one, from pipeline/config.yaml; modules/ requires them
+# (no fallback values there, so the configuration is the only source of these settings).
 MODULE_FINGERPRINT_KEY = "module_fingerprint"  # Transform, Tuner, Trainer: a change to modules/ invalidates the cache
 BATCH_SIZE_KEY = "batch_size"                  # Tuner, Trainer: trainer.batch_size
 MAX_TRIALS_KEY = "max_trials"                  # Tuner: tuner.max_trials
+SEED_KEY = "seed"                              # Tuner: tuner.seed (which trials the random search tries)
+# What tuner_fn and run_fn read (each required); the fingerprint goes beside them, read by TFX's cache only.
+TUNER_CONFIG_KEYS = (MAX_TRIALS_KEY, SEED_KEY, BATCH_SIZE_KEY)
+TRAINER_CONFIG_KEYS = (BATCH_SIZE_KEY,)

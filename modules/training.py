@@ -25,16 +25,32 @@ def dataset(file_pattern, data_accessor: DataAccessor, tf_transform_output: tft.
     ).repeat()
 
 
-def batch_size(fn_args: FnArgs) -> int:
-    return int((fn_args.custom_config or {}).get(contract.BATCH_SIZE_KEY, 128))
+class MissingCustomConfig(KeyError):
+    """A custom_config key the pipeline must pass (modules/contract.py) is absent."""
+
+    def __str__(self) -> str:  # KeyError's own would print the message as a quoted repr
+        return str(self.args[0])
+
+
+def custom_config(fn_args: FnArgs, keys: tuple[str, ...]) -> dict:
+    """The custom_config values for `keys`; every one is required (its value comes from pipeline/config.yaml)."""
+    given = fn_args.custom_config or {}
+    missing = [key for key in keys if key not in given]
+    if missing:
+        raise MissingCustomConfig(
+            f"custom_config: missing key(s) {', '.join(missing)} (pipeline/components.py passes them from "
+            f"pipeline/config.yaml; got {', '.join(sorted(given)) or 'none'})")
+    return {key: given[key] for key in keys}
 
 
 def run_fn(fn_args: FnArgs) -> None:
+    """custom_config: batch_size (modules/contract.py TRAINER_CONFIG_KEYS, required)."""
+    batch_size = int(custom_config(fn_args, contract.TRAINER_CONFIG_KEYS)[contract.BATCH_SIZE_KEY])
     hp = H.resolve(fn_args.hyperparameters)
     logging.info("Training with hyperparameters %s", hp.values)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    train = dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size(fn_args))
-    evaluation = dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size(fn_args))
+    train = dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size)
+    evaluation = dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size)
 
     model = M.build_keras_model(hp)
     epochs = min(EPOCHS, fn_args.train_steps)

@@ -11,19 +11,20 @@ from modules import training as T
 
 
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
-    """custom_config: max_trials (the search budget), batch_size; steps come from train_args/eval_args."""
-    config = fn_args.custom_config or {}
+    """custom_config: max_trials (the search budget), seed, batch_size (modules/contract.py TUNER_CONFIG_KEYS,
+    all required); steps come from train_args/eval_args."""
+    config = T.custom_config(fn_args, contract.TUNER_CONFIG_KEYS)
     tuner = keras_tuner.RandomSearch(
         M.build_keras_model,
         hyperparameters=H.search_space(),
         objective=keras_tuner.Objective("val_auc", direction="max"),
-        max_trials=int(config.get(contract.MAX_TRIALS_KEY, 4)),
-        seed=int(config.get("seed", 42)),
+        max_trials=int(config[contract.MAX_TRIALS_KEY]),
+        seed=int(config[contract.SEED_KEY]),
         directory=fn_args.working_dir,
         project_name="taxi_tuning",
     )
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    batch_size = T.batch_size(fn_args)
+    batch_size = int(config[contract.BATCH_SIZE_KEY])
     return TunerFnResult(
         tuner=tuner,
         fit_kwargs={

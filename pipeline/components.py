@@ -4,6 +4,7 @@ from typing import Any
 
 from tfx.proto import example_gen_pb2, trainer_pb2
 
+from modules import contract
 from pipeline.config import Config
 
 
@@ -50,8 +51,22 @@ def _on_vertex(config: Config, custom_config: dict[str, Any], **job_keys) -> dic
             **job_keys}
 
 
-def tuner(config: Config, custom_config: dict[str, Any], **inputs):
+def tuner_custom_config(config: Config, module_fingerprint: str) -> dict[str, Any]:
+    """Every key tuner_fn requires (modules/contract.py TUNER_CONFIG_KEYS), from the configuration, and the
+    fingerprint of modules/ (TFX's cache key for code named by dotted path)."""
+    return {contract.MAX_TRIALS_KEY: config.tuner.max_trials, contract.SEED_KEY: config.tuner.seed,
+            contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
+
+
+def trainer_custom_config(config: Config, module_fingerprint: str) -> dict[str, Any]:
+    """Every key run_fn requires (modules/contract.py TRAINER_CONFIG_KEYS), from the configuration, and the
+    fingerprint of modules/."""
+    return {contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
+
+
+def tuner(config: Config, module_fingerprint: str, **inputs):
     """Keras Tuner search here, or as a Vertex AI custom job; id 'Tuner'."""
+    custom_config = tuner_custom_config(config, module_fingerprint)
     args = dict(
         tuner_fn="modules.tuning.tuner_fn",
         train_args=trainer_pb2.TrainArgs(num_steps=config.tuner.train_steps),
@@ -72,8 +87,9 @@ def tuner(config: Config, custom_config: dict[str, Any], **inputs):
     return Tuner(custom_config=custom_config, **args).with_id("Tuner")
 
 
-def trainer(config: Config, custom_config: dict[str, Any], hyperparameters: Any | None, **inputs):
+def trainer(config: Config, module_fingerprint: str, hyperparameters: Any | None, **inputs):
     """run_fn here, or as a Vertex AI custom job (GPU when configured); id 'Trainer'."""
+    custom_config = trainer_custom_config(config, module_fingerprint)
     args = dict(
         run_fn="modules.training.run_fn",
         hyperparameters=hyperparameters,

@@ -42,6 +42,7 @@ class SplitConfig:
 class TunerConfig:
     enabled: bool
     max_trials: int
+    seed: int             # Keras Tuner's random search (which trials it tries)
     train_steps: int
     eval_steps: int
 

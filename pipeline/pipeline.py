@@ -51,15 +51,9 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     )
     tuner = None
     if config.tuner.enabled:
-        tuner = components.tuner(
-            config,
-            custom_config={contract.MAX_TRIALS_KEY: config.tuner.max_trials,
-                           contract.BATCH_SIZE_KEY: config.trainer.batch_size,
-                           contract.MODULE_FINGERPRINT_KEY: fingerprint},
-            **training_inputs)
+        tuner = components.tuner(config, fingerprint, **training_inputs)
     trainer = components.trainer(
-        config,
-        custom_config={contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.MODULE_FINGERPRINT_KEY: fingerprint},
+        config, fingerprint,
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         **training_inputs)
 

@@ -1,4 +1,5 @@
-"""tuner_fn returns a TunerFnResult whose tuner really searches, on the slice's transformed examples."""
+"""tuner_fn returns a TunerFnResult whose tuner really searches, on the slice's transformed examples; tuner_fn and
+run_fn take their settings from custom_config only, and the pipeline passes every key they read."""
 import json
 
 import keras_tuner
@@ -8,7 +9,9 @@ from tfx.components.tuner.component import TunerFnResult
 from tfx.proto import trainer_pb2
 from tfx.utils import proto_utils
 
+from modules import contract
 from modules import hparams as H
+from modules.training import MissingCustomConfig, run_fn
 from modules.tuning import tuner_fn
 from pipeline import summary
 
@@ -23,7 +26,7 @@ def test_tuner_fn_searches_the_space(small_pipeline, tmp_path):
     exec_properties = {
         "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=5)),
         "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=2)),
-        "custom_config": json.dumps({"max_trials": 2, "batch_size": 32}),
+        "custom_config": json.dumps({"max_trials": 2, "seed": 7, "batch_size": 32}),
     }
     fn_args = fn_args_utils.get_common_fn_args(input_dict, exec_properties, working_dir=str(tmp_path))
 
@@ -40,3 +43,28 @@ def test_tuner_fn_searches_the_space(small_pipeline, tmp_path):
     assert all(0.0 <= t.score <= 1.0 for t in trials)
     best = result.tuner.get_best_hyperparameters()[0].values
     assert set(best) == set(H.search_space().values)
+
+
+def test_custom_config_keys_are_required(tmp_path):
+    """No fallback values in modules/: a missing key is an error that names it."""
+    with pytest.raises(MissingCustomConfig, match=r"missing key\(s\) seed, batch_size .*got max_trials"):
+        tuner_fn(fn_args_utils.FnArgs(custom_config={"max_trials": 2}, working_dir=str(tmp_path)))
+    with pytest.raises(KeyError, match=r"missing key\(s\) batch_size .*got none"):
+        run_fn(fn_args_utils.FnArgs(custom_config=None))
+
+
+def test_pipeline_passes_every_key_from_the_configuration(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.pipeline import create_pipeline
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("tuner: {max_trials: 5, seed: 3}\ntrainer: {batch_size: 16}\n")
+    config = load_config(env={"TFX_E2E_CONFIG": str(overlay), "TFX_E2E_OUTPUT_ROOT": str(tmp_path / "out")})
+    nodes = {c.id: c for c in create_pipeline(config).components}
+    tuner = json.loads(nodes["Tuner"].exec_properties["custom_config"])
+    trainer = json.loads(nodes["Trainer"].exec_properties["custom_config"])
+    assert {key: tuner[key] for key in contract.TUNER_CONFIG_KEYS} == {"max_trials": 5, "seed": 3, "batch_size": 16}
+    assert {key: trainer[key] for key in contract.TRAINER_CONFIG_KEYS} == {"batch_size": 16}
+    fingerprints = {json.loads(nodes[n].exec_properties["custom_config"])[contract.MODULE_FINGERPRINT_KEY]
+                    for n in ("Transform", "Tuner", "Trainer")}
+    assert len(fingerprints) == 1
