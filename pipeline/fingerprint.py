@@ -1,5 +1,7 @@
-"""Content fingerprints: what decides that code or data is unchanged."""
+"""Content digests: what decides that code, data or a model is unchanged (the run fingerprint, the module
+fingerprint in custom_config, the pusher's check for a version already served)."""
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,3 +17,10 @@ def files_digest(paths: Iterable[Path], root: Path = None) -> str:
                 digest.update(block)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def tree_digest(path: str | os.PathLike) -> str:
+    """files_digest of every file under the directory `path`, each named by its path relative to it."""
+    root = Path(path)
+    files = [Path(directory) / name for directory, _, names in os.walk(root) for name in names]
+    return files_digest(files, root=root)

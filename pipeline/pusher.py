@@ -5,7 +5,6 @@ watcher can load a partial version (tensorflow/serving#1086). Here the model is
 copied into a hidden temporary directory beside it and renamed into place, and a
 model whose files are byte-identical to a version already there is not pushed again.
 """
-import hashlib
 import os
 import shutil
 import time
@@ -18,24 +17,12 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from pipeline.fingerprint import tree_digest
+
 # TF Serving only loads directories whose names are integers; this prefix is never one.
 TMP_PREFIX = ".tmp-"
 # Custom property on the pushed_model artifact: 1 when an identical version was already there.
 ALREADY_SERVED = "already_served"
-
-
-def model_digest(path: str) -> str:
-    """SHA-256 over every file's relative path and bytes."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode() + b"\0")
-            with open(full, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 def served_versions(base_directory: str) -> list[int]:
@@ -45,9 +32,9 @@ def served_versions(base_directory: str) -> list[int]:
 
 
 def find_identical_version(base_directory: str, model_path: str) -> int | None:
-    wanted = model_digest(model_path)
+    wanted = tree_digest(model_path)
     for version in reversed(served_versions(base_directory)):
-        if model_digest(os.path.join(base_directory, str(version))) == wanted:
+        if tree_digest(os.path.join(base_directory, str(version))) == wanted:
             return version
     return None
 

@@ -2,6 +2,7 @@
 import os
 
 from pipeline import pusher
+from pipeline.fingerprint import tree_digest
 
 
 def _model(root, content=b"graph"):
@@ -19,7 +20,7 @@ def test_push_writes_a_complete_integer_version_and_no_temporary(tmp_path):
     version = pusher.push_atomically(model, base)
     assert os.listdir(base) == [str(version)]
     assert sorted(os.listdir(os.path.join(base, str(version)))) == ["saved_model.pb", "variables"]
-    assert pusher.model_digest(os.path.join(base, str(version))) == pusher.model_digest(model)
+    assert tree_digest(os.path.join(base, str(version))) == tree_digest(model)
 
 
 def test_versions_always_increase(tmp_path):
@@ -45,3 +46,10 @@ def test_failed_copy_leaves_nothing_behind(tmp_path):
     except OSError:
         pass
     assert os.listdir(base) == []
+
+
+def test_tree_digest_follows_names_and_bytes_not_location(tmp_path):
+    a, b = _model(str(tmp_path / "a")), _model(str(tmp_path / "elsewhere" / "b"))
+    assert tree_digest(a) == tree_digest(b)
+    os.rename(os.path.join(b, "variables", "variables.index"), os.path.join(b, "variables.index"))
+    assert tree_digest(a) != tree_digest(b)  # same bytes under another relative path
