@@ -1,6 +1,8 @@
 """The atomic, deduplicating push (pipeline/pusher.py) on real directories."""
 import os
 
+import pytest
+
 from pipeline import pusher
 from pipeline.fingerprint import tree_digest
 
@@ -41,10 +43,21 @@ def test_identical_model_is_found_and_changed_model_is_not(tmp_path):
 def test_failed_copy_leaves_nothing_behind(tmp_path):
     base = str(tmp_path / "serving")
     missing = str(tmp_path / "no-such-model")
-    try:
+    with pytest.raises(FileNotFoundError):
         pusher.push_atomically(missing, base)
-    except OSError:
-        pass
+    assert os.listdir(base) == []
+
+
+def test_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
+    base = str(tmp_path / "serving")
+    model = _model(str(tmp_path / "model"))
+
+    def rename(source, target):
+        assert os.path.basename(source).startswith(pusher.TMP_PREFIX) and os.listdir(source)  # copied in full
+        raise OSError("rename failed")
+    monkeypatch.setattr(pusher.os, "rename", rename)
+    with pytest.raises(OSError, match="rename failed"):
+        pusher.push_atomically(model, base)
     assert os.listdir(base) == []
 
 
