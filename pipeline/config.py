@@ -309,6 +309,10 @@ def _validate(config: Config) -> None:
     _validate_serving(config.serving)
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
+
+
+def _check_data(config: Config) -> None:
+    """The pipeline's inputs exist: the schema file and data_root's CSV files (when they are on this machine)."""
     in_image = config.schema_path.startswith(IMAGE_ROOT)
     if not is_uri(config.schema_path) and not in_image and not os.path.isfile(config.schema_path):
         raise ConfigError(f"schema_path: file not found: {config.schema_path}")
@@ -355,8 +359,14 @@ def _absolute(path: str, base: Path) -> str:
     return path if is_uri(path) else str((base / path).resolve())
 
 
-def load_config(profile: str | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Loads the configuration for `profile` (default: $TFX_E2E_PROFILE, else 'local')."""
+def load_config(profile: str | None = None, env: Mapping[str, str] | None = None, *,
+                check_data: bool = True) -> Config:
+    """Loads the configuration for `profile` (default: $TFX_E2E_PROFILE, else 'local').
+
+    check_data=False leaves out the checks that the pipeline's inputs exist (data_root, schema_path), for what
+    runs without them (the model server, on a host that has only the pushed models); every key is still
+    typed and validated.
+    """
     env = os.environ if env is None else env
     known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, *ENV_PATHS}
     unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
@@ -396,4 +406,6 @@ def load_config(profile: str | None = None, env: Mapping[str, str] | None = None
 
     config = _build(Config, {**values, "profile": profile}, "", source)
     _validate(config)
+    if check_data:
+        _check_data(config)
     return config

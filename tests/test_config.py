@@ -109,3 +109,16 @@ def test_overlay_file_not_found(tmp_path):
 def test_missing_schema_file(tmp_path):
     with pytest.raises(ConfigError, match=r"schema_path: file not found: .*missing\.pbtxt"):
         load_config(env=_env(tmp_path, f"schema_path: {tmp_path / 'missing.pbtxt'}\n"))
+
+
+def test_serving_loads_without_the_pipeline_inputs(tmp_path):
+    """check_data=False (the model server): no data root or schema file needed; every key is still checked."""
+    env = _env(tmp_path, f"schema_path: {tmp_path / 'missing.pbtxt'}\n", TFX_E2E_DATA_ROOT=str(tmp_path / "nowhere"))
+    config = load_config(env=env, check_data=False)
+    assert config.data_root == str(tmp_path / "nowhere")
+    assert config.serving_model_dir == str(tmp_path / "out" / "serving" / "chicago_taxi")
+    with pytest.raises(ConfigError, match=r"data_root: directory not found: .*nowhere"):
+        load_config(env=_env(tmp_path, TFX_E2E_DATA_ROOT=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match=r"serving.rest_port and serving.grpc_port: must differ"):
+        load_config(env=_env(tmp_path, "serving: {rest_port: 8500}\n", TFX_E2E_DATA_ROOT=str(tmp_path / "nowhere")),
+                    check_data=False)
