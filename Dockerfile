@@ -24,6 +24,7 @@ COPY setup.py ./
 COPY pipeline pipeline
 COPY modules modules
 COPY runners runners
+COPY reports reports
 COPY serving serving
 COPY schema schema
 # Editable, as `make setup` does: the package is /pipeline itself, so REPO_ROOT is /pipeline in the image.

@@ -64,9 +64,9 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Re-infer schema/schema.pbtxt from the data, keeping the curation in pipeline/schema_tools.py.
+# Re-infer schema/schema.pbtxt from the data, keeping the curation in schema/tool.py.
 schema: setup
-	$(PY) -m pipeline.schema_tools
+	$(PY) -m schema.tool
 
 # The local model server on what `make run` pushed: REST 127.0.0.1:8501, gRPC 127.0.0.1:8500 (TF Serving's API).
 serve: setup

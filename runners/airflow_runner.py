@@ -6,7 +6,7 @@ from the configuration's `airflow` section.
 """
 import datetime
 
-from pipeline.run import load_or_exit
+from runners.harness import load_or_exit
 
 
 def _dag():

@@ -3,7 +3,7 @@ process per core (profile `beam`); Beam-based components on Dataflow with TFX_E2
 
     TFX_E2E_PROFILE=beam python -m runners.beam_runner        (make run-beam)
 """
-from pipeline.run import run
+from runners.harness import run
 
 
 def beam_dag_runner():

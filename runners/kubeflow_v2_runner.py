@@ -7,7 +7,7 @@ Writes build/<pipeline_name>.json; runners/submit.py sends it to Vertex AI or a 
 import os
 
 from pipeline.config import REPO_ROOT
-from pipeline.run import load_or_exit
+from runners.harness import load_or_exit
 
 COMPILED_DIR = REPO_ROOT / "build"
 

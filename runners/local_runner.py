@@ -2,7 +2,7 @@
 
     python -m runners.local_runner        (make run)
 """
-from pipeline.run import run
+from runners.harness import run
 
 
 def local_dag_runner():

@@ -13,7 +13,7 @@ import os
 import sys
 
 from pipeline.config import Config
-from pipeline.run import load_or_exit
+from runners.harness import load_or_exit
 from runners.kubeflow_v2_runner import compiled_path
 
 

@@ -16,7 +16,7 @@ evaluator: {auc_lower_bound: 0.6}
 
 
 class PipelineRun:
-    """Runs pipeline.run.run (LocalDagRunner unless told) in this process under a test environment."""
+    """Runs runners.harness.run (LocalDagRunner unless told) in this process under a test environment."""
 
     def __init__(self, root: Path, data_root: Path, overlay: str = SMALL_OVERLAY):
         self.root = root
@@ -36,7 +36,7 @@ class PipelineRun:
     def __call__(self, make_runner=None) -> int:
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-        from pipeline.run import run
+        from runners.harness import run
 
         saved = dict(os.environ)
         os.environ.update(self.env)

@@ -8,7 +8,8 @@ import tensorflow as tf
 from conftest import SMALL_DATA
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import pusher, summary
+from pipeline import pusher
+from runners import summary
 from serving import examples
 
 pytestmark = pytest.mark.e2e  # whole pipelines (make test-unit leaves them out)

@@ -6,8 +6,8 @@ import sys
 import pytest
 from conftest import SMALL_DATA, SMALL_OVERLAY, PipelineRun, write_csv_variant
 
-from pipeline import summary
 from pipeline.config import REPO_ROOT
+from runners import summary
 
 SOURCE = SMALL_DATA / "data.csv"
 

@@ -57,6 +57,9 @@ def test_every_copied_path_exists():
     copies = [rest.split() for op, rest in _instructions() if op == "COPY"]
     sources = [parts[0] for parts in copies if not parts[0].startswith("--from")]
     assert {"requirements/image-lock.txt", "setup.py", "pipeline", "modules", "schema"} <= set(sources)
+    # Every package setup.py installs is in the image (the editable install there finds it in /pipeline).
+    packages = re.search(r"find_packages\(include=\[(.*?)\]", (REPO / "setup.py").read_text()).group(1)
+    assert {p.strip(' "*') for p in packages.split(",")} <= set(sources)
     for source in sources:
         assert (REPO / source).exists(), source
     # What the vertex profile reads inside the image is copied to that path.

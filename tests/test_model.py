@@ -13,7 +13,8 @@ from conftest import SMALL_DATA
 from modules import features as F
 from modules import hparams as H
 from modules import model as M
-from pipeline import pusher, summary
+from pipeline import pusher
+from runners import summary
 from serving import examples
 
 

@@ -13,7 +13,7 @@ from modules import contract
 from modules import hparams as H
 from modules.training import MissingCustomConfig, run_fn
 from modules.tuning import tuner_fn
-from pipeline import summary
+from runners import summary
 
 
 @pytest.mark.e2e

@@ -1,6 +1,6 @@
 """Refreshes schema/schema.pbtxt: TFDV infers a schema from the data, then the curation below is applied.
 
-    python -m pipeline.schema_tools [--data-root DIR] [--out schema/schema.pbtxt]
+    python -m schema.tool [--data-root DIR] [--out schema/schema.pbtxt]      (make schema)
 
 The inferred part (types, presence, value sets) follows the data; the curated part
 (ranges, domains tolerance, environments, drift/skew comparators) is the team's
@@ -13,7 +13,7 @@ import os
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from modules import features as F
+from modules import contract
 
 # Valid values a person would vouch for, not the min/max of one sample (None: unbounded).
 RANGES = {
@@ -74,7 +74,8 @@ def curate(schema: schema_pb2.Schema) -> schema_pb2.Schema:
         _feature(schema, name).skew_comparator.infinity_norm.threshold = threshold
     del schema.default_environment[:]
     schema.default_environment.extend([TRAINING, SERVING])
-    _feature(schema, F.TIPS_KEY).not_in_environment.append(SERVING)
+    for name in contract.SERVING_DROPPED_KEYS:  # a serving request leaves these out
+        _feature(schema, name).not_in_environment.append(SERVING)
     return schema
 
 
@@ -89,7 +90,7 @@ def infer(data_root: str) -> schema_pb2.Schema:
 def main(argv=None) -> None:
     from pipeline.config import load_config
 
-    config = load_config()
+    config = load_config(check_data=False)  # the defaults only: --data-root may name another directory
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=config.data_root)
     parser.add_argument("--out", default=config.schema_path)

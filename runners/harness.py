@@ -53,7 +53,8 @@ def inputs_fingerprint(config: Config) -> str | None:
     None when the data is not on this machine (then there is no shortcut)."""
     if "://" in config.data_root:
         return None
-    code = [*glob.glob(str(REPO_ROOT / "modules" / "*.py")), *glob.glob(str(REPO_ROOT / "pipeline" / "*.py")),
+    code = [*(p for package in ("modules", "pipeline", "runners", "reports")  # the summary is replayed: its code too
+              for p in glob.glob(str(REPO_ROOT / package / "*.py"))),
             str(REPO_ROOT / "pipeline" / "config.yaml"), str(REPO_ROOT / "requirements" / "lock.txt")]
     data = glob.glob(os.path.join(config.data_root, "*.csv"))
     files = [Path(p) for p in code + data + [config.schema_path] if os.path.exists(p)]
@@ -117,7 +118,7 @@ def run(make_runner, default_profile: str) -> None:
 
     from pipeline.gate import DataGateError
     from pipeline.pipeline import create_pipeline
-    from pipeline.summary import print_summary
+    from runners.summary import print_summary
 
     tfx_pipeline = create_pipeline(config)
     progress = _Progress([c.id for c in tfx_pipeline.components])

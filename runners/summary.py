@@ -10,10 +10,11 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.compiler import constants
 from tfx.types import artifact_utils
 
-from pipeline import evaluation, gate, reports
+import reports
+from pipeline import evaluation, gate
 from pipeline.config import Config
 from pipeline.pusher import ALREADY_SERVED
-from pipeline.reports import write_evaluation, write_statistics
+from reports.html import write_evaluation, write_statistics
 
 _STATE = {
     metadata_store_pb2.Execution.COMPLETE: "ran",

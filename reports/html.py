@@ -1,5 +1,5 @@
-"""HTML reports a person opens after a run: TFDV statistics (train vs eval, Facets) and the evaluation
-(blessing decision with its reasons, metrics for every slice). Written to <output_root>/reports/<pipeline>/."""
+"""HTML reports: TFDV statistics (train vs eval, Facets) and the evaluation (blessing decision with its reasons,
+metrics for every slice)."""
 import html
 import os
 
@@ -12,10 +12,6 @@ from pipeline.files import write_atomic
 METRIC_COLUMNS = ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration")
 TABLE_STYLE = ("<style>body{font-family:sans-serif}table{border-collapse:collapse}"
                "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}</style>")
-
-
-def report_dir(output_root: str, pipeline_name: str) -> str:
-    return os.path.join(output_root, "reports", pipeline_name)
 
 
 def write_statistics(statistics_uri: str, directory: str) -> str | None:
