@@ -54,12 +54,13 @@ run-beam: setup
 compile-vertex: setup
 	TFX_E2E_PROFILE=$${TFX_E2E_PROFILE:-vertex} $(PY) -m runners.kubeflow_v2_runner
 
+# Every tier (pytest.ini: unit, e2e, services), then the 25 slowest tests.
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
-# The fast part (no pipeline run): cloudbuild.yaml's unit-test step.
+# The unit tier (no pipeline run, no local service): cloudbuild.yaml's unit-test step.
 test-unit: setup
-	$(PY) -m pytest tests -m "not e2e"
+	$(PY) -m pytest tests -m unit
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,13 @@ evaluator: {auc_lower_bound: 0.6}
 """
 
 
+def pytest_collection_modifyitems(items):
+    """The tiers (pytest.ini): whatever is marked neither e2e nor services is a unit test (`make test-unit`)."""
+    for item in items:
+        if item.get_closest_marker("e2e") is None and item.get_closest_marker("services") is None:
+            item.add_marker(pytest.mark.unit)
+
+
 class PipelineRun:
     """Runs runners.harness.run (LocalDagRunner unless told) in this process under a test environment."""
 

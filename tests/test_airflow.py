@@ -1,5 +1,6 @@
 """Airflow 2 (from the lock) runs the DAG file runners/airflow_runner.py: DagBag imports it with no
-errors, and `airflow dags test` runs the whole pipeline on the slice to a pushed model."""
+errors, and `airflow dags test` runs the whole pipeline on the slice to a pushed model; the scheduler runs it
+with its metadata database on PostgreSQL."""
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from conftest import SMALL_DATA
 from pipeline import pusher
 from pipeline.config import REPO_ROOT
 
-pytestmark = pytest.mark.e2e  # whole pipelines (make test-unit leaves them out)
+pytestmark = pytest.mark.services  # an Airflow metadata database (SQLite, then PostgreSQL) and Airflow's CLI
 
 COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
               "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
@@ -56,6 +57,7 @@ def test_dagbag_imports_the_dag(airflow_env, monkeypatch):
     assert dag.get_task("Transform").upstream_task_ids >= {"DataGate"}
 
 
+@pytest.mark.e2e
 def test_airflow_dags_test_runs_the_pipeline(airflow_env):
     result = subprocess.run([airflow_env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi", "2026-11-20"],
                             env=airflow_env, capture_output=True, text=True, timeout=900)
@@ -86,6 +88,7 @@ def _postgres(sql: str, db: str = "postgres"):
         connection.close()
 
 
+@pytest.mark.e2e
 def test_scheduler_on_postgresql_runs_the_dag_by_itself(tmp_path):
     """As Composer runs it: metadata database on PostgreSQL, LocalExecutor, a real `airflow scheduler`
     that starts the scheduled run on its own; every task succeeds and a model is pushed."""
