@@ -113,7 +113,8 @@ def test_vertex_without_dataflow_runs_beam_in_the_container(tmp_path, monkeypatc
 def test_dataflow_profile_with_the_local_runner(tmp_path):
     overlay = tmp_path / "gcp.yaml"
     overlay.write_text(GCP_OVERLAY.replace("output_root: gs://tfx-e2e-test-bucket/tfx-e2e\n", ""))
-    config = load_config(env={"TFX_E2E_PROFILE": "local,dataflow", "TFX_E2E_CONFIG": str(overlay)})
+    config = load_config(env={"TFX_E2E_PROFILE": "local,dataflow", "TFX_E2E_CONFIG": str(overlay),
+                              "TFX_E2E_OUTPUT_ROOT": str(tmp_path / "out")})  # create_pipeline makes its metadata dir
     assert config.beam_args[:len(DATAFLOW_ARGS) - 1] == DATAFLOW_ARGS[:-1]
     assert "--service_account_email=pipelines@tfx-e2e-test.iam.gserviceaccount.com" in config.beam_args
     from pipeline.pipeline import create_pipeline

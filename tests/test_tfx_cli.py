@@ -66,14 +66,21 @@ def test_beam_engine_create(cli, tmp_path):
     assert (tmp_path / "beam" / "chicago-taxi" / "pipeline_args.json").exists()
 
 
-def test_vertex_engine_compile(cli, tmp_path, monkeypatch):
+def test_vertex_engine_compile(cli, tmp_path):
     overlay = tmp_path / "gcp.yaml"
     overlay.write_text(GCP_OVERLAY)
-    compiled = REPO_ROOT / "build" / "chicago-taxi.json"
-    if compiled.exists():
-        compiled.unlink()
-    out = cli("pipeline", "compile", "--engine", "vertex", "--pipeline_path", "runners/kubeflow_v2_runner.py",
+    # runners/kubeflow_v2_runner.py's main() writes <checkout>/build/; the CLI runs it through this file, which
+    # points it under tmp_path, so that the test writes nothing in the checkout.
+    pipeline_file = tmp_path / "kubeflow_v2_runner.py"
+    pipeline_file.write_text("from pathlib import Path\n"
+                             "from runners import kubeflow_v2_runner\n"
+                             f"kubeflow_v2_runner.COMPILED_DIR = Path({str(tmp_path / 'build')!r})\n"
+                             "kubeflow_v2_runner.main()\n")
+    in_checkout = REPO_ROOT / "build" / "chicago-taxi.json"
+    before = in_checkout.stat().st_mtime_ns if in_checkout.exists() else None
+    out = cli("pipeline", "compile", "--engine", "vertex", "--pipeline_path", str(pipeline_file),
               extra_env={"TFX_E2E_CONFIG": str(overlay), "TFX_E2E_OUTPUT_ROOT": ""})  # the overlay's gs:// root
     assert "Pipeline chicago-taxi compiled successfully." in out
-    job = json.loads(compiled.read_text())
+    assert (in_checkout.stat().st_mtime_ns if in_checkout.exists() else None) == before
+    job = json.loads((tmp_path / "build" / "chicago-taxi.json").read_text())
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://tfx-e2e-test-bucket/tfx-e2e/pipelines/chicago-taxi"
