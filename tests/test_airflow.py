@@ -13,7 +13,9 @@ from conftest import SMALL_DATA
 from pipeline import pusher
 from pipeline.config import REPO_ROOT
 
-pytestmark = pytest.mark.services  # an Airflow metadata database (SQLite, then PostgreSQL) and Airflow's CLI
+# One tier per test (pytest.ini): these also run the pipeline, but what they need beyond Python is the point:
+# Airflow's metadata database (SQLite, and PostgreSQL for the scheduler) and Airflow's CLI.
+pytestmark = pytest.mark.services
 
 COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
               "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
@@ -57,7 +59,6 @@ def test_dagbag_imports_the_dag(airflow_env, monkeypatch):
     assert dag.get_task("Transform").upstream_task_ids >= {"DataGate"}
 
 
-@pytest.mark.e2e
 def test_airflow_dags_test_runs_the_pipeline(airflow_env):
     result = subprocess.run([airflow_env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi", "2026-11-20"],
                             env=airflow_env, capture_output=True, text=True, timeout=900)
@@ -88,7 +89,6 @@ def _postgres(sql: str, db: str = "postgres"):
         connection.close()
 
 
-@pytest.mark.e2e
 def test_scheduler_on_postgresql_runs_the_dag_by_itself(tmp_path):
     """As Composer runs it: metadata database on PostgreSQL, LocalExecutor, a real `airflow scheduler`
     that starts the scheduled run on its own; every task succeeds and a model is pushed."""
