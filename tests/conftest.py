@@ -16,9 +16,12 @@ evaluator: {auc_lower_bound: 0.6}
 
 
 def pytest_collection_modifyitems(items):
-    """The tiers (pytest.ini): whatever is marked neither e2e nor services is a unit test (`make test-unit`)."""
+    """The tiers (pytest.ini), one per test: whatever is marked neither e2e nor services is unit (`make test-unit`)."""
     for item in items:
-        if item.get_closest_marker("e2e") is None and item.get_closest_marker("services") is None:
+        tiers = [tier for tier in ("e2e", "services") if item.get_closest_marker(tier) is not None]
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: one tier per test, marked {' and '.join(tiers)}")
+        if not tiers:
             item.add_marker(pytest.mark.unit)
 
 
