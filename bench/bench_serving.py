@@ -50,7 +50,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pipeline.config import ConfigError, load_config
 from serving import examples
-from serving.monitoring import PROMETHEUS_PATH
+from serving.metrics import PROMETHEUS_PATH
 from serving.tensors import to_numpy, to_proto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def in_process(model_path: str, serialized: list[bytes], calls: int, batches: in
     finds it (the client's round trip leaves the server idle between requests)."""
     import tensorflow as tf
 
-    from serving.models import load_servable
+    from serving.loader import load_servable
 
     predict = tf.saved_model.load(model_path).signatures["serving_default"]
 
@@ -221,9 +221,9 @@ class Server:
         self.rest_port = self.grpc_port = 0
 
     def command(self) -> list[str]:
+        # No model flags: the configuration's model, batching (the overlay) and metrics, as `make serve` runs.
         return [PYTHON, "-m", "serving.server", "--host", "127.0.0.1", "--rest_port", str(self.rest_port),
-                "--grpc_port", str(self.grpc_port), "--model_name", self.model_name,
-                "--model_base_path", self.base_path]
+                "--grpc_port", str(self.grpc_port)]
 
     def start(self) -> None:
         self.grpc_port = portpicker.pick_unused_port()

@@ -102,6 +102,7 @@ class BatchingConfig:
     max_batch_size: int
     batch_timeout_micros: int
     max_enqueued_batches: int
+    max_enqueued_bytes: int  # the queue's bound in bytes as well as in batches
     num_batch_threads: int
 
 
@@ -113,11 +114,21 @@ class RequestLogConfig:
 
 
 @dataclass(frozen=True)
+class ServingLimitsConfig:
+    """What one client, or many, may hold of the local server."""
+    body_timeout_seconds: float     # reading a request body; slower clients get 408
+    idle_timeout_seconds: float     # an idle keep-alive connection is closed
+    max_connections: int            # REST connections; more are closed at once
+    max_concurrent_requests: int    # REST requests with a body and gRPC calls in flight; more get RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     host: str
     rest_port: int
     grpc_port: int
     max_request_bytes: int
+    limits: ServingLimitsConfig
     poll_seconds: float   # TF Serving's --file_system_poll_wait_seconds (and the model config file's)
     model_config_file: str  # a ModelServerConfig text file (--model_config_file); "" = built from the keys below
     version_policy: str   # latest | all | specific
@@ -345,8 +356,11 @@ def _validate_serving(serving: ServingConfig) -> None:
             raise ConfigError(f"serving.{key}: must be at least 1, got {getattr(serving, key)}")
     if serving.poll_seconds <= 0:
         raise ConfigError(f"serving.poll_seconds: must be > 0, got {serving.poll_seconds}")
+    for key, value in dataclasses.asdict(serving.limits).items():
+        if value <= 0:
+            raise ConfigError(f"serving.limits.{key}: must be > 0, got {value}")
     batching = serving.batching
-    for key in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
+    for key in ("max_batch_size", "num_batch_threads", "max_enqueued_batches", "max_enqueued_bytes"):
         if getattr(batching, key) < 1:
             raise ConfigError(f"serving.batching.{key}: must be at least 1, got {getattr(batching, key)}")
     if batching.batch_timeout_micros < 0:

@@ -5,8 +5,9 @@ examples at once, concatenated along the batch dimension, and each request gets 
 A batch starts as soon as a batch thread is free: under light load a request never waits, and under
 load the requests that arrive while the threads are busy form the next batch. With batch_timeout_micros
 above zero, a free thread waits that long for a batch to fill (TF Serving's timeout) before it starts.
-When max_enqueued_batches batches are already waiting, a request is refused with UNAVAILABLE, as
-TF Serving does.
+When max_enqueued_batches batches (or max_enqueued_bytes of inputs) are already waiting, a request is
+refused with UNAVAILABLE, as TF Serving does. When a batch fails as a whole (a bad request, or a TensorFlow
+error such as ResourceExhausted), its requests run again one by one, so only the ones that cause it fail.
 
 An idle server (nothing running or queued, and requests arriving, on average and this time, further apart
 than two batch run times) runs a request right away on the event loop: handing it to a thread costs more
@@ -22,21 +23,27 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from pipeline.config import BatchingConfig
 from serving.errors import ServingError
+
+
+def _nbytes(inputs: dict[str, np.ndarray]) -> int:
+    return sum(sum(len(v) for v in a.flat) if a.dtype == object else a.nbytes for a in inputs.values())
 
 
 class Batcher:
     def __init__(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], executor: Executor,
-                 max_batch_size: int, batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
-                 on_batch: Callable[[int], None] = lambda rows: None):
+                 parameters: BatchingConfig, on_batch: Callable[[int], None] = lambda rows: None):
         self._run = run
         self._executor = executor
-        self._max_batch_size = max_batch_size
-        self._timeout = batch_timeout_micros / 1e6
-        self._max_waiting = max_enqueued_batches * max_batch_size
-        self._threads = num_batch_threads
+        self._max_batch_size = parameters.max_batch_size
+        self._timeout = parameters.batch_timeout_micros / 1e6
+        self._max_waiting = parameters.max_enqueued_batches * parameters.max_batch_size
+        self._max_waiting_bytes = parameters.max_enqueued_bytes
+        self._threads = parameters.num_batch_threads
         self._pending: deque[tuple[dict[str, np.ndarray], int, asyncio.Future]] = deque()
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._on_batch = on_batch
@@ -50,7 +57,8 @@ class Batcher:
             raise ServingError.invalid("inputs have different batch sizes (dimension 0)")
         if rows > self._max_batch_size:
             raise ServingError.invalid(f"Task size {rows} is larger than maximum batch size {self._max_batch_size}")
-        if self._pending_rows + rows > self._max_waiting:
+        size = _nbytes(inputs)
+        if self._pending_rows + rows > self._max_waiting or self._pending_bytes + size > self._max_waiting_bytes:
             raise ServingError.unavailable("The batch scheduling queue to which this task was submitted is full")
         now = time.perf_counter()
         gap, self._last_arrival = now - self._last_arrival, now
@@ -62,8 +70,9 @@ class Batcher:
             self._record_run_time(time.perf_counter() - now)
             return outputs
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((inputs, rows, future))
+        self._pending.append((inputs, rows, future, size))
         self._pending_rows += rows
+        self._pending_bytes += size
         self._schedule()
         return await future
 
@@ -87,9 +96,10 @@ class Batcher:
             self._timer = None
         batch, rows = [], 0
         while self._pending and rows + self._pending[0][1] <= self._max_batch_size:
-            item = self._pending.popleft()
-            batch.append(item)
-            rows += item[1]
+            inputs, size, future, nbytes = self._pending.popleft()
+            batch.append((inputs, size, future))
+            rows += size
+            self._pending_bytes -= nbytes
         self._pending_rows -= rows
         self._running += 1
         self._on_batch(rows)
@@ -113,8 +123,8 @@ class Batcher:
                 names = list(batch[0][0])
                 merged = {name: np.concatenate([inputs[name] for inputs, _, _ in batch]) for name in names}
                 outputs = self._run(merged)
-            except (ServingError, ValueError, KeyError):
-                pass  # a bad request (or shapes that do not concatenate): run each alone so only it fails
+            except Exception:  # noqa: BLE001 - a bad request, shapes that do not concatenate, a TensorFlow error:
+                pass  # run each alone so only the requests that cause it fail
             else:
                 results, start = [], 0
                 for _, rows, _ in batch:

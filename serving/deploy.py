@@ -26,7 +26,7 @@ import yaml
 from pipeline.config import REPO_ROOT, Config, ConfigError, is_uri, load_config
 from pipeline.files import write_atomic
 from serving.errors import ServingError
-from serving.monitoring import PROMETHEUS_PATH
+from serving.metrics import PROMETHEUS_PATH
 
 DEFAULT_OUT = REPO_ROOT / "serving" / "deploy"
 CONFIG_DIR = "/config"   # the three .config files inside the container
@@ -102,7 +102,7 @@ def _check(config: Config) -> None:
 def render_models_config(config: Config) -> str:
     from google.protobuf import text_format
 
-    from serving.models import read_model_config_file, single_model_config
+    from serving.policy import read_model_config_file, single_model_config
 
     serving = config.serving
     if serving.model_config_file:

@@ -19,6 +19,12 @@ _NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types
           types_pb2.DT_UINT8: np.uint8, types_pb2.DT_BOOL: np.bool_, types_pb2.DT_HALF: np.float16,
           types_pb2.DT_STRING: object}
 _JSON_KIND = {types_pb2.DT_STRING: "string", types_pb2.DT_BOOL: "bool"}
+# The typed field of a TensorProto that carries each dtype (half_val holds float16 bit patterns).
+_VALUE_FIELD = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
+                types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val", types_pb2.DT_STRING: "string_val",
+                types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val",
+                types_pb2.DT_UINT8: "int_val"}
+MAX_RANK = 32  # deeper JSON nesting is refused before it is walked
 
 
 def dtype_name(dtype: int) -> str:
@@ -42,10 +48,34 @@ def check_dtype(name: str, array: np.ndarray, dtype: int) -> None:
         raise ServingError.invalid(f"input '{name}': expects {dtype_name(dtype)}, got {array.dtype}")
 
 
-def _decode_strings(value, name: str):
-    """Nested lists of str / {"b64": ...} to nested lists of bytes."""
-    if isinstance(value, list):
-        return [_decode_strings(v, name) for v in value]
+def _shape(value, name: str) -> tuple[int, ...]:
+    """The shape of nested JSON lists, walking them (np.shape would copy every string into a fixed-width array);
+    ragged or too deeply nested lists are an error."""
+    shape, level = [], [value]
+    while isinstance(level[0], list):
+        if len(shape) == MAX_RANK:
+            raise ServingError.invalid(f"input '{name}': nested deeper than {MAX_RANK} levels")
+        size = len(level[0])
+        if any(not isinstance(v, list) or len(v) != size for v in level):
+            raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)")
+        shape.append(size)
+        level = [item for v in level for item in v]
+        if not level:
+            break
+    if any(isinstance(v, list) for v in level):
+        raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)")
+    return tuple(shape)
+
+
+def _flatten(value, rank: int) -> list:
+    items = [value]
+    for _ in range(rank):
+        items = [item for v in items for item in v]
+    return items
+
+
+def _decode_string(value, name: str) -> bytes:
+    """A JSON string or {"b64": ...} as bytes."""
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise ServingError.invalid(f"input '{name}': an object value must be {{\"b64\": \"...\"}}, got {value}")
@@ -62,27 +92,33 @@ def to_array(value, dtype: int, name: str) -> np.ndarray:
     """One input's JSON value (any nesting) as an array of the signature's dtype."""
     if dtype not in _NUMPY:
         raise ServingError.invalid(f"input '{name}': dtype {dtype_name(dtype)} is not supported over JSON")
-    if dtype == types_pb2.DT_STRING:
-        decoded = _decode_strings(value, name)
-        array = np.empty(np.shape(decoded) if isinstance(decoded, list) else (), dtype=object)
-        try:
-            array[...] = decoded
-        except ValueError:
-            raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)") from None
-        return array
+    shape = _shape(value, name)
+    items = _flatten(value, len(shape))
+    expected = _expected(dtype)
+    if expected == "string":
+        array = np.empty(len(items), dtype=object)
+        array[:] = [_decode_string(item, name) for item in items]
+        return array.reshape(shape)
+    accepted = {"bool": (bool,), "integer": (int,), "float": (int, float)}[expected]
+    for item in items:
+        if not isinstance(item, accepted) or (expected != "bool" and isinstance(item, bool)):
+            raise ServingError.invalid(f"input '{name}': JSON value {item!r} is not of expected type: {expected}")
+    if expected == "integer":
+        return _checked_ints(items, dtype, name).reshape(shape)
+    return np.array(items, dtype=_NUMPY[dtype]).reshape(shape)
+
+
+def _checked_ints(values, dtype: int, name: str) -> np.ndarray:
+    """Integers in the dtype's range, never wrapped (2**40 into DT_INT32 is an error, not 0)."""
+    info = np.iinfo(_NUMPY[dtype])
     try:
-        array = np.asarray(value)
-    except ValueError:
-        raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)") from None
-    kind = array.dtype.kind
-    ok = kind in "iub" if dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64, types_pb2.DT_INT16, types_pb2.DT_INT8,
-                                    types_pb2.DT_UINT8) else kind in "fiub"
-    if dtype == types_pb2.DT_BOOL:
-        ok = kind == "b"
-    if not ok or array.dtype == object:
-        sample = array.flat[0] if array.size else value
-        raise ServingError.invalid(f"input '{name}': JSON value {sample!r} is not of expected type: {_expected(dtype)}")
-    return array.astype(_NUMPY[dtype], copy=False)
+        wide = np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        raise ServingError.invalid(f"input '{name}': a value is out of range for {dtype_name(dtype)}") from None
+    if wide.size and (wide.min() < info.min or wide.max() > info.max):
+        bad = wide[(wide < info.min) | (wide > info.max)][0]
+        raise ServingError.invalid(f"input '{name}': {bad} is out of range for {dtype_name(dtype)}")
+    return wide.astype(_NUMPY[dtype], copy=False)
 
 
 def parse_predict_json(body, inputs: dict[str, int]) -> tuple[dict[str, np.ndarray], bool]:
@@ -157,20 +193,39 @@ def outputs_to_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
     return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
 
 
-def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
+def to_numpy(proto: tensor_pb2.TensorProto, max_bytes: int | None = None) -> np.ndarray:
+    """A TensorProto as an array. From a client, pass `max_bytes`: a larger tensor once expanded is refused before
+    it is allocated (TF's compact form repeats one value over the whole shape: 20 bytes can ask for gigabytes)."""
     if proto.dtype not in _NUMPY:
         raise ServingError.invalid(f"dtype {dtype_name(proto.dtype)} is not supported")
     shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(size < 0 for size in shape):
+        raise ServingError.invalid(f"tensor shape {shape} is not fully defined")
+    if len(shape) > MAX_RANK:
+        raise ServingError.invalid(f"tensor rank {len(shape)} is above {MAX_RANK}")
+    count = math.prod(shape)
+    numpy_dtype = _NUMPY[proto.dtype]
+    itemsize = 8 if numpy_dtype is object else np.dtype(numpy_dtype).itemsize
+    if max_bytes is not None and count * itemsize > max_bytes:
+        raise ServingError.invalid(f"tensor of shape {shape} ({count} elements) is larger than the request limit "
+                                   f"of {max_bytes} bytes")
     if proto.dtype == types_pb2.DT_STRING:
         array = np.empty(len(proto.string_val), dtype=object)
         array[:] = list(proto.string_val)
     elif proto.tensor_content:
-        array = np.frombuffer(proto.tensor_content, dtype=_NUMPY[proto.dtype])
+        if len(proto.tensor_content) % itemsize:
+            raise ServingError.invalid(f"tensor_content of {len(proto.tensor_content)} bytes is not a whole number of "
+                                       f"{dtype_name(proto.dtype)} values")
+        array = np.frombuffer(proto.tensor_content, dtype=numpy_dtype)
+    elif proto.dtype == types_pb2.DT_HALF:
+        array = np.asarray(proto.half_val, dtype=np.int64)
+        if array.size and (array.min() < 0 or array.max() > 0xFFFF):
+            raise ServingError.invalid("half_val holds values that are not 16-bit patterns")
+        array = array.astype(np.uint16).view(np.float16)
     else:
-        field = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
-                 types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val"}.get(proto.dtype, "int_val")
-        array = np.asarray(getattr(proto, field), dtype=_NUMPY[proto.dtype])
-    count = math.prod(shape)
+        values = getattr(proto, _VALUE_FIELD[proto.dtype])
+        array = _checked_ints(values, proto.dtype, "tensor") if np.dtype(numpy_dtype).kind in "iu" \
+            else np.asarray(values, dtype=numpy_dtype)
     if array.size == 1 and count > 1:  # TF's compact form: one value repeated
         array = np.full(count, array[0], dtype=array.dtype)
     if array.size != count:
@@ -178,13 +233,19 @@ def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
     return array.reshape(shape)
 
 
-def to_proto(array: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:
+def to_proto(array: np.ndarray, dtype: int, tensor_content: bool = False) -> tensor_pb2.TensorProto:
+    """TF Serving's response form: values in the dtype's typed field (float_val, int64_val, string_val...), or packed
+    into tensor_content when asked (--enable_serialization_as_tensor_content)."""
     proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]))
     if dtype == types_pb2.DT_STRING:
         proto.string_val.extend(array.reshape(-1).tolist())
-    else:
+    elif tensor_content:
         proto.tensor_content = np.ascontiguousarray(array, dtype=_NUMPY[dtype]).tobytes()
+    elif dtype == types_pb2.DT_HALF:
+        proto.half_val.extend(np.asarray(array, dtype=np.float16).reshape(-1).view(np.uint16).tolist())
+    else:
+        getattr(proto, _VALUE_FIELD[dtype]).extend(np.asarray(array, dtype=_NUMPY[dtype]).reshape(-1).tolist())
     return proto
 
 
@@ -194,11 +255,11 @@ def _feature(value, name: str) -> feature_pb2.Feature:
     if all(isinstance(v, bool) for v in values) or not values:
         raise ServingError.invalid(f"feature '{name}': {value!r} is not a number, a string or a list of them")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        feature.int64_list.value.extend(values)
+        feature.int64_list.value.extend(_checked_ints(values, types_pb2.DT_INT64, name).tolist())
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         feature.float_list.value.extend(values)
     elif all(isinstance(v, (str, dict)) for v in values):
-        feature.bytes_list.value.extend(_decode_strings(values, name))
+        feature.bytes_list.value.extend(_decode_string(v, name) for v in values)
     else:
         raise ServingError.invalid(f"feature '{name}': mixed types in {value!r}")
     return feature

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline.config import REPO_ROOT, load_config
 from serving import deploy
+from serving.config_protos import BatchingParameters, MonitoringConfig
 
 DEPLOY = REPO_ROOT / "serving" / "deploy"
 ROLLOUT = DEPLOY / "rollout.yaml"
@@ -38,48 +39,6 @@ def files(config):
 @pytest.fixture(scope="module")
 def docs(files):
     return {name: yaml.safe_load(text) for name, text in files.items() if name.endswith(".yaml")}
-
-
-def _tf_serving_messages():
-    """BatchingParameters and MonitoringConfig, which the tensorflow-serving-api wheel does not ship.
-
-    Field names, numbers and types copied from tensorflow/serving (master, unchanged in 2.16):
-    tensorflow_serving/servables/tensorflow/session_bundle_config.proto (message BatchingParameters, fields 1-7;
-    later releases append more) and tensorflow_serving/config/monitoring_config.proto (PrometheusConfig,
-    MonitoringConfig).
-    """
-    f = descriptor_pb2.FieldDescriptorProto
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-
-    batching = descriptor_pb2.FileDescriptorProto(
-        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-    params = batching.message_type.add(name="BatchingParameters")
-    for number, name, wrapper in ((1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
-                                  (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
-                                  (5, "thread_pool_name", "StringValue")):
-        params.field.add(name=name, number=number, label=f.LABEL_OPTIONAL, type=f.TYPE_MESSAGE,
-                         type_name=f".google.protobuf.{wrapper}")
-    params.field.add(name="allowed_batch_sizes", number=6, label=f.LABEL_REPEATED, type=f.TYPE_INT64)
-    params.field.add(name="pad_variable_length_inputs", number=7, label=f.LABEL_OPTIONAL, type=f.TYPE_BOOL)
-    pool.Add(batching)
-
-    monitoring = descriptor_pb2.FileDescriptorProto(
-        name="tensorflow_serving/config/monitoring_config.proto", package="tensorflow.serving", syntax="proto3")
-    prometheus = monitoring.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, label=f.LABEL_OPTIONAL, type=f.TYPE_BOOL)
-    prometheus.field.add(name="path", number=2, label=f.LABEL_OPTIONAL, type=f.TYPE_STRING)
-    monitoring.message_type.add(name="MonitoringConfig").field.add(
-        name="prometheus_config", number=1, label=f.LABEL_OPTIONAL, type=f.TYPE_MESSAGE,
-        type_name=".tensorflow.serving.PrometheusConfig")
-    pool.Add(monitoring)
-
-    get = message_factory.GetMessageClass
-    return (get(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")),
-            get(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")))
 
 
 def _model_config(text):
@@ -125,15 +84,14 @@ def test_models_config_version_policies(tmp_path, overlay, policy):
 
 
 def test_batching_and_monitoring_configs_parse_as_tf_serving_protos(config, files):
-    batching_parameters, monitoring_config = _tf_serving_messages()
-    batching = text_format.Parse(files["batching.config"], batching_parameters())
+    batching = text_format.Parse(files["batching.config"], BatchingParameters())
     expected = config.serving.batching
     # The GPU tuning of serving/deploy/rollout.yaml, not the local server's defaults.
     assert batching.max_batch_size.value == expected.max_batch_size == 128
     assert batching.batch_timeout_micros.value == expected.batch_timeout_micros == 2000
     assert batching.max_enqueued_batches.value == expected.max_enqueued_batches == 100
     assert batching.num_batch_threads.value == expected.num_batch_threads == 4
-    monitoring = text_format.Parse(files["monitoring.config"], monitoring_config())
+    monitoring = text_format.Parse(files["monitoring.config"], MonitoringConfig())
     assert monitoring.prometheus_config.enable is True
     assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
 

@@ -1,21 +1,27 @@
-"""The local server's parts without a pipeline: version policies and swaps in the model manager (on a small
-TF1-style SavedModel), a Keras 3 version TF Serving could not run, the batcher, and TF Serving's JSON formats."""
+"""The local server's layers without a pipeline or a process: the source, the version policy, the manager's
+loads, swaps, retries and unloads (on a small TF1-style SavedModel), the loader (a Keras 3 version TF Serving could
+not run, sparse signatures), and the batcher."""
 import asyncio
+import gc
+import os
 import shutil
 import threading
+import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 from conftest import write_toy_model
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 
-from serving import tensors
+from pipeline.config import BatchingConfig
 from serving.batching import Batcher
 from serving.errors import ServingError
-from serving.models import ModelManager, single_model_config
+from serving.loader import load_servable
+from serving.manager import ModelManager, Polling
+from serving.policy import single_model_config
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
@@ -33,9 +39,13 @@ def _versions(base, toy, *versions):
         shutil.copytree(toy, base / str(version))
 
 
-def _manager(base, policy="latest", latest=1, versions=(), labels=None):
+def _manager(base, policy="latest", latest=1, versions=(), labels=None, retry_seconds=60.0):
     config = single_model_config("toy", str(base), policy, latest, list(versions), labels or {})
-    return ModelManager(config, poll_seconds=60)
+    return ModelManager(config, Polling(file_system_seconds=60, load_retry_seconds=retry_seconds))
+
+
+def _batching(max_batch_size, max_enqueued_batches, max_enqueued_bytes=1 << 30, timeout=0):
+    return BatchingConfig(True, max_batch_size, timeout, max_enqueued_batches, max_enqueued_bytes, 1)
 
 
 def _states(manager):
@@ -129,8 +139,6 @@ def test_a_sparse_signature_is_left_out_and_the_rest_serves(tmp_path):
     """TF Serving's APIs take dense tensors by name: a signature with a SparseTensor input is not served."""
     import tensorflow as tf
 
-    from serving.models import load_servable
-
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         dense = tf.compat.v1.placeholder(tf.float32, [None], name="dense")
         sparse = tf.compat.v1.sparse_placeholder(tf.float32, name="sparse")
@@ -184,8 +192,7 @@ def test_batcher_merges_concurrent_requests_and_isolates_a_bad_one():
 
     async def main():
         executor = ThreadPoolExecutor(1)
-        batcher = Batcher(run, executor, max_batch_size=8, batch_timeout_micros=0, max_enqueued_batches=10,
-                          num_batch_threads=1)
+        batcher = Batcher(run, executor, _batching(8, 10))
         await batcher.submit({"x": np.array([100.0])})  # idle: runs alone, at once
         results = await asyncio.gather(*[batcher.submit({"x": np.array([float(i)])}) for i in range(6)],
                                        batcher.submit({"x": np.array([-1.0])}), return_exceptions=True)
@@ -210,8 +217,7 @@ def test_batcher_runs_on_the_loop_only_when_requests_are_sparse_on_average():
 
     async def main():
         executor = ThreadPoolExecutor(1)
-        batcher = Batcher(run, executor, max_batch_size=64, batch_timeout_micros=0, max_enqueued_batches=10,
-                          num_batch_threads=1)
+        batcher = Batcher(run, executor, _batching(64, 10))
         for _ in range(20):  # one at a time: the batcher learns that a run takes 5 ms
             await batcher.submit({"x": np.zeros(1)})
         await asyncio.gather(*(batcher.submit({"x": np.zeros(1)}) for _ in range(40)))  # a burst: mean gap ~0
@@ -240,8 +246,7 @@ def test_batcher_refuses_oversized_tasks_and_a_full_queue():
         return inputs
 
     async def main():
-        batcher = Batcher(run, ThreadPoolExecutor(1), max_batch_size=2, batch_timeout_micros=0,
-                          max_enqueued_batches=1, num_batch_threads=1)
+        batcher = Batcher(run, ThreadPoolExecutor(1), _batching(2, 1))
         with pytest.raises(ServingError, match="Task size 3 is larger than maximum batch size 2"):
             await batcher.submit({"x": np.zeros(3)})
         await batcher.submit({"x": np.zeros(1)})  # idle: runs at once on the loop
@@ -259,40 +264,169 @@ def test_batcher_refuses_oversized_tasks_and_a_full_queue():
     assert error.message == "The batch scheduling queue to which this task was submitted is full"
 
 
-def test_json_row_and_columnar_formats():
-    inputs = {"examples": types_pb2.DT_STRING}
-    arrays, row = tensors.parse_predict_json({"instances": [{"b64": "YWJj"}, "plain"]}, inputs)
-    assert row and arrays["examples"].tolist() == [b"abc", b"plain"]
-    arrays, row = tensors.parse_predict_json({"inputs": {"examples": [{"b64": "YWJj"}]}}, inputs)
-    assert not row and arrays["examples"].tolist() == [b"abc"]
-    two = {"a": types_pb2.DT_FLOAT, "b": types_pb2.DT_INT64}
-    arrays, _ = tensors.parse_predict_json({"instances": [{"a": 1.5, "b": 2}, {"a": 2, "b": 3}]}, two)
-    assert arrays["a"].dtype == np.float32 and arrays["b"].tolist() == [2, 3]
-    assert tensors.outputs_to_json({"p": np.array([[0.25], [0.5]], np.float32)}, True) == {"predictions": [[0.25], [0.5]]}
-    assert tensors.outputs_to_json({"p": np.array([1, 2]), "q": np.array([b"x", b"\xff"], dtype=object)}, True) == {
-        "predictions": [{"p": 1, "q": "x"}, {"p": 2, "q": {"b64": "/w=="}}]}
-    assert tensors.outputs_to_json({"p": np.array([1, 2])}, False) == {"outputs": [1, 2]}
+def test_the_source_takes_only_ascii_digit_versions_within_int64(tmp_path, toy):
+    _versions(tmp_path, toy, 1)
+    for name in ("²", "١٢", str(2**63), "0x10", ".tmp-5-123"):
+        shutil.copytree(toy, tmp_path / name)
+    manager = _manager(tmp_path, "all")
+    manager.poll_once()  # before: int("²") raised ValueError in every poll and at startup
+    assert _states(manager) == {1: AVAILABLE}
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"instances": [1], "inputs": [1]}, "exactly one of \"instances\""),
-    ({"instances": []}, "non-empty list"),
-    ({"instances": [{"a": 1.0, "b": 1}, {"a": 1.0}]}, "every instance must name the same inputs"),
-    ({"instances": [{"a": "x", "b": 1}]}, "input 'a': JSON value 'x' is not of expected type: float"),
-    ({"instances": [{"a": 1.0, "b": 1.5}]}, "input 'b': JSON value 1.5 is not of expected type: integer"),
-    ({"instances": [{"a": [1.0, 2.0], "b": 1}, {"a": [1.0], "b": 1}]}, "ragged"),
-    ({"inputs": {"a": [1.0]}}, "missing ['b']"),
-    ([1, 2], "must be a JSON object"),
+def test_a_listing_error_keeps_every_loaded_version_serving(tmp_path, toy, monkeypatch, caplog):
+    _versions(tmp_path, toy, 1)
+    manager = _manager(tmp_path)
+    manager.poll_once()
+
+    def emfile(path):
+        raise OSError(24, "Too many open files")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "listdir", emfile)
+        manager.poll_once()
+        manager.poll_once()
+    assert _states(manager) == {1: AVAILABLE} and manager.resolve("toy").version == 1
+    assert caplog.text.count("Too many open files; the loaded versions keep serving") == 1
+    _versions(tmp_path, toy, 2)
+    manager.poll_once()  # listing works again
+    assert manager.resolve("toy").version == 2
+
+
+def test_a_failed_load_is_retried_with_backoff_without_a_file_change(tmp_path, toy, monkeypatch):
+    import serving.manager
+
+    _versions(tmp_path, toy, 1)
+    attempts = []
+
+    def flaky(name, version, path):  # a transient failure: the files are fine
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise OSError("Resource temporarily unavailable")
+        return load_servable(name, version, path)
+
+    monkeypatch.setattr(serving.manager, "load_servable", flaky)
+    manager = _manager(tmp_path, retry_seconds=0.2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        manager.poll_once()
+        if _states(manager)[1] == AVAILABLE:
+            break
+        time.sleep(0.02)
+    assert _states(manager) == {1: AVAILABLE}
+    assert len(attempts) == 3
+    assert attempts[1] - attempts[0] >= 0.2 and attempts[2] - attempts[1] >= 0.4  # exponential backoff
+
+
+def test_an_unloaded_version_is_freed_with_gc_disabled(tmp_path, toy):
+    _versions(tmp_path, toy, 1)
+    manager = _manager(tmp_path)
+    manager.poll_once()
+    old = manager.resolve("toy")
+    session = old.session
+    example = b"\n\x0f\n\r\n\x01x\x12\x08\x12\x06\n\x04\x00\x00\x80?"  # x = 1.0
+    assert old.run(old.signature("regress"), {"inputs": np.array([example], dtype=object)})["outputs"].tolist() == [[3.0]]
+    reference = weakref.ref(old)
+    del old
+    gc.disable()
+    try:
+        _versions(tmp_path, toy, 2)
+        manager.poll_once()
+        assert manager.resolve("toy").version == 2
+        assert reference() is None  # no reference cycle keeps the old version alive
+        assert session._closed
+    finally:
+        gc.enable()
+
+
+def test_polls_and_reloads_never_overlap_and_load_a_version_once(tmp_path, toy, monkeypatch):
+    import serving.manager
+
+    _versions(tmp_path, toy, 1)
+    loads, inside, overlaps = [], [0], []
+
+    def slow_load(name, version, path):
+        inside[0] += 1
+        overlaps.append(inside[0] > 1)
+        time.sleep(0.2)
+        loads.append(version)
+        inside[0] -= 1
+        return load_servable(name, version, path)
+
+    monkeypatch.setattr(serving.manager, "load_servable", slow_load)
+    manager = _manager(tmp_path)
+    config = single_model_config("toy", str(tmp_path), "latest", 1, [], {})
+    threads = [threading.Thread(target=manager.poll_once) for _ in range(3)] + \
+        [threading.Thread(target=manager.reload, args=(config,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == [1] and not any(overlaps)
+    assert _states(manager) == {1: AVAILABLE}
+
+
+@pytest.mark.parametrize("name, base, message", [
+    ("../x", "models/x", "model name '../x': only letters, digits"),
+    ("..", "models/x", "model name '..'"),
+    ("a b", "models/x", "model name 'a b'"),
+    ("x", "elsewhere/x", "is outside the allowed model roots"),
+    ("x", "models/../elsewhere/x", "is outside the allowed model roots"),
 ])
-def test_json_errors_name_the_problem(body, message):
+def test_a_reload_with_a_bad_name_or_a_path_outside_the_roots_changes_nothing(tmp_path, toy, name, base, message):
+    (tmp_path / "models").mkdir()
+    _versions(tmp_path / "models", toy)
+    manager = ModelManager(single_model_config("toy", str(tmp_path / "models" / "toy"), "latest", 1, [], {}))
+    bad = single_model_config(name, str(tmp_path / base), "latest", 1, [], {})
     with pytest.raises(ServingError) as error:
-        tensors.parse_predict_json(body, {"a": types_pb2.DT_FLOAT, "b": types_pb2.DT_INT64})
-    assert message in error.value.message and error.value.http_status == 400
+        manager.reload(bad, allowed_roots=[str(tmp_path / "models")])
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and message in error.value.message
+    assert manager.model_names() == ["toy"]
+    manager.reload(single_model_config("x", str(tmp_path / "elsewhere" / "x"), "latest", 1, [], {}))  # no roots: any
+    assert manager.model_names() == ["x"]
 
 
-def test_tensor_protos_round_trip():
-    for array, dtype in ((np.array([[1.5, 2.5]], np.float32), types_pb2.DT_FLOAT),
-                         (np.array([3, 4], np.int64), types_pb2.DT_INT64),
-                         (np.array([b"a", b"bc"], dtype=object), types_pb2.DT_STRING)):
-        back = tensors.to_numpy(tensors.to_proto(array, dtype))
-        assert back.shape == array.shape and back.tolist() == array.tolist()
+def test_a_tensorflow_error_in_a_batch_fails_only_the_request_that_causes_it():
+    import tensorflow as tf
+
+    def run(inputs):
+        if (inputs["x"] > 1000).any():
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return {"y": inputs["x"] + 1}
+
+    async def main():
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(run, executor, _batching(8, 10))
+        await batcher.submit({"x": np.array([0.0])})
+        results = await asyncio.gather(*[batcher.submit({"x": np.array([float(i)])}) for i in range(4)],
+                                       batcher.submit({"x": np.array([5000.0])}), return_exceptions=True)
+        executor.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert [r["y"].tolist() for r in results[:4]] == [[1.0], [2.0], [3.0], [4.0]]
+    assert isinstance(results[4], tf.errors.ResourceExhaustedError)
+
+
+def test_the_batch_queue_is_bounded_in_bytes():
+    release = threading.Event()
+
+    def run(inputs):
+        if threading.current_thread() is not threading.main_thread():
+            release.wait(10)
+        return inputs
+
+    async def main():
+        batcher = Batcher(run, ThreadPoolExecutor(1), _batching(64, 100, max_enqueued_bytes=10_000))
+        await batcher.submit({"x": np.array([b"idle"], dtype=object)})
+        running = asyncio.ensure_future(batcher.submit({"x": np.array([b"a" * 100], dtype=object)}))
+        queued = asyncio.ensure_future(batcher.submit({"x": np.array([b"b" * 6000], dtype=object)}))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServingError) as error:
+            await batcher.submit({"x": np.array([b"c" * 6000], dtype=object)})  # 12,000 bytes would wait
+        small = asyncio.ensure_future(batcher.submit({"x": np.array([b"d" * 100], dtype=object)}))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(running, queued, small)
+        return error.value
+
+    assert asyncio.run(main()).code == grpc.StatusCode.UNAVAILABLE
