@@ -23,7 +23,7 @@ measurement: on a small machine the two share the cores, which the CPU columns s
 stdout and replace the `## Serving: make bench-serving` section of docs/benchmarks.md.
 
     make bench-serving                                  # about 5 minutes
-    python tests/bench_serving.py --seconds 1 --no-doc  # a smoke run
+    python bench/bench_serving.py --seconds 1 --no-doc  # a smoke run
 """
 import argparse
 import asyncio
@@ -48,6 +48,7 @@ import yaml
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from modules import contract
 from pipeline.config import ConfigError, load_config
 from serving import examples
 from serving.metrics import PROMETHEUS_PATH
@@ -121,7 +122,7 @@ def grpc_requests(model_name: str, serialized: list[bytes]) -> list[predict_pb2.
     for one in serialized:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
-        request.inputs["examples"].CopyFrom(to_proto(np.array([one], dtype=object), types_pb2.DT_STRING))
+        request.inputs[contract.EXAMPLES_INPUT].CopyFrom(to_proto(np.array([one], dtype=object), types_pb2.DT_STRING))
         requests.append(request)
     return requests
 
@@ -168,16 +169,16 @@ def in_process(model_path: str, serialized: list[bytes], calls: int, batches: in
 
     from serving.loader import load_servable
 
-    predict = tf.saved_model.load(model_path).signatures["serving_default"]
+    predict = tf.saved_model.load(model_path).signatures[contract.SERVING_SIGNATURE]
 
     def call(batch):
         return {name: value.numpy() for name, value in predict(examples=tf.constant(batch)).items()}
 
     servable = load_servable("bench", 0, model_path)
-    signature = servable.signature("serving_default")
+    signature = servable.signature(contract.SERVING_SIGNATURE)
 
     def session_call(batch):
-        return servable.run(signature, {"examples": np.array(batch, dtype=object)})
+        return servable.run(signature, {contract.EXAMPLES_INPUT: np.array(batch, dtype=object)})
 
     references = {
         "signature": _time_calls(call, serialized, calls, batches),
@@ -292,7 +293,7 @@ def naive_server(port: int, model_name: str, model_path: str, empty: bool = Fals
     event loop (no executor, no batching, no checks, no metrics); serves until SIGTERM, then exits 0. With
     empty=True the handler answers probability 0 without loading or calling the model (the gRPC floor).
 
-        python tests/bench_serving.py --naive-server PORT MODEL_NAME MODEL_PATH [--empty]  # MODEL_PATH: <base>/<v>
+        python bench/bench_serving.py --naive-server PORT MODEL_NAME MODEL_PATH [--empty]  # MODEL_PATH: <base>/<v>
     """
     version = int(os.path.basename(os.path.normpath(model_path)))
     if empty:
@@ -301,18 +302,18 @@ def naive_server(port: int, model_name: str, model_path: str, empty: bool = Fals
     else:
         import tensorflow as tf
 
-        signature = tf.saved_model.load(model_path).signatures["serving_default"]
+        signature = tf.saved_model.load(model_path).signatures[contract.SERVING_SIGNATURE]
 
         def probabilities(serialized):
-            return signature(examples=tf.constant(serialized, dtype=tf.string))["probabilities"].numpy()
+            return signature(examples=tf.constant(serialized, dtype=tf.string))[contract.OUTPUT_KEY].numpy()
 
     class NaivePredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         async def Predict(self, request, context):
-            outputs = probabilities(to_numpy(request.inputs["examples"]))  # inline: blocks the event loop
+            outputs = probabilities(to_numpy(request.inputs[contract.EXAMPLES_INPUT]))  # inline: blocks the event loop
             response = predict_pb2.PredictResponse()
             response.model_spec.name = model_name
             response.model_spec.version.value = version
-            response.outputs["probabilities"].CopyFrom(to_proto(outputs, types_pb2.DT_FLOAT))
+            response.outputs[contract.OUTPUT_KEY].CopyFrom(to_proto(outputs, types_pb2.DT_FLOAT))
             return response
 
     async def serve() -> None:
@@ -519,7 +520,7 @@ def verdict(ok: bool) -> str:
 
 def report(args, model_name, version, reference, tf_version, cells, exit_codes, reference_exit_codes, batching_config,
            load_before: float) -> str:
-    command = "make bench-serving" if len(sys.argv) == 1 else f"python tests/bench_serving.py {' '.join(sys.argv[1:])}"
+    command = "make bench-serving" if len(sys.argv) == 1 else f"python bench/bench_serving.py {' '.join(sys.argv[1:])}"
     # The load average says whether something else was running (the machine may be shared).
     load = f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     machine = (f"{platform.node()}: {platform.platform()}, {psutil.cpu_count()} CPUs ({load}), "

@@ -16,10 +16,10 @@ import urllib.request
 
 import numpy as np
 
+from modules import contract
 from serving import examples
 
-SIGNATURE = "serving_default"
-OUTPUT = "probabilities"
+SIGNATURE, OUTPUT = contract.SERVING_SIGNATURE, contract.OUTPUT_KEY
 
 
 class ServingClientError(RuntimeError):
@@ -86,7 +86,7 @@ class GrpcClient:
             request.model_spec.version.value = version
         elif label:
             request.model_spec.version_label = label
-        request.inputs["examples"].CopyFrom(to_proto(np.array(serialized, dtype=object), types_pb2.DT_STRING))
+        request.inputs[contract.EXAMPLES_INPUT].CopyFrom(to_proto(np.array(serialized, dtype=object), types_pb2.DT_STRING))
         try:
             response = self._stub.Predict(request, timeout=self.timeout)
         except grpc.RpcError as e:

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from tensorflow.core.example import example_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+from modules.contract import SERVING_DROPPED_KEYS
+
 
 def load_schema(path: str) -> schema_pb2.Schema:
     from google.protobuf import text_format
@@ -16,7 +18,7 @@ def load_schema(path: str) -> schema_pb2.Schema:
         return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
-def to_example(row: dict[str, object], schema: schema_pb2.Schema, skip=("tips",)) -> example_pb2.Example:
+def to_example(row: dict[str, object], schema: schema_pb2.Schema, skip=SERVING_DROPPED_KEYS) -> example_pb2.Example:
     """Empty or missing values become absent features; a value of the wrong type raises ValueError."""
     example = example_pb2.Example()
     for feature in schema.feature:
@@ -45,5 +47,5 @@ def read_csv_rows(path: str, limit: int = 0) -> list[dict[str, str]]:
     return rows[:limit] if limit else rows
 
 
-def serialize(rows: Iterable[dict[str, object]], schema: schema_pb2.Schema, skip=("tips",)) -> list[bytes]:
+def serialize(rows: Iterable[dict[str, object]], schema: schema_pb2.Schema, skip=SERVING_DROPPED_KEYS) -> list[bytes]:
     return [to_example(row, schema, skip).SerializeToString() for row in rows]

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from modules.contract import WARMUP_FILE
 from serving.errors import ServingError
 
 log = logging.getLogger("serving.loader")
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = "serving_default"  # TF Serving's, when a request names none
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from modules.contract import EXAMPLES_INPUT, OUTPUT_KEY, RAW_SIGNATURE, SERVING_SIGNATURE
+
 FEATURES = {"fare": 0.08, "trip_start_hour": -0.05}  # weights
 COMPANY, COMPANY_WEIGHT = "Flash Cab", 0.5
 
@@ -53,7 +55,7 @@ def write_taxi_model(path: str, bias: float = 0.0, warmup: bool = True, work: in
                 logit += 0.0 * tf.reduce_sum(hidden, axis=1)
             return tf.reshape(tf.cast(tf.sigmoid(logit), tf.float32), [-1, 1])
 
-        examples = tf.compat.v1.placeholder(tf.string, [None], name="examples")
+        examples = tf.compat.v1.placeholder(tf.string, [None], name=EXAMPLES_INPUT)
         parsed = tf.io.parse_example(examples, {
             "fare": tf.io.FixedLenFeature([], tf.float32, 0.0),
             "trip_start_hour": tf.io.FixedLenFeature([], tf.int64, 0),
@@ -66,17 +68,17 @@ def write_taxi_model(path: str, bias: float = 0.0, warmup: bool = True, work: in
         predict = tf.compat.v1.saved_model.predict_signature_def
         builder = tf.compat.v1.saved_model.Builder(path)
         builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
-            "serving_default": predict({"examples": examples}, {"probabilities": probabilities(
+            SERVING_SIGNATURE: predict({EXAMPLES_INPUT: examples}, {OUTPUT_KEY: probabilities(
                 tf.cast(parsed["fare"], tf.float64), parsed["trip_start_hour"], parsed["company"])}),
-            "serving_raw": predict(raw, {"probabilities": probabilities(raw["fare"], raw["trip_start_hour"],
+            RAW_SIGNATURE: predict(raw, {OUTPUT_KEY: probabilities(raw["fare"], raw["trip_start_hour"],
                                                                         raw["company"])}),
         })
         builder.save()
     if warmup:
         record = prediction_log_pb2.PredictionLog()
         request = record.predict_log.request
-        request.model_spec.signature_name = "serving_default"
-        request.inputs["examples"].CopyFrom(tf.make_tensor_proto(
+        request.model_spec.signature_name = SERVING_SIGNATURE
+        request.inputs[EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(
             np.array(taxi_examples([{"fare": 5.0, "company": COMPANY}]), dtype=object)))
         os.makedirs(os.path.join(path, "assets.extra"))
         with tf.io.TFRecordWriter(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) as writer:
