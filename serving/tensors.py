@@ -203,6 +203,8 @@ def to_numpy(proto: tensor_pb2.TensorProto, max_bytes: int | None = None) -> np.
         raise ServingError.invalid(f"tensor shape {shape} is not fully defined")
     if len(shape) > MAX_RANK:
         raise ServingError.invalid(f"tensor rank {len(shape)} is above {MAX_RANK}")
+    if math.prod(size for size in shape if size) >= 2**63:  # NumPy cannot even describe it (an empty one included)
+        raise ServingError.invalid(f"tensor shape {shape} is too large")
     count = math.prod(shape)
     numpy_dtype = _NUMPY[proto.dtype]
     itemsize = 8 if numpy_dtype is object else np.dtype(numpy_dtype).itemsize

@@ -69,6 +69,9 @@ def _proto(text: str) -> tensor_pb2.TensorProto:
     ("dtype: DT_FLOAT tensor_shape { unknown_rank: true } float_val: 1", "not fully defined"),
     ("dtype: DT_FLOAT tensor_shape { dim { size: 3 } } float_val: 1 float_val: 2", "has 2 values for shape [3]"),
     ("dtype: DT_COMPLEX64 tensor_shape { dim { size: 1 } }", "DT_COMPLEX64 is not supported"),
+    # Empty, yet NumPy's reshape overflows on it (found by test_serving_fuzz).
+    ("dtype: DT_STRING tensor_shape { dim { size: 1065103 } dim { size: 286059915 } dim { size: 0 } "
+     "dim { size: 8589934592 } }", "is too large"),
 ])
 def test_hostile_tensor_protos_are_refused_before_allocation(text, message):
     with pytest.raises(ServingError) as error:
