@@ -769,3 +769,26 @@ def test_graceful_shutdown_finishes_requests_in_flight(own_server):
     assert np.allclose(json.loads(payload)["predictions"], EXPECTED.tolist(), atol=1e-6)
     assert server.process.wait(timeout=30) == 0
     assert "shutting down" in server.process.stdout.read()
+
+
+def test_make_serve_starts_from_the_configuration_with_only_the_pushed_models(tmp_path):
+    """`make serve` (no model flags): the configuration's model under <output_root>/serving/, its batching and
+    metrics; TFX_E2E_DATA_ROOT names a directory that does not exist and no schema is read."""
+    write_taxi_model(str(tmp_path / "out" / "serving" / MODEL / "7"))
+    rest_port, grpc_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
+    env = {**os.environ, "TFX_E2E_OUTPUT_ROOT": str(tmp_path / "out"), "TFX_E2E_DATA_ROOT": str(tmp_path / "missing")}
+    process = subprocess.Popen([sys.executable, "-m", "serving.server", "--rest_port", str(rest_port), "--grpc_port",
+                                str(grpc_port)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith(f"serving {MODEL}: ") and "/monitoring/prometheus/metrics" in banner
+        body = json.dumps({"instances": _b64(EXAMPLES)}).encode()
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}:predict",
+                                                           data=body), timeout=30) as response:
+            assert np.allclose(json.loads(response.read())["predictions"], EXPECTED.tolist(), atol=1e-6)
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
+            assert _metric(r.read().decode(), ":tensorflow:serving:available_versions", model_name=MODEL) == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
