@@ -3,14 +3,14 @@
 One run measures, with single-example requests (one serialized tf.Example from the bundled CSV each,
 rotating over --rows different rows):
   in-process  the newest pushed SavedModel called in this process, through tf.saved_model.load's serving_default
-              signature (the issue's reference) and as serving.server runs it (TF Serving's loader, a Session
+              signature (the naive reference) and as serving.server runs it (TF Serving's loader, a Session
               callable; also after 1 ms idle, as a request at concurrency 1 finds it): single-example latency and
               calls/s, and examples/s at batch 512 -- the limits no server here can beat;
   server      `python -m serving.server` as a subprocess on free ports, first with batching on, then with
               batching off (a TFX_E2E_CONFIG overlay), one after the other; against each, gRPC (grpc.aio with
               TF Serving's stubs) and REST (aiohttp) clients at concurrency 1, 16, 32, 64: C coroutines in
               one event loop, each sending requests back to back for --seconds after --warmup seconds;
-  naive       after them, the issue's reference for scale, re-measured here: a naive grpc.aio Predict handler
+  naive       after them, the naive reference for scale, re-measured here: a naive grpc.aio Predict handler
               calling the same SavedModel inline on the event loop (no executor, no batching; naive_server below,
               this file re-run with --naive-server), measured with the same gRPC client, concurrency levels
               and durations (gRPC only: it has no REST API);
@@ -18,7 +18,7 @@ rotating over --rows different rows):
               (this file with --naive-server ... --empty), at concurrency 1 and 32: what the gRPC round trip
               alone costs this client on this machine, the least any Python gRPC server here can answer in.
 Each server's predictions are first checked against the in-process ones (the benchmark stops if they
-differ). The client runs in this process on the same machine as the server, as in the issue's reference
+differ). The client runs in this process on the same machine as the server, as in the naive reference
 measurement: on a small machine the two share the cores, which the CPU columns show. The results go to
 stdout and replace the `## Serving: make bench-serving` section of docs/benchmarks.md.
 
@@ -64,16 +64,12 @@ CHECK_ROWS = 32             # rows whose server predictions must equal the in-pr
 REQUEST_TIMEOUT = 10.0      # seconds; a slower request counts as failed
 SERVER_START_TIMEOUT = 300  # importing TensorFlow and loading the model take a while on a busy machine
 
-# From the issue, measured earlier on this machine kind: a naive asyncio gRPC Predict handler, Python asyncio client.
-# The naive server below re-measures that reference in every run; these are the issue's own figures, quoted.
-ISSUE_FIGURES = ("naive asyncio gRPC Predict handler, Python asyncio client on the same machine: "
-                 "728 req/s, p50 1.23 ms at concurrency 1; 1,149 req/s, p50 26.8 ms, p99 36.6 ms at concurrency 32")
-
-
-FLOOR_CONCURRENCY = (1, 32)  # the floor is measured where the targets are
+# The server before its rebuild along TF Serving's layers, run from a git worktree in the same run (--baseline).
+BASELINE_REF = "2dd49ee"
+FLOOR_CONCURRENCY = (1, 32)  # the floor is measured at one client and at 32
 
 REFERENCE_LABELS = {
-    "signature": "`tf.saved_model.load(...).signatures[\"serving_default\"]` (the issue's in-process reference)",
+    "signature": "`tf.saved_model.load(...).signatures[\"serving_default\"]` (the in-process reference)",
     "session": "TF Serving's loader, a Session callable (how serving.server runs the model)",
     "session_idle": "the Session callable after 1 ms idle (what a request at concurrency 1 finds)",
 }
@@ -162,7 +158,7 @@ def in_process(model_path: str, serialized: list[bytes], calls: int, batches: in
     """The in-process references, and the expected outputs of the first CHECK_ROWS rows (from the signature).
 
     signature: tf.saved_model.load's signatures["serving_default"], tf.constant on the input and .numpy() on the
-    outputs (the issue's in-process reference); session: the same SavedModel as serving.server runs it (TF
+    outputs (the in-process reference); session: the same SavedModel as serving.server runs it (TF
     Serving's loader, a Session callable); session_idle: that call after 1 ms idle, as a request at concurrency 1
     finds it (the client's round trip leaves the server idle between requests)."""
     import tensorflow as tf
@@ -218,6 +214,7 @@ class Server:
 
     def __init__(self, model_name: str, base_path: str, env: dict[str, str], log_path: Path):
         self.model_name, self.base_path, self.env, self.log_path = model_name, base_path, env, log_path
+        self.cwd = REPO
         self.process: subprocess.Popen | None = None
         self.rest_port = self.grpc_port = 0
 
@@ -228,10 +225,10 @@ class Server:
 
     def start(self) -> None:
         self.grpc_port = portpicker.pick_unused_port()
-        if self.kind == "ours":
+        if self.kind in ("ours", "baseline"):
             self.rest_port = portpicker.pick_unused_port()
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(self.command(), cwd=REPO, env=self.env, stdout=log,
+            self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         # Both servers print a line starting with "serving " once their ports listen and the model is loaded.
@@ -260,12 +257,29 @@ class Server:
         return self.log_path.read_text()[-chars:]
 
 
+class BaselineServer(Server):
+    """serving.server as it was at BASELINE_REF, from a git worktree (its own code and config.yaml), same model,
+    same overlay (batching on)."""
+
+    kind = "baseline"
+    label = f"serving.server at {BASELINE_REF} (before the layered rebuild)"
+
+    def __init__(self, model_name: str, base_path: str, env: dict[str, str], log_path: Path, worktree: Path):
+        super().__init__(model_name, base_path, env, log_path)
+        self.cwd = worktree
+
+    def command(self) -> list[str]:  # that server's flags
+        return [PYTHON, "-m", "serving.server", "--host", "127.0.0.1", "--rest_port", str(self.rest_port),
+                "--grpc_port", str(self.grpc_port), "--model_name", self.model_name, "--model_base_path",
+                self.base_path]
+
+
 class NaiveServer(Server):
-    """The issue's naive reference (naive_server, this file with --naive-server) on a free loopback gRPC port;
+    """The naive reference (naive_server, this file with --naive-server) on a free loopback gRPC port;
     no REST API (rest_port stays 0) and no metrics."""
 
     kind = "naive"
-    label = "naive asyncio handler (issue's reference)"
+    label = "naive asyncio handler (naive reference)"
 
     def __init__(self, model_name: str, model_path: str, log_path: Path):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
@@ -286,10 +300,10 @@ class FloorServer(NaiveServer):
         return super().command() + ["--empty"]
 
 
-# --- the issue's naive reference server (a subprocess) -------------------------------------------------------------
+# --- the naive reference server (a subprocess) -------------------------------------------------------------
 
 def naive_server(port: int, model_name: str, model_path: str, empty: bool = False) -> None:
-    """The issue's reference, for scale: grpc.aio with a Predict handler that calls the SavedModel inline on the
+    """The naive reference, for scale: grpc.aio with a Predict handler that calls the SavedModel inline on the
     event loop (no executor, no batching, no checks, no metrics); serves until SIGTERM, then exits 0. With
     empty=True the handler answers probability 0 without loading or calling the model (the gRPC floor).
 
@@ -324,7 +338,7 @@ def naive_server(port: int, model_name: str, model_path: str, empty: bool = Fals
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print(f"serving {model_name} version {version} "
-              f"({'empty handler, the gRPC floor' if empty else 'naive asyncio handler, the issue reference'}): "
+              f"({'empty handler, the gRPC floor' if empty else 'naive asyncio handler, the naive reference'}): "
               f"gRPC 127.0.0.1:{port}", flush=True)
         await stop.wait()
         await server.stop(grace=1)
@@ -473,7 +487,7 @@ def run_server(server: Server, batching: bool, requests, bodies, expected, args,
     """Starts a server, checks its predictions (not the floor's: it runs no model), measures every (concurrency,
     API) cell, stops it with SIGTERM. The reference servers are measured over gRPC only (they have no REST API)."""
     label = f"server, batching {'on' if batching else 'off'}" if server.kind == "ours" else server.label
-    apis = ("gRPC", "REST") if server.kind == "ours" else ("gRPC",)
+    apis = ("gRPC", "REST") if server.kind in ("ours", "baseline") else ("gRPC",)
     cells = []
     try:
         print(f"{label}: starting ...", flush=True)
@@ -505,17 +519,14 @@ def run_server(server: Server, batching: bool, requests, bodies, expected, args,
 # --- the report ---------------------------------------------------------------------------------------------------
 
 def find(cells, api, batching, concurrency, kind="ours") -> Cell | None:
-    """A serving.server cell, or a reference server's (kind "naive" or "floor"; gRPC, batching False) cell."""
+    """A serving.server cell, or a reference server's: kind "baseline" (batching True), "naive" or "floor" (gRPC,
+    batching False)."""
     return next((c for c in cells if (c.api, c.batching, c.concurrency, c.kind) == (api, batching, concurrency, kind)),
                 None)
 
 
 def rows(cell: Cell) -> str:
     return "—" if cell.rows_per_batch is None else f"{cell.rows_per_batch:.1f}"
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**NOT met**"
 
 
 def report(args, model_name, version, reference, tf_version, cells, exit_codes, reference_exit_codes, batching_config,
@@ -531,18 +542,20 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
     lines = [
         HEADING, "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}; command: `{command}` "
-        "(tests/bench_serving.py).",
+        "(bench/bench_serving.py).",
         f"Model: {model_name} version {version}. Every request carries one serialized tf.Example, rotating over "
         f"{args.rows:,} rows of data/taxi/data.csv; {args.seconds:g} s measured per cell after {args.warmup:g} s of "
         "warm-up; the client (Python asyncio, one event loop, one gRPC channel / aiohttp session) runs on the same "
         f"machine as the server. Batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "
         f"{b.batch_timeout_micros}, num_batch_threads {b.num_batch_threads}. rows/batch: the server's mean batch "
         "size over the measured window (its Prometheus batch histogram). CPU columns: % of one core over the measured "
-        "window (client: the benchmark process). The naive asyncio handler is the issue's reference, re-measured "
+        "window (client: the benchmark process). The naive asyncio handler is the naive reference, re-measured "
         "here after serving.server with the same client, concurrency levels and durations (gRPC only): a grpc.aio "
         "Predict handler calling `signatures[\"serving_default\"]` inline on the event loop, no executor, no batching "
-        "(naive_server in tests/bench_serving.py). The empty handler is that server with the model call left out (a "
-        "fixed response): the gRPC round trip alone with this client, the floor under any Python gRPC server here.",
+        f"(naive_server in bench/bench_serving.py). The baseline is serving.server as it was at {BASELINE_REF}, "
+        "before its rebuild along TF Serving's layers, run from a git worktree with batching on. The empty handler is "
+        "that server with the model call left out (a fixed response): the gRPC round trip alone with this client, the "
+        "floor under any Python gRPC server here.",
         "",
         "In-process references (one call at a time, in the benchmark process):", "",
         f"- {REFERENCE_LABELS['signature']}: single example p50 {sig['p50_ms']:.3f} ms, p99 {sig['p99_ms']:.3f} ms, "
@@ -557,12 +570,14 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     modes = {"naive": "none (inline)", "floor": "none (no model)"}
-    for batching, kind in ((True, "ours"), (False, "ours"), (False, "naive"), (False, "floor")):
+    labels = {"ours": Server.label, "baseline": BaselineServer.label, "naive": NaiveServer.label,
+              "floor": FloorServer.label}
+    for batching, kind in ((True, "ours"), (True, "baseline"), (False, "ours"), (False, "naive"), (False, "floor")):
         for concurrency in args.concurrency:
             for api in ("gRPC", "REST"):
                 c = find(cells, api, batching, concurrency, kind)
                 if c:
-                    server = {"ours": Server, "naive": NaiveServer, "floor": FloorServer}[kind].label
+                    server = labels[kind]
                     mode = modes.get(kind, "on" if batching else "off")
                     lines.append(f"| {server} | {api} | {mode} | {concurrency} | {c.rate:,.0f} | "
                                  f"{c.p50_ms:.2f} | {c.p99_ms:.2f} | {c.failures} | {rows(c)} | {c.client_cpu:.0f}% | "
@@ -591,7 +606,7 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
             if g and r and g.rate:
                 ratios.append(f"c={concurrency} {r.rate / g.rate:.2f}")
         lines.append(f"- REST/gRPC throughput, batching {'on' if batching else 'off'}: {', '.join(ratios)}")
-    # Against the issue's naive reference, re-measured in this run.
+    # Against the naive reference, re-measured in this run.
     versus = []
     for concurrency in args.concurrency:
         g, n = find(cells, "gRPC", True, concurrency), find(cells, "gRPC", False, concurrency, "naive")
@@ -610,51 +625,30 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
                      f"single-example session calls/s, {best.rate / ses['examples_per_s']:.3f}× the in-process "
                      f"batch-{BATCH} examples/s")
 
-    # Targets, evaluated on the default configuration (batching on) from this run's numbers.
-    lines += ["", "Targets (batching on, the default configuration; evaluated from this run):", ""]
-    g1, n1 = find(cells, "gRPC", True, 1), find(cells, "gRPC", False, 1, "naive")
-    naive1 = f" (naive asyncio handler, this run: {n1.p50_ms:.2f} ms)" if n1 else ""
-    if f1:
-        naive1 += (f"; floor, this run: empty handler {f1.p50_ms:.2f} ms + session call after idle "
-                   f"{idle['p50_ms']:.2f} ms = {f1.p50_ms + idle['p50_ms']:.2f} ms")
-    lines.append(f"- gRPC p50 ≤ 1.0 ms at concurrency 1: {g1.p50_ms:.2f} ms: {verdict(g1.p50_ms <= 1.0)}{naive1}" if g1
-                 else "- gRPC p50 ≤ 1.0 ms at concurrency 1: not measured (concurrency 1 not in --concurrency)")
-    g32, n32 = find(cells, "gRPC", True, 32), find(cells, "gRPC", False, 32, "naive")
-    f32 = find(cells, "gRPC", False, 32, "floor")
-    naive32 = (f" (naive asyncio handler, this run: {n32.rate:,.0f} req/s, p99 {n32.p99_ms:.1f} ms; ours ÷ naive "
-               f"{g32.rate / n32.rate:.2f})" if g32 and n32 and n32.rate else "")
-    if f32:
-        naive32 += f"; empty handler, this run: {f32.rate:,.0f} req/s, p99 {f32.p99_ms:.1f} ms"
-    lines.append(f"- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: {g32.rate:,.0f} req/s, p99 "
-                 f"{g32.p99_ms:.1f} ms: {verdict(g32.rate >= 2000 and g32.p99_ms <= 25)}{naive32}" if g32 else
-                 "- gRPC ≥ 2,000 req/s with p99 ≤ 25 ms at concurrency 32: not measured")
-    worst, parts = 0.0, []
-    for concurrency in args.concurrency:
-        g, r = find(cells, "gRPC", True, concurrency), find(cells, "REST", True, concurrency)
-        factor = g.rate / r.rate if r.rate else float("inf")
-        worst = max(worst, factor)
-        parts.append(f"c={concurrency} {factor:.2f}")
-    lines.append(f"- REST within 1.5× of gRPC (gRPC req/s ÷ REST req/s ≤ 1.5) at every concurrency: "
-                 f"{', '.join(parts)}: {verdict(worst <= 1.5)}")
+    # Against the server before the rebuild, measured in this run.
+    for api in ("gRPC", "REST"):
+        parts = []
+        for concurrency in args.concurrency:
+            c, b = find(cells, api, True, concurrency), find(cells, api, True, concurrency, "baseline")
+            if c and b and b.rate:
+                parts.append(f"c={concurrency} {c.rate / b.rate:.2f} (p99 {c.p99_ms:.1f} vs {b.p99_ms:.1f} ms)")
+        if parts:
+            lines.append(f"- {api} req/s, batching on, ÷ the baseline ({BASELINE_REF}): {', '.join(parts)}")
     ours = [c for c in cells if c.kind == "ours"]
     failures = sum(c.failures for c in ours)
     first_error = next((c for c in ours if c.first_error), None)
-    lines.append(f"- no failed requests (serving.server, batching on and off, warm-up included): {failures:,} failed: "
-                 f"{verdict(failures == 0)}"
+    lines.append(f"- failed requests (serving.server, batching on and off, warm-up included): {failures:,}"
                  + (f" (first: {first_error.api} c={first_error.concurrency}: `{first_error.first_error}`)"
                     if first_error else ""))
     codes = ", ".join(f"batching {k}: {v}" for k, v in exit_codes.items())
-    lines.append(f"- graceful shutdown (SIGTERM, exit code 0): {codes}: "
-                 f"{verdict(all(v == 0 for v in exit_codes.values()))}")
+    lines.append(f"- exit codes after SIGTERM: {codes}")
     references = [c for c in cells if c.kind != "ours"]
     reference_error = next((c for c in references if c.first_error), None)
     codes = ", ".join(f"{k} {v}" for k, v in reference_exit_codes.items())
-    lines += ["", f"For scale: the naive asyncio handler rows above re-measure the issue's reference in this run "
-              f"(reference servers: {sum(c.failures for c in references):,} failed requests"
+    lines += ["", f"Reference servers: {sum(c.failures for c in references):,} failed requests"
               + (f", first: {reference_error.kind} c={reference_error.concurrency}: `{reference_error.first_error}`"
                  if reference_error else "")
-              + f"; SIGTERM exit codes: {codes}). From the issue, measured earlier on this machine kind: "
-              f"{ISSUE_FIGURES}.", ""]
+              + f"; SIGTERM exit codes: {codes}.", ""]
     return "\n".join(lines)
 
 
@@ -684,8 +678,10 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=DOC, help="the markdown file to update (default docs/benchmarks.md)")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave the markdown file alone")
     parser.add_argument("--naive-server", nargs=3, metavar=("PORT", "MODEL_NAME", "MODEL_PATH"),
-                        help="internal: run the issue's naive reference server (the benchmark starts it itself)")
+                        help="internal: run the naive reference server (the benchmark starts it itself)")
     parser.add_argument("--empty", action="store_true", help="internal: with --naive-server, the gRPC floor")
+    parser.add_argument("--baseline", default=BASELINE_REF,
+                        help=f"git ref of the server to compare with in the same run (default {BASELINE_REF}); '' skips")
     args = parser.parse_args()
     if args.naive_server:
         port, name, path = args.naive_server
@@ -722,6 +718,19 @@ def main() -> None:
                 cells += measured
             # The references, after ours (never at the same time), on the same model version.
             reference_exit_codes = {}
+            if args.baseline:
+                worktree = work / "baseline"
+                subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.baseline],
+                               check=True, capture_output=True)
+                try:
+                    server = BaselineServer(config.model_name, config.serving_model_dir, overlay_env(work, True),
+                                            work / "server-baseline.log", worktree)
+                    measured, reference_exit_codes[server.label] = run_server(
+                        server, True, requests, bodies, expected, args, args.concurrency)
+                    cells += measured
+                finally:
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
+                                   check=False, capture_output=True)
             floor_concurrency = [c for c in args.concurrency if c in FLOOR_CONCURRENCY]
             for server_class, concurrencies in ((NaiveServer, args.concurrency), (FloorServer, floor_concurrency)):
                 server = server_class(config.model_name, model_path, work / f"server-{server_class.kind}.log")
