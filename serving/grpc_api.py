@@ -93,21 +93,21 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[name].CopyFrom(tensors.to_proto(array, signature.outputs[name], self.tensor_content))
         return response
 
-    @_api("classify")
-    async def Classify(self, request, context):
-        servable, signature, result = await self.core.classify(
+    async def _on_examples(self, request, run, response_class):
+        """Classify and Regress: a tensorflow.serving.Input of tf.Examples in, a result of that method out."""
+        servable, signature, result = await run(
             ModelSpec.from_proto(request.model_spec), request.model_spec.signature_name, input_examples(request.input))
-        response = classification_pb2.ClassificationResponse(result=result)
+        response = response_class(result=result)
         _fill_spec(response.model_spec, servable, signature.name)
         return response
 
+    @_api("classify")
+    async def Classify(self, request, context):
+        return await self._on_examples(request, self.core.classify, classification_pb2.ClassificationResponse)
+
     @_api("regress")
     async def Regress(self, request, context):
-        servable, signature, result = await self.core.regress(
-            ModelSpec.from_proto(request.model_spec), request.model_spec.signature_name, input_examples(request.input))
-        response = regression_pb2.RegressionResponse(result=result)
-        _fill_spec(response.model_spec, servable, signature.name)
-        return response
+        return await self._on_examples(request, self.core.regress, regression_pb2.RegressionResponse)
 
     @_api("multi_inference")
     async def MultiInference(self, request, context):
