@@ -352,7 +352,7 @@ async def batch_totals(server: Server) -> tuple[float, float]:
     """The server's (rows, batches) so far, from its Prometheus batch-size histogram; (0, 0) for the reference
     servers, which have no metrics (their rows/batch shows as —)."""
     totals = {"sum": 0.0, "count": 0.0}
-    if server.kind != "ours":
+    if server.kind not in ("ours", "baseline"):
         return totals["sum"], totals["count"]
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{server.rest_port}{PROMETHEUS_PATH}") as response:
@@ -462,7 +462,7 @@ async def check_predictions(server: Server, requests, bodies, expected) -> None:
                                            for i in range(CHECK_ROWS)))
     grpc_outputs = [{name: to_numpy(r.outputs[name]) for name in names} for r in responses]
     checks = [("gRPC", grpc_outputs)]
-    if server.kind != "ours":
+    if server.kind not in ("ours", "baseline"):
         return compare(checks, expected, names)
     async with rest_session(server, CHECK_ROWS) as session:
         path = f"/v1/models/{server.model_name}:predict"
@@ -483,37 +483,47 @@ def compare(checks, expected, names) -> None:
                                      f"in-process {want[name].tolist()}")
 
 
-def run_server(server: Server, batching: bool, requests, bodies, expected, args, concurrencies: list[int]):
-    """Starts a server, checks its predictions (not the floor's: it runs no model), measures every (concurrency,
-    API) cell, stops it with SIGTERM. The reference servers are measured over gRPC only (they have no REST API)."""
-    label = f"server, batching {'on' if batching else 'off'}" if server.kind == "ours" else server.label
-    apis = ("gRPC", "REST") if server.kind in ("ours", "baseline") else ("gRPC",)
-    cells = []
+def run_servers(servers: list[tuple[Server, bool]], requests, bodies, expected, args, concurrencies: list[int]):
+    """Starts the servers (each with its batching setting), checks their predictions (not the floor's: it runs no
+    model), measures every (concurrency, API) cell on each in turn, stops them with SIGTERM. Servers measured
+    together alternate cell by cell, so that drift on a shared machine hits them alike; only the measured one is
+    busy. The reference servers are measured over gRPC only (they have no REST API)."""
+    def label(server, batching):
+        return f"server, batching {'on' if batching else 'off'}" if server.kind == "ours" else server.label
+
+    cells, exit_codes = [], {}
     try:
-        print(f"{label}: starting ...", flush=True)
-        server.start()
-        if server.kind != "floor":
-            asyncio.run(check_predictions(server, requests, bodies, expected))
-            print(f"{label}: {CHECK_ROWS} rows' predictions equal the in-process ones ({', '.join(apis)})", flush=True)
-        # gRPC and REST alternate at each concurrency, so that drift on a shared machine hits both alike.
+        for server, batching in servers:
+            print(f"{label(server, batching)}: starting ...", flush=True)
+            server.start()
+            if server.kind != "floor":
+                asyncio.run(check_predictions(server, requests, bodies, expected))
+                print(f"{label(server, batching)}: {CHECK_ROWS} rows' predictions equal the in-process ones",
+                      flush=True)
         for concurrency in concurrencies:
-            for api in apis:
-                if api == "gRPC":
-                    coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
-                else:
-                    coroutine = rest_cell(server, bodies, concurrency, args.warmup, args.seconds)
-                # one event loop per cell
-                cell = Cell(api, batching, concurrency, **asyncio.run(coroutine), kind=server.kind)
-                cells.append(cell)
-                print(f"  {api:4} c={concurrency:<3} {cell.rate:8.0f} req/s  p50 {cell.p50_ms:7.2f} ms  "
-                      f"p99 {cell.p99_ms:7.2f} ms  failures {cell.failures}  rows/batch {rows(cell)}", flush=True)
-        exit_code = server.stop()
-        print(f"{label}: SIGTERM -> exit code {exit_code}", flush=True)
-        if exit_code != 0:
-            print(server.log_tail(2000), file=sys.stderr)
-        return cells, exit_code
+            for api in ("gRPC", "REST"):
+                for server, batching in servers:
+                    if api == "REST" and server.kind not in ("ours", "baseline"):
+                        continue
+                    if api == "gRPC":
+                        coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
+                    else:
+                        coroutine = rest_cell(server, bodies, concurrency, args.warmup, args.seconds)
+                    # one event loop per cell
+                    cell = Cell(api, batching, concurrency, **asyncio.run(coroutine), kind=server.kind)
+                    cells.append(cell)
+                    print(f"  {label(server, batching):<40} {api:4} c={concurrency:<3} {cell.rate:8.0f} req/s  p50 "
+                          f"{cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms  failures {cell.failures}  rows/batch "
+                          f"{rows(cell)}", flush=True)
+        for server, batching in servers:
+            exit_codes[(server.kind, batching)] = code = server.stop()
+            print(f"{label(server, batching)}: SIGTERM -> exit code {code}", flush=True)
+            if code != 0:
+                print(server.log_tail(2000), file=sys.stderr)
+        return cells, exit_codes
     finally:
-        server.kill()
+        for server, _ in servers:
+            server.kill()
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
@@ -553,7 +563,8 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
         "here after serving.server with the same client, concurrency levels and durations (gRPC only): a grpc.aio "
         "Predict handler calling `signatures[\"serving_default\"]` inline on the event loop, no executor, no batching "
         f"(naive_server in bench/bench_serving.py). The baseline is serving.server as it was at {BASELINE_REF}, "
-        "before its rebuild along TF Serving's layers, run from a git worktree with batching on. The empty handler is "
+        "before its rebuild along TF Serving's layers, run from a git worktree with batching on, measured cell by cell "
+        "alternating with ours (batching on) so that machine drift hits both alike. The empty handler is "
         "that server with the model call left out (a fixed response): the gRPC round trip alone with this client, the "
         "floor under any Python gRPC server here.",
         "",
@@ -710,33 +721,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
         try:
-            for batching in (True, False):  # one server at a time
-                server = Server(config.model_name, config.serving_model_dir, overlay_env(work, batching),
-                                work / f"server-batching-{batching}.log")
-                measured, exit_codes["on" if batching else "off"] = run_server(
-                    server, batching, requests, bodies, expected, args, args.concurrency)
-                cells += measured
-            # The references, after ours (never at the same time), on the same model version.
-            reference_exit_codes = {}
+            # Ours with batching on, measured cell by cell against the baseline (the server before the layered
+            # rebuild, from a git worktree); then batching off; then the references, never two busy at once.
+            paired = [(Server(config.model_name, config.serving_model_dir, overlay_env(work, True),
+                              work / "server-batching-on.log"), True)]
             if args.baseline:
                 worktree = work / "baseline"
                 subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.baseline],
                                check=True, capture_output=True)
-                try:
-                    server = BaselineServer(config.model_name, config.serving_model_dir, overlay_env(work, True),
-                                            work / "server-baseline.log", worktree)
-                    measured, reference_exit_codes[server.label] = run_server(
-                        server, True, requests, bodies, expected, args, args.concurrency)
-                    cells += measured
-                finally:
+                paired.append((BaselineServer(config.model_name, config.serving_model_dir, overlay_env(work, True),
+                                              work / "server-baseline.log", worktree), True))
+            try:
+                measured, codes = run_servers(paired, requests, bodies, expected, args, args.concurrency)
+            finally:
+                if args.baseline:
                     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
                                    check=False, capture_output=True)
+            cells += measured
+            exit_codes["on"] = codes[("ours", True)]
+            reference_exit_codes = {BaselineServer.label: codes[("baseline", True)]} if args.baseline else {}
+            off = Server(config.model_name, config.serving_model_dir, overlay_env(work, False),
+                         work / "server-batching-off.log")
+            measured, codes = run_servers([(off, False)], requests, bodies, expected, args, args.concurrency)
+            cells += measured
+            exit_codes["off"] = codes[("ours", False)]
             floor_concurrency = [c for c in args.concurrency if c in FLOOR_CONCURRENCY]
             for server_class, concurrencies in ((NaiveServer, args.concurrency), (FloorServer, floor_concurrency)):
                 server = server_class(config.model_name, model_path, work / f"server-{server_class.kind}.log")
-                measured, reference_exit_codes[server_class.label] = run_server(
-                    server, False, requests, bodies, expected, args, concurrencies)
+                measured, codes = run_servers([(server, False)], requests, bodies, expected, args, concurrencies)
                 cells += measured
+                reference_exit_codes[server_class.label] = codes[(server_class.kind, False)]
         except BenchError as e:
             sys.exit(f"bench-serving: {e}")
 
