@@ -102,3 +102,13 @@ def write_toy_model(path: str) -> None:
             "regress": tf.compat.v1.saved_model.regression_signature_def(serialized, two * x + 1),
         })
         builder.save()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hypothesis_home(tmp_path_factory):
+    """Hypothesis keeps its files under a temporary directory, not .hypothesis/ in the checkout."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+    yield
+    set_hypothesis_home_dir(None)
