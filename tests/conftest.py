@@ -104,11 +104,14 @@ def write_toy_model(path: str) -> None:
         builder.save()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hypothesis_home(tmp_path_factory):
-    """Hypothesis keeps its files under a temporary directory, not .hypothesis/ in the checkout."""
+def pytest_configure(config):
+    """Hypothesis keeps its files (caches built when strategies are defined, at import) in a temporary directory,
+    not .hypothesis/ in the checkout."""
+    import shutil
+    import tempfile
+
     from hypothesis.configuration import set_hypothesis_home_dir
 
-    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
-    yield
-    set_hypothesis_home_dir(None)
+    home = tempfile.mkdtemp(prefix="hypothesis-")
+    set_hypothesis_home_dir(home)
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
