@@ -3,9 +3,11 @@
 Nothing is read at import time; call load_config(). Every error names the key and the problem.
 """
 import dataclasses
+import datetime
 import difflib
 import glob
 import os
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ ENV_CONFIG = "TFX_E2E_CONFIG"
 ENV_ALWAYS_RUN = "TFX_E2E_ALWAYS_RUN"  # 1: run the orchestrator even when nothing changed
 ENV_PATHS = {"TFX_E2E_DATA_ROOT": "data_root", "TFX_E2E_OUTPUT_ROOT": "output_root"}
 ENV_IMAGE = "TFX_E2E_IMAGE"  # Cloud Build sets it to the image it just pushed
+# The span a run reads (a run parameter, not a config.yaml key): a span number, or the date of a daily span.
+ENV_SPAN = "TFX_E2E_SPAN"
+ENV_DATE = "TFX_E2E_DATE"
 DEFAULT_PROFILE = "local"
 
 
@@ -59,6 +64,14 @@ class EvaluatorConfig:
     auc_lower_bound: float
     auc_max_drop: float
     slices: list[str]
+
+
+@dataclass(frozen=True)
+class ContinuousConfig:
+    """Data in spans (pipeline/spans.py): which spans are complete and which a run may read."""
+    window_spans: int     # spans a run trains on; only 1 (the span it reads) is built so far
+    settle_seconds: float  # a span folder without _SUCCESS is complete when unchanged this long; 0 = marker only
+    min_examples: int     # the data gate stops a span with fewer examples (train + eval)
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,10 @@ class Config:
     vertex: VertexConfig
     airflow: AirflowConfig
     serving: ServingConfig
+    continuous: ContinuousConfig
+    # The span this run reads: from --span/--date (TFX_E2E_SPAN/TFX_E2E_DATE); None = the newest complete span,
+    # which runners.harness.run resolves before the pipeline is built (resolve_span). 0 = a flat data root.
+    span: int | None = None
 
     @property
     def pipeline_root(self) -> str:
@@ -241,6 +258,10 @@ def _build(cls, values, path: str, source: str):
 
 
 def _check(tp, value, key: str, source: str):
+    if isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp):  # `int | None`
+        if value is None:
+            return None
+        (tp,) = [t for t in typing.get_args(tp) if t is not type(None)]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, source)
     if typing.get_origin(tp) is dict:
@@ -318,18 +339,74 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"output_root: must be a gs:// path for Vertex AI, got {config.output_root!r} "
                               "(set TFX_E2E_OUTPUT_ROOT)")
     _validate_serving(config.serving)
+    _validate_continuous(config)
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
 
 
+def _validate_continuous(config: Config) -> None:
+    continuous = config.continuous
+    if continuous.window_spans < 1:
+        raise ConfigError(f"continuous.window_spans: must be at least 1, got {continuous.window_spans}")
+    if continuous.window_spans > 1:
+        # Refused rather than ignored: a run reads one span until the rolling window is built (issue 12).
+        raise ConfigError(f"continuous.window_spans: a rolling window is not built yet; only 1 is supported, "
+                          f"got {continuous.window_spans}")
+    if continuous.settle_seconds < 0:
+        raise ConfigError(f"continuous.settle_seconds: must be >= 0, got {continuous.settle_seconds}")
+    if continuous.min_examples < 0:
+        raise ConfigError(f"continuous.min_examples: must be >= 0, got {continuous.min_examples}")
+    if config.span is not None and config.span < 0:
+        raise ConfigError(f"{ENV_SPAN}: a span number is >= 0, got {config.span}")
+
+
+def _span_from_env(env: Mapping[str, str]) -> int | None:
+    """The span a run reads, from TFX_E2E_SPAN (a number) or TFX_E2E_DATE (YYYY-MM-DD, a daily span)."""
+    span, date = env.get(ENV_SPAN, ""), env.get(ENV_DATE, "")
+    if span and date:
+        raise ConfigError(f"{ENV_SPAN} and {ENV_DATE}: give one of them (the span a run reads), not both")
+    if span:
+        try:
+            return int(span)
+        except ValueError:
+            raise ConfigError(f"{ENV_SPAN}: expected a span number, got {span!r}") from None
+    if date:
+        from pipeline.spans import span_of_date
+        try:
+            return span_of_date(datetime.date.fromisoformat(date))
+        except ValueError:
+            raise ConfigError(f"{ENV_DATE}: expected a date YYYY-MM-DD, got {date!r}") from None
+    return None
+
+
+def resolve_span(config: Config) -> Config:
+    """`config` with `span` set to the span this run reads: the wanted one, else the newest complete span
+    (0 for a flat data root). Raises pipeline.spans.SpanError, naming the span, when the wanted span is missing
+    or incomplete or no span is complete. Data not on this machine (gs://, BigQuery) is left as it is."""
+    if config.example_gen != "csv" or is_uri(config.data_root):
+        return config
+    from pipeline.spans import discover, select
+
+    spans = discover(config.data_root, config.continuous.settle_seconds)
+    return dataclasses.replace(config, span=select(spans, config.span, 1)[-1].number)
+
+
 def _check_data(config: Config) -> None:
-    """The pipeline's inputs exist: the schema file and data_root's CSV files (when they are on this machine)."""
+    """The pipeline's inputs exist: the schema file and data_root's CSV files or span folders (when they are on
+    this machine)."""
     in_image = config.schema_path.startswith(IMAGE_ROOT)
     if not is_uri(config.schema_path) and not in_image and not os.path.isfile(config.schema_path):
         raise ConfigError(f"schema_path: file not found: {config.schema_path}")
     if config.example_gen == "csv" and not is_uri(config.data_root):
         if not os.path.isdir(config.data_root):
             raise ConfigError(f"data_root: directory not found: {config.data_root}")
+        from pipeline.spans import SpanError, discover
+        try:
+            spans = discover(config.data_root, config.continuous.settle_seconds)
+        except SpanError as e:
+            raise ConfigError(str(e)) from None
+        if spans and spans[0].name:  # span folders: which one a run reads is checked when it starts
+            return
         csvs = sorted(glob.glob(os.path.join(config.data_root, "*.csv")))
         if not csvs:
             raise ConfigError(f"data_root: no *.csv files in {config.data_root}")
@@ -382,7 +459,7 @@ def load_config(profile: str | None = None, env: Mapping[str, str] | None = None
     typed and validated.
     """
     env = os.environ if env is None else env
-    known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, *ENV_PATHS}
+    known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, ENV_SPAN, ENV_DATE, *ENV_PATHS}
     unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
         known = ", ".join(sorted(known))
@@ -418,7 +495,10 @@ def load_config(profile: str | None = None, env: Mapping[str, str] | None = None
         values["image"] = env[ENV_IMAGE]
         source += f" + {ENV_IMAGE}"
 
-    config = _build(Config, {**values, "profile": profile}, "", source)
+    if "span" in values:
+        raise ConfigError(f"{source}: 'span' is not a configuration key: the span a run reads is a run parameter "
+                          f"(--span N / --date YYYY-MM-DD, or {ENV_SPAN} / {ENV_DATE})")
+    config = _build(Config, {**values, "profile": profile, "span": _span_from_env(env)}, "", source)
     _validate(config)
     if check_data:
         _check_data(config)

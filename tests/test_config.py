@@ -122,3 +122,61 @@ def test_serving_loads_without_the_pipeline_inputs(tmp_path):
     with pytest.raises(ConfigError, match=r"serving.rest_port and serving.grpc_port: must differ"):
         load_config(env=_env(tmp_path, "serving: {rest_port: 8500}\n", TFX_E2E_DATA_ROOT=str(tmp_path / "nowhere")),
                     check_data=False)
+
+
+def test_continuous_defaults(tmp_path):
+    config = load_config(env=_env(tmp_path))
+    assert (config.continuous.window_spans, config.continuous.settle_seconds, config.continuous.min_examples) == (
+        1, 0.0, 1)
+    assert isinstance(config.continuous.settle_seconds, float)
+    assert config.span is None  # the newest complete span, resolved when a run starts
+
+
+@pytest.mark.parametrize("overlay, message", [
+    ("continuous: {window_spans: 0}\n", "continuous.window_spans: must be at least 1, got 0"),
+    ("continuous: {window_spans: 4}\n", "continuous.window_spans: a rolling window is not built yet; only 1 is "
+                                        "supported, got 4"),
+    ("continuous: {settle_seconds: -1}\n", "continuous.settle_seconds: must be >= 0, got -1.0"),
+    ("continuous: {min_examples: -5}\n", "continuous.min_examples: must be >= 0, got -5"),
+    ("continuous: {min_examples: few}\n", "continuous.min_examples: expected int, got str 'few'"),
+    ("continuous: {window: 2}\n", "unknown key 'continuous.window' (did you mean 'continuous.window_spans'?)"),
+    ("span: 3\n", "'span' is not a configuration key: the span a run reads is a run parameter"),
+])
+def test_continuous_errors_name_the_key(tmp_path, overlay, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(env=_env(tmp_path, overlay))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("extra, span", [
+    ({"TFX_E2E_SPAN": "16"}, 16),
+    ({"TFX_E2E_DATE": "2016-12-31"}, 17166),  # days since 1970-01-01, as TFX's {YYYY}-{MM}-{DD} spec counts
+    ({"TFX_E2E_DATE": "1970-01-01"}, 0),
+    ({}, None),
+])
+def test_span_from_the_environment(tmp_path, extra, span):
+    assert load_config(env=_env(tmp_path, **extra)).span == span
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"TFX_E2E_SPAN": "latest"}, "TFX_E2E_SPAN: expected a span number, got 'latest'"),
+    ({"TFX_E2E_SPAN": "-2"}, "TFX_E2E_SPAN: a span number is >= 0, got -2"),
+    ({"TFX_E2E_DATE": "2016-02-30"}, "TFX_E2E_DATE: expected a date YYYY-MM-DD, got '2016-02-30'"),
+    ({"TFX_E2E_SPAN": "3", "TFX_E2E_DATE": "2016-01-01"}, "TFX_E2E_SPAN and TFX_E2E_DATE: give one of them"),
+])
+def test_span_errors(tmp_path, extra, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(env=_env(tmp_path, **extra))
+    assert message in str(error.value)
+
+
+def test_a_data_root_of_span_folders_is_accepted(tmp_path):
+    root = tmp_path / "spans"
+    (root / "span-1").mkdir(parents=True)
+    (root / "span-1" / "data.csv").write_text("a,b\n1,2\n")
+    config = load_config(env=_env(tmp_path, TFX_E2E_DATA_ROOT=str(root)))
+    assert config.data_root == str(root)
+    # Mixed span-N/ and YYYY-MM-DD/ folders for the same span are a data_root error.
+    (root / "1970-01-02").mkdir()
+    with pytest.raises(ConfigError, match=r"data_root .*: span 1 appears twice"):
+        load_config(env=_env(tmp_path, TFX_E2E_DATA_ROOT=str(root)))
