@@ -792,3 +792,15 @@ def test_make_serve_starts_from_the_configuration_with_only_the_pushed_models(tm
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_rest_api_timeout_answers_deadline_exceeded(own_server, tmp_path):
+    write_taxi_model(str(tmp_path / "models" / "slow" / "1"), work=64)
+    (tmp_path / "slow.config").write_text(f'model_config_list {{ config {{ name: "{MODEL}" base_path: '
+                                          f'"{tmp_path / "models" / "slow"}" model_platform: "tensorflow" }} }}')
+    server = own_server("--model_config_file", str(tmp_path / "slow.config"), "--rest_api_timeout_in_ms", "1",
+                        "--enable_batching=false",
+                        models=False)
+    status, body = server.http("POST", f"/v1/models/{MODEL}:predict", {"instances": _b64(EXAMPLES * 16)})
+    assert status == 504 and body == {"error": "Request did not finish within 1 ms"}
+    assert server.http("GET", f"/v1/models/{MODEL}")[0] == 200  # the server goes on
