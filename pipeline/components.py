@@ -2,10 +2,11 @@
 always with the same component id (so ML Metadata, the summary and the tests see one DAG)."""
 from typing import Any
 
-from tfx.proto import example_gen_pb2, trainer_pb2
+from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
 
 from modules import contract
-from pipeline.config import Config
+from pipeline import spans
+from pipeline.config import Config, is_uri
 
 
 def _split_output(config: Config) -> example_gen_pb2.Output:
@@ -15,8 +16,28 @@ def _split_output(config: Config) -> example_gen_pb2.Output:
     ]))
 
 
+def span_input(config: Config) -> tuple[example_gen_pb2.Input, range_config_pb2.RangeConfig] | None:
+    """For a data root of span folders: CsvExampleGen's input (one split, the span's *.csv files, so the _SUCCESS
+    marker is never read) and a static range of the one span the run reads (config.span; if unset, the newest
+    complete span now). None for a flat root or a data root not on this machine (read as it is)."""
+    if config.example_gen != "csv" or is_uri(config.data_root):
+        return None
+    found = spans.discover(config.data_root, config.continuous.settle_seconds)
+    if not found or not found[0].name:
+        return None
+    (span,) = spans.select(found, config.span, 1)[-1:]
+    # `*.csv`, not `[!_.]*`: ExampleGen turns the glob into a regex escaping only . + * ? ( ), so a [!...] class
+    # would not negate there and no file would match.
+    folder = "{YYYY}-{MM}-{DD}" if span.date else "span-{SPAN}"
+    pattern = f"{folder}/*.csv"
+    return (example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="single_split", pattern=pattern)]),
+            range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+                start_span_number=span.number, end_span_number=span.number)))
+
+
 def example_gen(config: Config):
-    """CsvExampleGen on data_root, or BigQueryExampleGen on vertex.bigquery_query; id 'ExampleGen'."""
+    """CsvExampleGen on data_root (on one span of it when it holds span folders), or BigQueryExampleGen on
+    vertex.bigquery_query; id 'ExampleGen'."""
     if config.example_gen == "bigquery":
         from tfx.extensions.google_cloud_big_query.example_gen.component import BigQueryExampleGen
 
@@ -24,7 +45,13 @@ def example_gen(config: Config):
     else:
         from tfx.components import CsvExampleGen
 
-        component = CsvExampleGen(input_base=config.data_root, output_config=_split_output(config))
+        span_args = span_input(config)
+        if span_args is None:
+            component = CsvExampleGen(input_base=config.data_root, output_config=_split_output(config))
+        else:
+            input_config, range_config = span_args
+            component = CsvExampleGen(input_base=config.data_root, input_config=input_config,
+                                      range_config=range_config, output_config=_split_output(config))
     return component.with_id("ExampleGen")
 
 

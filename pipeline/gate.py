@@ -1,21 +1,24 @@
-"""The data gate: stops the run when ExampleValidator found anomalies.
+"""The data gate: stops the run when ExampleValidator found anomalies, or when the span has too few examples.
 
 ExampleValidator records anomalies but lets the pipeline go on (tfx-addons#153);
 this component fails instead, so nothing downstream (Transform, Trainer, Pusher) runs.
+An empty span (a header-only CSV) is no anomaly to TFDV (it sets data_missing), so the gate also counts the
+examples in StatisticsGen's output: fewer than continuous.min_examples, or an empty split, stops the run.
 """
 import os
 from typing import NamedTuple
 
-from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2
 from tfx import types
-from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
-from tfx.types.standard_artifacts import ExampleAnomalies
+from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
 from tfx.utils import io_utils
 
-# Where ExampleValidator writes each split's Anomalies proto.
+# Where ExampleValidator writes each split's Anomalies proto, and StatisticsGen each split's statistics.
 SCHEMA_DIFF_FILE = "SchemaDiff.pb"
+STATS_FILE = "FeatureStats.pb"
 
 
 class Anomaly(NamedTuple):
@@ -26,11 +29,47 @@ class Anomaly(NamedTuple):
 
 
 class DataGateError(RuntimeError):
-    """The data broke the schema; carries every anomaly."""
+    """The data broke the schema, or the span has too few examples; carries every anomaly and the count problem."""
 
-    def __init__(self, anomalies: list[Anomaly]):
+    def __init__(self, anomalies: list[Anomaly], too_few: str = ""):
         self.anomalies = anomalies
-        super().__init__(format_anomalies(anomalies))
+        self.too_few = too_few
+        super().__init__("\n".join(m for m in (too_few, format_anomalies(anomalies) if anomalies else "") if m))
+
+
+def read_example_counts(artifact: types.Artifact) -> dict[str, int]:
+    """split -> number of examples, from StatisticsGen's output."""
+    counts = {}
+    for split in artifact_utils.decode_split_names(artifact.split_names):
+        path = os.path.join(artifact_utils.get_split_uri([artifact], split), STATS_FILE)
+        proto = statistics_pb2.DatasetFeatureStatisticsList()
+        proto.ParseFromString(io_utils.read_bytes_file(path))
+        counts[split] = sum(dataset.num_examples for dataset in proto.datasets)
+    return counts
+
+
+def ordered(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """train first, then the other splits by name."""
+    return sorted(counts.items(), key=lambda c: (c[0] != "train", c[0]))
+
+
+def span_of(examples: types.Artifact) -> int:
+    """The span ExampleGen read. Its driver records it as a custom property of the Examples artifact (the
+    `span` property StatisticsGen copies stays 0)."""
+    return examples.get_int_custom_property("span") if examples.has_custom_property("span") else examples.span
+
+
+def check_example_counts(counts: dict[str, int], span: int, min_examples: int) -> str:
+    """The gate's count check: "" when the span has enough examples and no split is empty, else the reason."""
+    total = sum(counts.values())
+    empty = sorted(split for split, n in counts.items() if n == 0)
+    if total >= min_examples and not empty:
+        return ""
+    per_split = ", ".join(f"{split} {n}" for split, n in ordered(counts))
+    why = (f" has {total} examples, fewer than continuous.min_examples {min_examples}" if total < min_examples
+           else f": split {', '.join(empty)} has no examples")
+    return (f"Data gate: span {span}{why} ({per_split}); "
+            "the run stops before Transform (nothing is trained or pushed).")
 
 
 def read_anomalies(artifact: types.Artifact) -> list[Anomaly]:
@@ -59,8 +98,11 @@ def format_anomalies(anomalies: list[Anomaly]) -> str:
 
 
 @component
-def DataGate(anomalies: InputArtifact[ExampleAnomalies]) -> None:
-    """Fails the run if ExampleValidator reported any anomaly in any split."""
+def DataGate(anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtifact[ExampleStatistics],
+             examples: InputArtifact[Examples], min_examples: Parameter[int]) -> None:
+    """Fails the run if ExampleValidator reported any anomaly in any split, or the span has fewer than
+    `min_examples` examples or an empty split."""
     found = read_anomalies(anomalies)
-    if found:
-        raise DataGateError(found)
+    too_few = check_example_counts(read_example_counts(statistics), span_of(examples), min_examples)
+    if found or too_few:
+        raise DataGateError(found, too_few)

@@ -36,7 +36,10 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     schema_gen = ImportSchemaGen(schema_file=config.schema_path)
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    data_gate = DataGate(anomalies=example_validator.outputs["anomalies"]).with_id("DataGate")
+    data_gate = DataGate(anomalies=example_validator.outputs["anomalies"],
+                         statistics=statistics_gen.outputs["statistics"],
+                         examples=example_gen.outputs["examples"],
+                         min_examples=config.continuous.min_examples).with_id("DataGate")
 
     transform = Transform(
         examples=example_gen.outputs["examples"],

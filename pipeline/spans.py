@@ -55,6 +55,11 @@ def _data_files(folder: str) -> list[str]:
                   if entry.is_file() and not entry.name.startswith((".", "_")))
 
 
+def data_files(folder: str) -> list[str]:
+    """A folder's data files: every file but hidden ones and markers (_SUCCESS)."""
+    return _data_files(folder)
+
+
 def _completeness(folder: str, settle_seconds: float, now: float) -> tuple[bool, str]:
     if os.path.exists(os.path.join(folder, SUCCESS_MARKER)):
         return True, ""

@@ -5,6 +5,7 @@ the pipeline completed. TensorFlow and TFX are imported only once a run is neede
 on this kind of machine they take ~15 s to import, longer than an unchanged re-run
 takes to detect.
 """
+import argparse
 import dataclasses
 import glob
 import hashlib
@@ -17,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.config import ENV_ALWAYS_RUN, REPO_ROOT, Config, ConfigError, load_config
+from pipeline.config import ENV_ALWAYS_RUN, ENV_DATE, ENV_SPAN, REPO_ROOT, Config, ConfigError, load_config, resolve_span
 from pipeline.files import write_atomic
 from pipeline.fingerprint import files_digest
 
@@ -56,10 +57,24 @@ def inputs_fingerprint(config: Config) -> str | None:
     code = [*(p for package in ("modules", "pipeline", "runners", "reports")  # the summary is replayed: its code too
               for p in glob.glob(str(REPO_ROOT / package / "*.py"))),
             str(REPO_ROOT / "pipeline" / "config.yaml"), str(REPO_ROOT / "requirements" / "lock.txt")]
-    data = glob.glob(os.path.join(config.data_root, "*.csv"))
+    data = [str(p) for p in spans_read_files(config)]
     files = [Path(p) for p in code + data + [config.schema_path] if os.path.exists(p)]
     settings = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()
     return f"{files_digest(files, root=Path('/'))}-{settings}"
+
+
+def spans_read_files(config: Config) -> list[str]:
+    """The data files a run reads: data_root/*.csv for a flat root, else the files of the span it reads
+    (with the span's _SUCCESS marker: a span re-published is a new input)."""
+    from pipeline import spans
+
+    found = spans.discover(config.data_root, config.continuous.settle_seconds)
+    if not found or not found[0].name:
+        return sorted(glob.glob(os.path.join(config.data_root, "*.csv")))
+    wanted = config.span if config.span is not None else spans.select(found, None, 1)[-1].number
+    read = [s for s in found if s.number == wanted]
+    return sorted(f for s in read for f in [*spans.data_files(s.path), os.path.join(s.path, spans.SUCCESS_MARKER)]
+                  if os.path.exists(f))
 
 
 def _record_path(config: Config) -> str:
@@ -88,24 +103,50 @@ def _write_record(config: Config, fingerprint: str, summary_text: str, served_pa
 _TFX_CLI_PATCHER = "tfx.tools.cli.handler.dag_runner_patcher"
 
 
-def load_or_exit(default_profile: str) -> Config:
+def load_or_exit(default_profile: str, env=None) -> Config:
     """The configuration for $TFX_E2E_PROFILE (else `default_profile`), or exit 2 with the error."""
+    env = os.environ if env is None else env
     try:
-        return load_config(os.environ.get("TFX_E2E_PROFILE") or default_profile)
+        return load_config(env.get("TFX_E2E_PROFILE") or default_profile, env=env)
     except ConfigError as e:
         print(f"error: configuration: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-def run(make_runner, default_profile: str) -> None:
-    """Runs the pipeline with the runner `make_runner()` returns, under the chosen profile; exits with its status."""
-    config = load_or_exit(default_profile)
+def run_parameters(argv) -> dict[str, str]:
+    """--span N / --date YYYY-MM-DD as the environment variables they stand for (exit 2 on a usage error)."""
+    parser = argparse.ArgumentParser(description="Runs the pipeline once, on one span of the data root.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--span", help=f"the span to read (span-N/ folder; {ENV_SPAN}); default the newest "
+                       "complete span")
+    which.add_argument("--date", help=f"the daily span to read (YYYY-MM-DD/ folder; {ENV_DATE})")
+    args = parser.parse_args(list(argv))
+    return {k: v for k, v in ((ENV_SPAN, args.span), (ENV_DATE, args.date)) if v is not None}
+
+
+def run(make_runner, default_profile: str, argv=()) -> None:
+    """Runs the pipeline with the runner `make_runner()` returns, under the chosen profile; exits with its status.
+    `argv`: the command line's arguments (--span N or --date YYYY-MM-DD), which win over the environment."""
     if _TFX_CLI_PATCHER in sys.modules:
         # Inside `tfx pipeline create|update|compile`: the CLI runs this file with the runner's run()
         # patched to read the pipeline's name and root; nothing is orchestrated, so no summary or exit.
         from pipeline.pipeline import create_pipeline
-        make_runner().run(create_pipeline(config))
+        make_runner().run(create_pipeline(load_or_exit(default_profile)))
         return
+    parameters = run_parameters(argv)
+    env = dict(os.environ)
+    if parameters:
+        for variable in (ENV_SPAN, ENV_DATE):
+            env.pop(variable, None)
+        env.update(parameters)
+    config = load_or_exit(default_profile, env)
+    from pipeline.spans import SpanError
+    try:
+        config = resolve_span(config)
+    except SpanError as e:
+        # The data a run needs is not there (yet): nothing runs and nothing is pushed.
+        print(f"error: data: {e}; nothing was run or pushed", file=sys.stderr)
+        sys.exit(1)
 
     fingerprint = inputs_fingerprint(config)
     record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)
@@ -127,7 +168,8 @@ def run(make_runner, default_profile: str) -> None:
     absl_logger.addHandler(progress)
     # TFX logs every step at INFO; the progress handler shows what a person follows.
     absl_logger.propagate = False
-    print(f"tfx-e2e: pipeline '{config.pipeline_name}', profile '{config.profile}', data {config.data_root}")
+    print(f"tfx-e2e: pipeline '{config.pipeline_name}', profile '{config.profile}', data {config.data_root}"
+          + (f", span {config.span}" if config.span else ""))
     print(f"         output {config.output_root}")
     started = time.time()
     error = None

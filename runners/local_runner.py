@@ -1,7 +1,9 @@
 """Runs the pipeline on this machine: LocalDagRunner, SQLite ML Metadata, Beam's DirectRunner.
 
-    python -m runners.local_runner        (make run)
+    python -m runners.local_runner [--span N | --date YYYY-MM-DD]        (make run)
 """
+import sys
+
 from runners.harness import run
 
 
@@ -13,4 +15,4 @@ def local_dag_runner():
 
 
 if __name__ == "__main__":
-    run(local_dag_runner, default_profile="local")
+    run(local_dag_runner, default_profile="local", argv=sys.argv[1:])

@@ -89,6 +89,21 @@ def _prop(artifact: metadata_store_pb2.Artifact, key: str):
     return value.int_value if value.HasField("int_value") else value.string_value
 
 
+def data_line(config: Config, span: int, counts: dict[str, int]) -> str:
+    """Which span the run trained and evaluated on, and how many rows: `Data: span 16 (span-16/, 201 rows), ...`."""
+    from pipeline import spans
+
+    rows = sum(counts.values())
+    split = "/".join(f"{name} {n}" for name, n in gate.ordered(counts))
+    try:
+        found = spans.discover(config.data_root, config.continuous.settle_seconds)
+    except (OSError, spans.SpanError):
+        found = []
+    names = [s.name for s in found if s.number == span and s.name]
+    where = f"span {span} ({names[0]}/, {rows} rows)" if names else f"{config.data_root} (one span, {rows} rows)"
+    return f"Data: {where}, for training and evaluation, split by hash into {split}."
+
+
 class Outcome(NamedTuple):
     ok: bool
     served_path: str | None  # the version directory serving this run's model, if any
@@ -117,11 +132,22 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
     if statistics and statistics.outputs.get("statistics"):
         written.append(write_statistics(statistics.outputs["statistics"][0].uri, report_dir(config)))
 
+    too_few, data_printed = "", False
+    example_gen = nodes.get("ExampleGen")
+    if statistics and statistics.outputs.get("statistics") and example_gen and example_gen.outputs.get("examples"):
+        span = gate.span_of(tfx_artifact(store, example_gen.outputs["examples"][0]))
+        counts = gate.read_example_counts(tfx_artifact(store, statistics.outputs["statistics"][0]))
+        p("\n" + data_line(config, span, counts))
+        too_few = gate.check_example_counts(counts, span, config.continuous.min_examples)
+        data_printed = True
+
     validator = nodes.get("ExampleValidator")
     if validator and validator.outputs.get("anomalies"):
         anomalies = gate.read_anomalies(tfx_artifact(store, validator.outputs["anomalies"][0]))
-        p("\n" + (gate.format_anomalies(anomalies) if anomalies
-                  else f"Data: no anomalies against the schema ({config.schema_path})."))
+        p(("" if data_printed else "\n") + (gate.format_anomalies(anomalies) if anomalies
+          else f"Data: no anomalies against the schema ({config.schema_path})."))
+    if too_few:
+        p(too_few)
 
     evaluator = nodes.get("Evaluator")
     if evaluator and evaluator.outputs.get("evaluation") and evaluator.outputs.get("blessing"):

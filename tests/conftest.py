@@ -43,7 +43,7 @@ class PipelineRun:
         from pipeline.config import load_config
         return load_config(env=self.env)
 
-    def __call__(self, make_runner=None) -> int:
+    def __call__(self, make_runner=None, argv=()) -> int:
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         from runners.harness import run
@@ -51,7 +51,7 @@ class PipelineRun:
         saved = dict(os.environ)
         os.environ.update(self.env)
         try:
-            run(make_runner or LocalDagRunner, default_profile="local")
+            run(make_runner or LocalDagRunner, default_profile="local", argv=argv)
         except SystemExit as done:
             return done.code
         finally:
@@ -65,6 +65,35 @@ def small_pipeline(tmp_path_factory):
     """A PipelineRun on the small slice; its first run happens here (shared by e2e and model tests)."""
     runner = PipelineRun(tmp_path_factory.mktemp("e2e"), SMALL_DATA)
     runner.first_exit_code = runner()
+    return runner
+
+
+def write_span_root(root: Path) -> Path:
+    """A data root of span folders from the small slice: span-1/ (its first 300 rows), span-2/ (all 3,001 rows),
+    both complete (_SUCCESS), and span-3/ without the marker (incomplete: never read)."""
+    lines = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
+    for name, rows, complete in (("span-1", lines[:301], True), ("span-2", lines, True), ("span-3", lines, False)):
+        (root / name).mkdir(parents=True)
+        (root / name / "data.csv").write_text("".join(rows))
+        if complete:
+            (root / name / "_SUCCESS").write_text("")
+    return root
+
+
+@pytest.fixture(scope="session")
+def span_pipeline(tmp_path_factory):
+    """A PipelineRun on a data root of span folders (write_span_root); its first run, on the newest complete
+    span (2), happens here. `first_output` is what it printed."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("spans")
+    runner = PipelineRun(root, write_span_root(root / "data"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runner.first_exit_code = runner()
+    runner.first_output = out.getvalue()
+    print(runner.first_output)
     return runner
 
 

@@ -1,0 +1,217 @@
+"""Continuous training, first stage: a data root of span folders, the span a run reads (--span/--date, default
+the newest complete one), ExampleGen on that span only, the gate's example counts, the re-run shortcut and the
+summary's Data line. The later stages of issue 12 (rolling window, drift, watcher, triggers) are not built yet."""
+import os
+
+import pytest
+from conftest import SMALL_DATA, SMALL_OVERLAY, PipelineRun, write_span_root
+
+from pipeline.config import ConfigError, load_config, resolve_span
+from pipeline.spans import SpanError
+from runners import harness
+
+
+def _env(tmp_path, data_root, **extra):
+    return {"TFX_E2E_OUTPUT_ROOT": str(tmp_path / "out"), "TFX_E2E_DATA_ROOT": str(data_root), **extra}
+
+
+# --- which span a run reads (unit) ---
+
+def test_the_newest_complete_span_by_default(tmp_path):
+    root = write_span_root(tmp_path / "data")
+    assert resolve_span(load_config(env=_env(tmp_path, root))).span == 2  # span-3 has no _SUCCESS
+    assert resolve_span(load_config(env=_env(tmp_path, root, TFX_E2E_SPAN="1"))).span == 1
+    # A flat root is span 0.
+    assert resolve_span(load_config(env=_env(tmp_path, SMALL_DATA))).span == 0
+
+
+def test_a_settle_time_completes_a_span_without_marker(tmp_path):
+    root = write_span_root(tmp_path / "data")
+    past = os.stat(root / "span-3" / "data.csv").st_mtime - 120
+    os.utime(root / "span-3" / "data.csv", (past, past))
+    (tmp_path / "overlay.yaml").write_text("continuous: {settle_seconds: 60}\n")
+    env = _env(tmp_path, root, TFX_E2E_CONFIG=str(tmp_path / "overlay.yaml"))
+    assert resolve_span(load_config(env=env)).span == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"TFX_E2E_SPAN": "7"}, "span 7 is missing: no span-7/ or 1970-01-08/ folder (have: span-1, span-2, span-3)"),
+    ({"TFX_E2E_SPAN": "3"}, "span 3 (span-3) is incomplete: no _SUCCESS marker"),
+    ({"TFX_E2E_DATE": "2016-12-31"}, "span 17166 is missing"),
+])
+def test_a_missing_or_incomplete_span_is_named(tmp_path, extra, message):
+    root = write_span_root(tmp_path / "data")
+    with pytest.raises(SpanError) as error:
+        resolve_span(load_config(env=_env(tmp_path, root, **extra)))
+    assert message in str(error.value)
+
+
+def _never_run():
+    raise AssertionError("the orchestrator must not start")
+
+
+@pytest.mark.parametrize("argv, env, status, message", [
+    (["--span", "7"], {}, 1, "error: data: span 7 is missing: no span-7/"),
+    (["--span", "3"], {}, 1, "error: data: span 3 (span-3) is incomplete: no _SUCCESS marker; nothing was run"),
+    ([], {"TFX_E2E_SPAN": "9"}, 1, "error: data: span 9 is missing"),
+    (["--date", "2016-03-31"], {}, 1, "error: data: span 16891 is missing"),
+    (["--span", "x"], {}, 2, "error: configuration: TFX_E2E_SPAN: expected a span number, got 'x'"),
+    (["--span", "1", "--date", "2016-03-31"], {}, 2, "not allowed with argument"),
+])
+def test_the_run_stops_before_anything_runs(tmp_path, monkeypatch, capsys, argv, env, status, message):
+    root = write_span_root(tmp_path / "data")
+    for key, value in {**_env(tmp_path, root), **env}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as done:
+        harness.run(_never_run, default_profile="local", argv=argv)
+    assert done.value.code == status
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no ML Metadata, no pushed model
+
+
+def test_the_command_line_wins_over_the_environment(tmp_path, monkeypatch):
+    assert harness.run_parameters(["--span", "4"]) == {"TFX_E2E_SPAN": "4"}
+    assert harness.run_parameters(["--date", "2016-03-31"]) == {"TFX_E2E_DATE": "2016-03-31"}
+    assert harness.run_parameters([]) == {}
+
+
+# --- ExampleGen's input and the re-run shortcut (unit) ---
+
+def test_example_gen_reads_one_span_and_never_the_marker(tmp_path):
+    from pipeline import components
+
+    root = write_span_root(tmp_path / "data")
+    config = resolve_span(load_config(env=_env(tmp_path, root)))
+    input_config, range_config = components.span_input(config)
+    assert [(s.name, s.pattern) for s in input_config.splits] == [("single_split", "span-{SPAN}/*.csv")]
+    assert (range_config.static_range.start_span_number, range_config.static_range.end_span_number) == (2, 2)
+    # Daily spans: the date spec.
+    daily = tmp_path / "daily"
+    for name in ("2016-03-30", "2016-03-31"):
+        (daily / name).mkdir(parents=True)
+        (daily / name / "data.csv").write_text("a\n1\n")
+        (daily / name / "_SUCCESS").write_text("")
+    config = resolve_span(load_config(env=_env(tmp_path, daily)))
+    input_config, range_config = components.span_input(config)
+    assert input_config.splits[0].pattern == "{YYYY}-{MM}-{DD}/*.csv"
+    assert range_config.static_range.start_span_number == 16891  # 2016-03-31
+    # A flat root keeps CsvExampleGen's defaults.
+    assert components.span_input(resolve_span(load_config(env=_env(tmp_path, SMALL_DATA)))) is None
+
+
+def test_the_rerun_fingerprint_covers_the_span_read(tmp_path):
+    root = write_span_root(tmp_path / "data")
+    config = resolve_span(load_config(env=_env(tmp_path, root)))
+    assert harness.spans_read_files(config) == [str(root / "span-2" / "_SUCCESS"), str(root / "span-2" / "data.csv")]
+    before = harness.inputs_fingerprint(config)
+    # A span the run does not read changes nothing; the span it reads does.
+    (root / "span-1" / "data.csv").write_text("changed\n")
+    assert harness.inputs_fingerprint(config) == before
+    with open(root / "span-2" / "data.csv", "a") as f:
+        f.write(open(SMALL_DATA / "data.csv").readlines()[1])
+    changed = harness.inputs_fingerprint(config)
+    assert changed != before
+    # Another span is another run.
+    assert harness.inputs_fingerprint(resolve_span(load_config(env=_env(tmp_path, root, TFX_E2E_SPAN="1")))) != changed
+    # A flat root: its *.csv files, as before.
+    flat = resolve_span(load_config(env=_env(tmp_path, SMALL_DATA)))
+    assert harness.spans_read_files(flat) == [str(SMALL_DATA / "data.csv")]
+
+
+def test_a_window_over_one_span_is_refused_not_ignored(tmp_path):
+    (tmp_path / "overlay.yaml").write_text("continuous: {window_spans: 2}\n")
+    with pytest.raises(ConfigError, match="a rolling window is not built yet"):
+        load_config(env=_env(tmp_path, SMALL_DATA, TFX_E2E_CONFIG=str(tmp_path / "overlay.yaml")))
+
+
+def test_the_gate_counts_examples():
+    from pipeline.gate import check_example_counts
+
+    assert check_example_counts({"train": 10, "eval": 5}, 3, 1) == ""
+    assert check_example_counts({"train": 10, "eval": 5}, 3, 15) == ""
+    assert check_example_counts({"eval": 0, "train": 0}, 3, 1).startswith(
+        "Data gate: span 3 has 0 examples, fewer than continuous.min_examples 1 (train 0, eval 0); the run stops")
+    assert "span 3 has 15 examples, fewer than continuous.min_examples 16 (train 10, eval 5)" in (
+        check_example_counts({"train": 10, "eval": 5}, 3, 16))
+    # Enough examples, but the hash split left eval empty: the Evaluator would have nothing to judge.
+    assert check_example_counts({"train": 2, "eval": 0}, 4, 1).startswith(
+        "Data gate: span 4: split eval has no examples (train 2, eval 0)")
+
+
+# --- whole runs (e2e) ---
+
+def _examples_span(config):
+    from runners import summary
+
+    store = summary.open_store(config)
+    run = summary.latest_run(store, config)
+    (examples,) = run["ExampleGen"].outputs["examples"]
+    return run, examples
+
+
+@pytest.mark.e2e
+def test_a_run_reads_the_newest_complete_span(span_pipeline):
+    assert span_pipeline.first_exit_code == 0, span_pipeline.first_output
+    config = span_pipeline.config()
+    run, examples = _examples_span(config)
+    assert examples.custom_properties["span"].int_value == 2
+    assert all(run[node].status == "ran" for node in run), {n: r.status for n, r in run.items()}
+    # Transform and the Evaluator read the same span's examples (a window across spans is not built yet).
+    assert [a.id for a in run["Transform"].inputs["examples"]] == [examples.id]
+    assert [a.id for a in run["Evaluator"].inputs["examples"]] == [examples.id]
+    statistics = run["StatisticsGen"].outputs["statistics"][0]
+    from pipeline import gate
+    from runners.summary import open_store, tfx_artifact
+    counts = gate.read_example_counts(tfx_artifact(open_store(config), statistics))
+    assert sum(counts.values()) == 3001 and counts["train"] > counts["eval"] > 0  # span-2's rows, not span-1's
+    out = span_pipeline.first_output
+    assert (f"Data: span 2 (span-2/, 3001 rows), for training and evaluation, split by hash into "
+            f"train {counts['train']}/eval {counts['eval']}.") in out
+    assert "Result: OK" in out
+    assert run["Pusher"].outputs["pushed_model"][0].custom_properties["pushed"].int_value == 1
+
+
+@pytest.mark.e2e
+def test_an_older_span_by_parameter(span_pipeline, capsys):
+    """--span 1: ExampleGen reads span-1's 300 rows, a new input, so everything downstream runs again on it."""
+    config = span_pipeline.config()
+    assert span_pipeline(argv=["--span", "1"]) == 0
+    out = capsys.readouterr().out
+    run, examples = _examples_span(config)
+    assert examples.custom_properties["span"].int_value == 1
+    for node in ("ExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator"):
+        assert run[node].status == "ran", node
+    assert [a.id for a in run["Evaluator"].inputs["examples"]] == [examples.id]
+    assert "Data: span 1 (span-1/, 300 rows)" in out
+    assert "Result: OK" in out
+
+
+@pytest.mark.parametrize("rows, min_examples, reason", [
+    (0, 1, "span 2 has 0 examples, fewer than continuous.min_examples 1 (train 0, eval 0)"),
+    (40, 100, "span 2 has 40 examples, fewer than continuous.min_examples 100 (train "),
+])
+@pytest.mark.e2e
+def test_an_empty_or_small_span_stops_at_the_gate(tmp_path, capsys, rows, min_examples, reason):
+    """A header-only span is no anomaly to TFDV (data_missing), and a span below continuous.min_examples is
+    none either: the gate counts the examples and stops both."""
+    root = tmp_path / "data"
+    lines = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
+    for name, text in (("span-1", "".join(lines)), ("span-2", "".join(lines[:1 + rows]))):
+        (root / name).mkdir(parents=True)
+        (root / name / "data.csv").write_text(text)
+        (root / name / "_SUCCESS").write_text("")
+    run = PipelineRun(tmp_path, root, SMALL_OVERLAY + f"continuous: {{min_examples: {min_examples}}}\n")
+    assert run() == 1
+    out = capsys.readouterr().out
+    assert f"Data: span 2 (span-2/, {rows} rows)" in out
+    assert "Data gate: " + reason in out
+    assert "the run stops before Transform (nothing is trained or pushed)." in out
+    assert "Result: FAILED in DataGate" in out
+    config = run.config()
+    nodes, examples = _examples_span(config)
+    assert examples.custom_properties["span"].int_value == 2
+    assert nodes["ExampleValidator"].status == "ran"
+    assert nodes["DataGate"].status == "FAILED"
+    for downstream in ("Transform", "Tuner", "Trainer", "Evaluator", "Pusher"):
+        assert downstream not in nodes, downstream
+    assert not os.path.exists(config.serving_model_dir)
