@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam compile-vertex test test-unit lint lock image schema serve predict serving-config bench-pipeline bench-serving
+.PHONY: setup run run-beam spans compile-vertex test test-unit lint lock image schema serve predict serving-config bench-pipeline bench-serving
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ image:
 
 run: setup
 	$(PY) -m runners.local_runner
+
+# data/taxi_spans/: the bundled sample as 16 quarterly spans (span-1/ ... span-16/, each data.csv + _SUCCESS),
+# rebuilt from data/taxi/data.csv byte for byte; then e.g. TFX_E2E_DATA_ROOT=data/taxi_spans make run.
+spans: setup
+	rm -rf data/taxi_spans
+	$(PY) -m pipeline.spans data/taxi/data.csv data/taxi_spans
 
 # BeamDagRunner, DirectRunner with a process per core.
 run-beam: setup
