@@ -187,8 +187,13 @@ async def serve(core: ServingCore, listen: Listen, ready=None) -> None:
                    listen.limits.max_concurrent_requests, listen.metrics_path, listen.rest_timeout)
     # aiohttp's low-level server: every path reaches RestApi (a router would answer odd paths itself), which reads
     # bodies under its own size and time limits.
-    runner = web.ServerRunner(web.Server(rest.handle, access_log=None, keepalive_timeout=listen.limits.idle_timeout_seconds),
-                              handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    def request_factory(message, payload, protocol, writer, task):  # bodies above the limit raise on read
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=listen.max_request_bytes)
+
+    server = web.Server(rest.handle, request_factory=request_factory, access_log=None,
+                        keepalive_timeout=listen.limits.idle_timeout_seconds)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     loop = asyncio.get_running_loop()
     try:
