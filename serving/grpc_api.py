@@ -25,8 +25,17 @@ from serving.errors import ServingError
 log = logging.getLogger("serving.grpc")
 
 
+class InFlight:
+    """Calls being answered, against a cap; only the event loop touches it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+
+
 def _api(api: str):
-    """Runs the call, turns errors into gRPC statuses, records it in the metrics."""
+    """Runs the call within the cap on calls in flight, turns errors into gRPC statuses, records it in the
+    metrics."""
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self, request, context):
@@ -38,7 +47,14 @@ def _api(api: str):
             if spec is not None:
                 name = spec.name
             try:
-                response = await method(self, request, context)
+                if self.in_flight.count >= self.in_flight.limit:
+                    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"Too many calls in flight (limit {self.in_flight.limit})")
+                self.in_flight.count += 1
+                try:
+                    response = await method(self, request, context)
+                finally:
+                    self.in_flight.count -= 1
                 if getattr(response, "model_spec", None) is not None and response.HasField("model_spec"):
                     version = str(response.model_spec.version.value)
                 return response
@@ -76,8 +92,10 @@ def input_examples(model_input) -> list[bytes]:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core: ServingCore, max_request_bytes: int, tensor_content: bool = False):
+    def __init__(self, core: ServingCore, max_request_bytes: int, tensor_content: bool = False,
+                 in_flight: InFlight | None = None):
         self.core = core
+        self.in_flight = in_flight or InFlight(512)
         self.max_request_bytes = max_request_bytes
         self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
 
@@ -136,8 +154,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: ServingCore):
+    def __init__(self, core: ServingCore, in_flight: InFlight):
         self.core = core
+        self.in_flight = in_flight
 
     @_api("status")
     async def GetModelStatus(self, request, context):

@@ -27,7 +27,7 @@ from serving import policy
 from serving.config_protos import BatchingParameters, MonitoringConfig, read_text_proto
 from serving.core import CoreOptions, ServingCore
 from serving.errors import ServingError
-from serving.grpc_api import ModelService, PredictionService
+from serving.grpc_api import InFlight, ModelService, PredictionService
 from serving.manager import ModelManager, Polling
 from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.request_log import RequestLogger
@@ -174,10 +174,11 @@ async def serve(core: ServingCore, listen: Listen, ready=None) -> None:
     options = [("grpc.max_receive_message_length", listen.max_request_bytes), ("grpc.max_send_message_length", -1),
                ("grpc.so_reuseport", 0), ("grpc.max_connection_idle_ms", int(listen.limits.idle_timeout_seconds * 1000)),
                *listen.grpc_arguments]
-    grpc_server = grpc.aio.server(options=options, maximum_concurrent_rpcs=listen.limits.max_concurrent_requests)
+    grpc_server = grpc.aio.server(options=options)
+    in_flight = InFlight(listen.limits.max_concurrent_requests)  # our own count: grpc's limiter costs more per call
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, listen.max_request_bytes, listen.tensor_content), grpc_server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), grpc_server)
+        PredictionService(core, listen.max_request_bytes, listen.tensor_content, in_flight), grpc_server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, in_flight), grpc_server)
     grpc_port = grpc_server.add_insecure_port(f"{listen.host}:{listen.grpc_port}")
     if listen.grpc_socket_path:
         grpc_server.add_insecure_port(f"unix:{listen.grpc_socket_path}")

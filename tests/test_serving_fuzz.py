@@ -16,7 +16,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from pipeline.config import BatchingConfig
 from serving.core import CoreOptions, ServingCore
-from serving.grpc_api import PredictionService
+from serving.grpc_api import InFlight, PredictionService
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.policy import single_model_config
@@ -166,3 +166,18 @@ def test_generated_grpc_predict_requests_never_get_internal(api):
     reply = loop.run_until_complete(grpc_api.Predict(good, Context()))
     assert np.allclose(list(reply.outputs["probabilities"].float_val), taxi_probabilities([{"fare": 3.0}]).ravel())
     _good_rest(loop, rest)
+
+
+def test_grpc_calls_over_the_in_flight_cap_get_resource_exhausted(api):
+    loop, _, grpc_api = api
+    request = _predict_request("taxi", "", None, None, {}, [])
+    request.inputs[EXAMPLES_INPUT].CopyFrom(tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, tensor_shape=_dims([1]), string_val=taxi_examples([{"fare": 3.0}])))
+    full = PredictionService(grpc_api.core, MAX_REQUEST_BYTES, in_flight=InFlight(1))
+    full.in_flight.count = 1  # one call being answered
+    with pytest.raises(Aborted) as error:
+        loop.run_until_complete(full.Predict(request, Context()))
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 1" in str(error.value)
+    full.in_flight.count = 0
+    assert loop.run_until_complete(full.Predict(request, Context())).model_spec.name == "taxi"
+    assert full.in_flight.count == 0
