@@ -55,6 +55,56 @@ def example_gen(config: Config):
     return component.with_id("ExampleGen")
 
 
+SPAN_WINDOW_RESOLVER, ANALYZER_CACHE_RESOLVER = "span_window_resolver", "analyzer_cache_resolver"
+
+
+def window_spans(config: Config) -> int:
+    """How many spans Transform, Tuner and Trainer train on: continuous.window_spans for a data root of span
+    folders under TFX's own ML Metadata, else 1 (a flat root is one span; a managed-metadata profile is refused
+    a window by the configuration)."""
+    if config.continuous.window_spans <= 1 or config.metadata != "sqlite" or span_input(config) is None:
+        return 1
+    return config.continuous.window_spans
+
+
+def window_range(config: Config) -> range_config_pb2.RangeConfig | None:
+    """The spans of the rolling window as a static range: the last window_spans complete spans on disk, up to the
+    span the run reads. Not TFX's RollingRange: that counts span numbers (daily spans are days, with gaps) and
+    ends at the newest span in ML Metadata, not at the span the run reads (--span N on an older span)."""
+    n = window_spans(config)
+    if n <= 1:
+        return None
+    window = spans.select(spans.discover(config.data_root, config.continuous.settle_seconds), config.span, n)
+    return range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+        start_span_number=window[0].number, end_span_number=window[-1].number))
+
+
+def window_resolvers(config: Config, example_gen) -> tuple:
+    """() for a window of 1 (Transform reads ExampleGen's output, today's DAG). Else two Resolvers, TFX's
+    penguin pattern: 'span_window_resolver' (SpanRangeStrategy over ExampleGen's Examples in ML Metadata, keeping
+    the latest version of each span of the window; output 'examples') and 'analyzer_cache_resolver'
+    (the newest of Transform's own updated_analyzer_cache, if any; output 'cache')."""
+    range_config = window_range(config)
+    if range_config is None:
+        return ()
+    from tfx.dsl.components.common import resolver
+    from tfx.types import Channel
+    from tfx.types.standard_artifacts import Examples, TransformCache
+
+    from pipeline.window import LatestCacheStrategy, LatestVersionSpanRangeStrategy
+
+    span_window = resolver.Resolver(
+        strategy_class=LatestVersionSpanRangeStrategy,
+        config={"range_config": range_config},
+        examples=Channel(type=Examples, producer_component_id=example_gen.id, output_key="examples"),
+    ).with_id(SPAN_WINDOW_RESOLVER)
+    analyzer_cache = resolver.Resolver(
+        strategy_class=LatestCacheStrategy,
+        cache=Channel(type=TransformCache, producer_component_id="Transform", output_key="updated_analyzer_cache"),
+    ).with_id(ANALYZER_CACHE_RESOLVER)
+    return span_window, analyzer_cache
+
+
 def _worker_pool_specs(config: Config) -> list:
     machine = {"machine_type": config.vertex.machine_type}
     if config.vertex.accelerator_type and config.vertex.accelerator_count:

@@ -69,7 +69,7 @@ class EvaluatorConfig:
 @dataclass(frozen=True)
 class ContinuousConfig:
     """Data in spans (pipeline/spans.py): which spans are complete and which a run may read."""
-    window_spans: int     # spans a run trains on; only 1 (the span it reads) is built so far
+    window_spans: int     # spans a run trains on: the last N complete spans up to the one it reads
     settle_seconds: float  # a span folder without _SUCCESS is complete when unchanged this long; 0 = marker only
     min_examples: int     # the data gate stops a span with fewer examples (train + eval)
 
@@ -348,10 +348,11 @@ def _validate_continuous(config: Config) -> None:
     continuous = config.continuous
     if continuous.window_spans < 1:
         raise ConfigError(f"continuous.window_spans: must be at least 1, got {continuous.window_spans}")
-    if continuous.window_spans > 1:
-        # Refused rather than ignored: a run reads one span until the rolling window is built (issue 12).
-        raise ConfigError(f"continuous.window_spans: a rolling window is not built yet; only 1 is supported, "
-                          f"got {continuous.window_spans}")
+    if continuous.window_spans > 1 and config.metadata == "managed":
+        # Refused rather than ignored: TFX 1.16's KFP v2 compiler cannot compile SpanRangeStrategy
+        # (docs/continuous-training.md#the-rolling-window).
+        raise ConfigError(f"continuous.window_spans: a rolling window needs TFX's own ML Metadata (metadata: sqlite); "
+                          f"the Vertex compiler cannot express it with metadata: managed, got {continuous.window_spans}")
     if continuous.settle_seconds < 0:
         raise ConfigError(f"continuous.settle_seconds: must be >= 0, got {continuous.settle_seconds}")
     if continuous.min_examples < 0:

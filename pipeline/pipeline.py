@@ -41,11 +41,24 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
                          examples=example_gen.outputs["examples"],
                          min_examples=config.continuous.min_examples).with_id("DataGate")
 
-    transform = Transform(
-        examples=example_gen.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN,
-        custom_config={contract.MODULE_FINGERPRINT_KEY: fingerprint})
+    window = components.window_resolvers(config, example_gen)
+    if window:
+        # The rolling window (TFX's penguin pattern): Transform reads the last window_spans spans' Examples from
+        # ML Metadata and reuses its analyzer cache, so a run with one new span analyzes only that span.
+        span_window, analyzer_cache = window
+        span_window.add_upstream_node(data_gate)
+        transform = Transform(
+            examples=span_window.outputs["examples"],
+            schema=schema_gen.outputs["schema"],
+            analyzer_cache=analyzer_cache.outputs["cache"],
+            preprocessing_fn=PREPROCESSING_FN,
+            custom_config={contract.MODULE_FINGERPRINT_KEY: fingerprint})
+    else:
+        transform = Transform(
+            examples=example_gen.outputs["examples"],
+            schema=schema_gen.outputs["schema"],
+            preprocessing_fn=PREPROCESSING_FN,
+            custom_config={contract.MODULE_FINGERPRINT_KEY: fingerprint})
     transform.add_upstream_node(data_gate)
 
     training_inputs = dict(
@@ -62,7 +75,7 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
 
     model_resolver = components.baseline_resolver(config, candidate=trainer.outputs["model"])
     evaluator = Evaluator(
-        examples=example_gen.outputs["examples"],
+        examples=example_gen.outputs["examples"],  # the newest span's eval split, also with a window
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs[baseline.MODEL],
         schema=schema_gen.outputs["schema"],
@@ -75,7 +88,7 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_model_dir)),
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPushExecutor))
 
-    nodes = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform,
+    nodes = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, *window, transform,
                   *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
     return pipeline.Pipeline(
         pipeline_name=config.pipeline_name,

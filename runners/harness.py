@@ -64,15 +64,17 @@ def inputs_fingerprint(config: Config) -> str | None:
 
 
 def spans_read_files(config: Config) -> list[str]:
-    """The data files a run reads: data_root/*.csv for a flat root, else the files of the span it reads
-    (with the span's _SUCCESS marker: a span re-published is a new input)."""
+    """The data files a run reads: data_root/*.csv for a flat root, else the files of the spans it reads (the
+    span and, with continuous.window_spans > 1, the window's older spans), with each span's _SUCCESS marker
+    (a span re-published is a new input)."""
     from pipeline import spans
 
     found = spans.discover(config.data_root, config.continuous.settle_seconds)
     if not found or not found[0].name:
         return sorted(glob.glob(os.path.join(config.data_root, "*.csv")))
-    wanted = config.span if config.span is not None else spans.select(found, None, 1)[-1].number
-    read = [s for s in found if s.number == wanted]
+    from pipeline.components import window_spans
+
+    read = spans.select(found, config.span, window_spans(config))  # the rolling window: its older spans too
     return sorted(f for s in read for f in [*spans.data_files(s.path), os.path.join(s.path, spans.SUCCESS_MARKER)]
                   if os.path.exists(f))
 
@@ -159,6 +161,9 @@ def run(make_runner, default_profile: str, argv=()) -> None:
 
     from pipeline.gate import DataGateError
     from pipeline.pipeline import create_pipeline
+    from runners.backfill import backfill
+
+    backfill(config)  # a rolling window's older spans that ML Metadata has not ingested (runners/backfill.py)
     from runners.summary import print_summary
 
     tfx_pipeline = create_pipeline(config)

@@ -104,6 +104,26 @@ def data_line(config: Config, span: int, counts: dict[str, int]) -> str:
     return f"Data: {where}, for training and evaluation, split by hash into {split}."
 
 
+def window_line(config: Config, trained: list[int], evaluated: int, eval_rows: int | None) -> str:
+    """With a rolling window: `Training: spans 2, 3 (2000 rows); evaluation: span 3, eval split (345 rows).`
+    The rows of the training spans are counted in their files (the older spans have no statistics in this run)."""
+    from pipeline import spans
+
+    try:
+        found = {s.number: s for s in spans.discover(config.data_root, config.continuous.settle_seconds)}
+    except (OSError, spans.SpanError):
+        found = {}
+    rows = 0
+    for number in trained:
+        for path in spans.data_files(found[number].path) if number in found else []:
+            with open(path, "rb") as f:
+                rows += max(sum(1 for _ in f) - 1, 0)  # less the header
+    names = ", ".join(str(n) for n in trained)
+    held = f" ({eval_rows} rows)" if eval_rows is not None else ""
+    return (f"Training: span{'s' if len(trained) > 1 else ''} {names} ({rows} rows, split by hash: their train splits "
+            f"train, their eval splits check training); evaluation: span {evaluated}, eval split{held}.")
+
+
 class Outcome(NamedTuple):
     ok: bool
     served_path: str | None  # the version directory serving this run's model, if any
@@ -140,6 +160,10 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
         p("\n" + data_line(config, span, counts))
         too_few = gate.check_example_counts(counts, span, config.continuous.min_examples)
         data_printed = True
+        transform = nodes.get("Transform")
+        if transform and nodes.get("span_window_resolver") and transform.inputs.get("examples"):
+            trained = sorted({gate.span_of(tfx_artifact(store, a)) for a in transform.inputs["examples"]})
+            p(window_line(config, trained, span, counts.get("eval")))
 
     validator = nodes.get("ExampleValidator")
     if validator and validator.outputs.get("anomalies"):

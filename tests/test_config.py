@@ -134,8 +134,6 @@ def test_continuous_defaults(tmp_path):
 
 @pytest.mark.parametrize("overlay, message", [
     ("continuous: {window_spans: 0}\n", "continuous.window_spans: must be at least 1, got 0"),
-    ("continuous: {window_spans: 4}\n", "continuous.window_spans: a rolling window is not built yet; only 1 is "
-                                        "supported, got 4"),
     ("continuous: {settle_seconds: -1}\n", "continuous.settle_seconds: must be >= 0, got -1.0"),
     ("continuous: {min_examples: -5}\n", "continuous.min_examples: must be >= 0, got -5"),
     ("continuous: {min_examples: few}\n", "continuous.min_examples: expected int, got str 'few'"),

@@ -1,6 +1,7 @@
 """Continuous training, first stage: a data root of span folders, the span a run reads (--span/--date, default
 the newest complete one), ExampleGen on that span only, the gate's example counts, the re-run shortcut and the
-summary's Data line. The later stages of issue 12 (rolling window, drift, watcher, triggers) are not built yet."""
+summary's Data line; the rolling window (continuous.window_spans) with its temporal holdout, analyzer cache and
+backfill of the spans ML Metadata has not ingested."""
 import os
 
 import pytest
@@ -118,10 +119,59 @@ def test_the_rerun_fingerprint_covers_the_span_read(tmp_path):
     assert harness.spans_read_files(flat) == [str(SMALL_DATA / "data.csv")]
 
 
-def test_a_window_over_one_span_is_refused_not_ignored(tmp_path):
+def test_a_window_is_refused_on_managed_metadata_and_one_span_on_a_flat_root(tmp_path):
+    """TFX 1.16's KFP v2 compiler takes no SpanRangeStrategy: window_spans > 1 with metadata: managed is a
+    configuration error, not a window silently dropped. A flat root is one span: its DAG is today's."""
+    from pipeline import components
+
+    (tmp_path / "managed.yaml").write_text("continuous: {window_spans: 2}\ngcp: {project: p}\nmetadata: managed\nimage: i\n")
+    with pytest.raises(ConfigError, match="a rolling window needs TFX's own ML Metadata"):
+        load_config(env=_env(tmp_path, SMALL_DATA, TFX_E2E_CONFIG=str(tmp_path / "managed.yaml")), check_data=False)
     (tmp_path / "overlay.yaml").write_text("continuous: {window_spans: 2}\n")
-    with pytest.raises(ConfigError, match="a rolling window is not built yet"):
-        load_config(env=_env(tmp_path, SMALL_DATA, TFX_E2E_CONFIG=str(tmp_path / "overlay.yaml")))
+    overlay = str(tmp_path / "overlay.yaml")
+    flat = resolve_span(load_config(env=_env(tmp_path, SMALL_DATA, TFX_E2E_CONFIG=overlay)))
+    assert components.window_spans(flat) == 1 and components.window_range(flat) is None
+
+
+def test_the_window_is_the_last_spans_up_to_the_one_read(tmp_path):
+    from pipeline import components
+    from pipeline.pipeline import create_pipeline
+
+    root = write_span_root(tmp_path / "data")  # span-1, span-2 complete; span-3 not
+    one = resolve_span(load_config(env=_env(tmp_path, root)))
+    ids = [c.id for c in create_pipeline(one).components]
+    assert "span_window_resolver" not in ids and "analyzer_cache_resolver" not in ids  # window 1: today's DAG
+    (tmp_path / "overlay.yaml").write_text("continuous: {window_spans: 3}\n")
+    config = resolve_span(load_config(env=_env(tmp_path, root, TFX_E2E_CONFIG=str(tmp_path / "overlay.yaml"))))
+    window = components.window_range(config).static_range
+    assert (window.start_span_number, window.end_span_number) == (1, 2)  # the incomplete span-3 is not in it
+    assert harness.spans_read_files(config) == [str(root / name / f) for name in ("span-1", "span-2")
+                                                for f in ("_SUCCESS", "data.csv")]
+    pipeline = create_pipeline(config)
+    nodes = {c.id: c for c in pipeline.components}
+    assert nodes["Transform"].inputs["examples"].producer_component_id == "span_window_resolver"
+    assert nodes["Transform"].inputs["analyzer_cache"].producer_component_id == "analyzer_cache_resolver"
+    assert nodes["Evaluator"].inputs["examples"].producer_component_id == "ExampleGen"  # the newest span only
+
+
+def test_the_window_keeps_the_latest_version_of_each_span():
+    from tfx.proto import range_config_pb2
+    from tfx.types.standard_artifacts import Examples
+
+    from pipeline.window import LatestVersionSpanRangeStrategy
+
+    def examples(id_, span, version):
+        artifact = Examples()
+        artifact.id = id_
+        artifact.set_int_custom_property("span", span)
+        artifact.set_int_custom_property("version", version)
+        return artifact
+
+    strategy = LatestVersionSpanRangeStrategy(range_config_pb2.RangeConfig(
+        static_range=range_config_pb2.StaticRange(start_span_number=2, end_span_number=3)))
+    found = strategy._resolve({"examples": [examples(1, 1, 0), examples(2, 2, 0), examples(3, 2, 1),
+                                            examples(4, 3, 0), examples(5, 2, 1)]})
+    assert [a.id for a in found["examples"]] == [4, 5]
 
 
 def test_the_gate_counts_examples():
@@ -215,3 +265,83 @@ def test_an_empty_or_small_span_stops_at_the_gate(tmp_path, capsys, rows, min_ex
     for downstream in ("Transform", "Tuner", "Trainer", "Evaluator", "Pusher"):
         assert downstream not in nodes, downstream
     assert not os.path.exists(config.serving_model_dir)
+
+
+# --- the rolling window (e2e) ---
+
+WINDOW_OVERLAY = """
+tuner: {enabled: false}
+trainer: {train_steps: 150, eval_steps: 10, batch_size: 64}
+evaluator: {auc_lower_bound: 0.6}
+continuous: {window_spans: 2}
+"""
+
+
+def _write_span(root, number, rows):
+    folder = root / f"span-{number}"
+    folder.mkdir(parents=True)
+    (folder / "data.csv").write_text("".join(rows))
+    (folder / "_SUCCESS").write_text("")
+
+
+def _window(config):
+    """The spans of the Examples the newest run's Transform consumed, the span of the Evaluator's Examples, and
+    the run's nodes: read in ML Metadata."""
+    from runners.summary import latest_run, open_store
+
+    run = latest_run(open_store(config), config)
+    trained = sorted(a.custom_properties["span"].int_value for a in run["Transform"].inputs["examples"])
+    (evaluated,) = [a.custom_properties["span"].int_value for a in run["Evaluator"].inputs["examples"]]
+    return trained, evaluated, run
+
+
+@pytest.mark.e2e
+def test_a_rolling_window_of_two_spans(tmp_path, capsys):
+    """The TFX penguin way, with window_spans 2: span 1 arrives -> trains on [1]; span 2 -> [1, 2]; span 3 ->
+    [2, 3], the second Transform reading the first one's analyzer cache; the Evaluator always judges on the
+    newest span's eval split. Checked in ML Metadata. Then a fresh store with all three spans: the older span
+    of the window is ingested first (a partial run of ExampleGen), so the first run trains on [2, 3]; and an
+    unchanged re-run pushes nothing."""
+    lines = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
+    span_rows = {n: lines[:1] + lines[1 + 1000 * (n - 1):1 + 1000 * n] for n in (1, 2, 3)}
+    root = tmp_path / "data"
+    (tmp_path / "a").mkdir()
+    run = PipelineRun(tmp_path / "a", root, WINDOW_OVERLAY)
+
+    _write_span(root, 1, span_rows[1])
+    assert run() == 0
+    config = run.config()
+    trained, evaluated, nodes = _window(config)
+    assert (trained, evaluated) == ([1], 1)
+    assert "Training: span 1 (1000 rows" in capsys.readouterr().out
+
+    _write_span(root, 2, span_rows[2])
+    assert run() == 0
+    trained, evaluated, nodes = _window(config)
+    assert (trained, evaluated) == ([1, 2], 2)
+    first_cache = nodes["Transform"].outputs["updated_analyzer_cache"][0].id
+    assert "Training: spans 1, 2 (2000 rows" in capsys.readouterr().out
+
+    _write_span(root, 3, span_rows[3])
+    assert run() == 0
+    trained, evaluated, nodes = _window(config)
+    assert (trained, evaluated) == ([2, 3], 3)
+    assert [a.id for a in nodes["Transform"].inputs["analyzer_cache"]] == [first_cache]
+    out = capsys.readouterr().out
+    assert "Training: spans 2, 3 (2000 rows" in out and "evaluation: span 3, eval split (" in out
+
+    # A fresh store over the same three spans: span 2 is backfilled, then the run trains on [2, 3].
+    (tmp_path / "b").mkdir()
+    fresh = PipelineRun(tmp_path / "b", root, WINDOW_OVERLAY)
+    assert fresh() == 0
+    out = capsys.readouterr().out
+    assert "backfill: ML Metadata has no span 2 of the window; ExampleGen ingests it (partial run)" in out
+    trained, evaluated, nodes = _window(fresh.config())
+    assert (trained, evaluated) == ([2, 3], 3)
+    served = sorted(os.listdir(fresh.config().serving_model_dir))
+
+    # Unchanged: the run stops before the orchestrator, and nothing new is pushed.
+    fresh.env.pop("TFX_E2E_ALWAYS_RUN")
+    assert fresh() == 0
+    assert "Unchanged since the run that finished" in capsys.readouterr().out
+    assert sorted(os.listdir(fresh.config().serving_model_dir)) == served

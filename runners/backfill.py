@@ -1,0 +1,68 @@
+"""Ingests the older spans a rolling window needs but ML Metadata has not seen (issue 12).
+
+A fresh ML Metadata store holds no spans: the first run with continuous.window_spans = N would otherwise train on
+the one span its ExampleGen reads. Before such a run, ExampleGen alone runs once for each missing span of the
+window, as a TFX partial run (LocalDagRunner.run(pipeline, run_options=RunOptions(from_nodes=[ExampleGen],
+to_nodes=[ExampleGen]))) of the same pipeline built for that span, so its Examples land in the pipeline's
+context with their `span` custom property, where the window's SpanRangeStrategy resolver finds them.
+"""
+import dataclasses
+import os
+
+from pipeline import spans
+from pipeline.config import Config
+
+EXAMPLE_GEN = "ExampleGen"
+
+
+def ingested_spans(config: Config) -> set[int]:
+    """The spans ExampleGen has written Examples for in this pipeline's ML Metadata (empty without a store)."""
+    if not os.path.exists(config.metadata_path):
+        return set()
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.dsl.compiler import constants
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = config.metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = mlmd.MetadataStore(connection)
+    context = store.get_context_by_type_and_name(constants.NODE_CONTEXT_TYPE_NAME,
+                                                 f"{config.pipeline_name}.{EXAMPLE_GEN}")
+    if context is None:
+        return set()
+    found = set()
+    for artifact in store.get_artifacts_by_context(context.id):
+        if artifact.state == metadata_store_pb2.Artifact.LIVE and "span" in artifact.custom_properties:
+            found.add(artifact.custom_properties["span"].int_value)
+    return found
+
+
+def missing_spans(config: Config) -> list[int]:
+    """The window's spans, older than the one this run reads, that ML Metadata has not ingested."""
+    from pipeline.components import window_spans
+
+    window = window_spans(config)
+    if window <= 1:
+        return []
+    found = spans.discover(config.data_root, config.continuous.settle_seconds)
+    older = [s.number for s in spans.select(found, config.span, window)[:-1]]
+    have = ingested_spans(config)
+    return [n for n in older if n not in have]
+
+
+def backfill(config: Config, log=print) -> list[int]:
+    """Runs ExampleGen alone (a partial run) for each missing span of the window; returns those spans."""
+    missing = missing_spans(config)
+    if not missing:
+        return []
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    from tfx.orchestration.pipeline import RunOptions
+
+    from pipeline.pipeline import create_pipeline
+
+    for number in missing:
+        log(f"backfill: ML Metadata has no span {number} of the window; ExampleGen ingests it (partial run)")
+        LocalDagRunner().run(create_pipeline(dataclasses.replace(config, span=number)),
+                             run_options=RunOptions(from_nodes=[EXAMPLE_GEN], to_nodes=[EXAMPLE_GEN]))
+    return missing
