@@ -265,9 +265,16 @@ def main():
                f"Python {platform.python_version()}")
     print("\n" + text + "\n\n" + note + "\n" + machine)
 
+    # The rolling window (issue 12): an incremental run (one new span, window of 4) against a fresh one.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_incremental import incremental_table
+    print("rolling window: incremental vs fresh run ...", flush=True)
+    window_text = incremental_table(work / "window")
+    print("\n" + window_text)
+
     section = (f"## Pipeline: `make bench-pipeline`\n\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
                f"on {machine}; command: `make bench-pipeline` (bench/bench_pipeline.py).\n"
-               f"Data: the 15,002-row bundled sample for both. {note}.\n\n{text}\n")
+               f"Data: the 15,002-row bundled sample for both. {note}.\n\n{text}\n\n{window_text}\n")
     write_section(REPO / "docs" / "benchmarks.md", "## Pipeline: `make bench-pipeline`", section)
     shutil.rmtree(work, ignore_errors=True)
 
