@@ -67,11 +67,21 @@ class EvaluatorConfig:
 
 
 @dataclass(frozen=True)
+class RetriesConfig:
+    """Retries of a failed component, for every orchestrator (Airflow tasks, KFP/Vertex tasks): one place."""
+    attempts: int                 # tries per task, the first included (1 = no retry)
+    initial_delay_seconds: float  # wait before the first retry; doubled for each next one
+    max_delay_seconds: float      # the wait never exceeds this
+    task_timeout_seconds: float   # a task running longer fails (and is retried); 0 = no timeout
+
+
+@dataclass(frozen=True)
 class ContinuousConfig:
     """Data in spans (pipeline/spans.py): which spans are complete and which a run may read."""
     window_spans: int     # spans a run trains on: the last N complete spans up to the one it reads
     settle_seconds: float  # a span folder without _SUCCESS is complete when unchanged this long; 0 = marker only
     min_examples: int     # the data gate stops a span with fewer examples (train + eval)
+    retries: RetriesConfig
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,6 @@ class AirflowConfig:
     schedule: str
     start_date: str
     catchup: bool
-    retries: int
 
 
 @dataclass(frozen=True)
@@ -357,6 +366,12 @@ def _validate_continuous(config: Config) -> None:
         raise ConfigError(f"continuous.settle_seconds: must be >= 0, got {continuous.settle_seconds}")
     if continuous.min_examples < 0:
         raise ConfigError(f"continuous.min_examples: must be >= 0, got {continuous.min_examples}")
+    retries = continuous.retries
+    if retries.attempts < 1:
+        raise ConfigError(f"continuous.retries.attempts: must be at least 1 (the first try), got {retries.attempts}")
+    for name in ("initial_delay_seconds", "max_delay_seconds", "task_timeout_seconds"):
+        if getattr(retries, name) < 0:
+            raise ConfigError(f"continuous.retries.{name}: must be >= 0, got {getattr(retries, name)}")
     if config.span is not None and config.span < 0:
         raise ConfigError(f"{ENV_SPAN}: a span number is >= 0, got {config.span}")
 

@@ -3,7 +3,15 @@
     TFX_E2E_CONFIG=my-gcp.yaml python -m runners.kubeflow_v2_runner      (make compile-vertex)
 
 Writes build/<pipeline_name>.json; runners/submit.py sends it to Vertex AI or a KFP 2 endpoint.
+
+Retries (continuous.retries): TFX 1.16's KFP v2 compiler ignores a node's execution options
+(`with_node_execution_options(NodeExecutionOptions(max_execution_retries=...))` is read by TFX's own
+orchestrators only; nothing under tfx/orchestration/kubeflow/v2/ reads it), so the retry policy is written
+into the compiled spec here: every task's PipelineTaskSpec.retryPolicy (max retry count, backoff duration,
+factor 2, maximum backoff), the field KFP's own `set_retry` compiles to. The pipeline spec has no per-task
+timeout field, so `task_timeout_seconds` applies to Airflow only.
 """
+import json
 import os
 
 from pipeline.config import REPO_ROOT
@@ -14,6 +22,29 @@ COMPILED_DIR = REPO_ROOT / "build"
 
 def compiled_path(pipeline_name: str) -> str:
     return str(COMPILED_DIR / f"{pipeline_name}.json")
+
+
+def retry_policy(retries) -> dict | None:
+    """A KFP pipeline-spec RetryPolicy (JSON form) from continuous.retries; None for a single attempt."""
+    if retries.attempts <= 1:
+        return None
+    return {"maxRetryCount": retries.attempts - 1, "backoffDuration": f"{retries.initial_delay_seconds:g}s",
+            "backoffFactor": 2.0, "backoffMaxDuration": f"{retries.max_delay_seconds:g}s"}
+
+
+def add_retry_policy(path: str, retries) -> int:
+    """Sets the retry policy on every task of the compiled PipelineJob JSON at `path`; returns the task count."""
+    policy = retry_policy(retries)
+    if policy is None:
+        return 0
+    with open(path) as f:
+        job = json.load(f)
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    for task in tasks.values():
+        task["retryPolicy"] = dict(policy)
+    with open(path, "w") as f:
+        json.dump(job, f, indent=2, sort_keys=True)
+    return len(tasks)
 
 
 def main() -> None:
@@ -28,6 +59,7 @@ def main() -> None:
         config=kfp_v2.KubeflowV2DagRunnerConfig(default_image=config.image),
         output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
     runner.run(create_pipeline(config))
+    add_retry_policy(path, config.continuous.retries)
     print(f"compiled {path} (pipeline root {config.pipeline_root}, image {config.image})")
 
 

@@ -17,10 +17,18 @@ from runners.harness import load_or_exit
 from runners.kubeflow_v2_runner import compiled_path
 
 
-def submit_vertex(config: Config, template_path: str, schedule: bool, aiplatform=None):
-    """Creates a Vertex AI PipelineJob from the JSON; with `schedule`, a recurring schedule on vertex.schedule_cron."""
+def submit_vertex(config: Config, template_path: str, schedule: bool, aiplatform=None,
+                  parameter_values: dict | None = None, job_id: str | None = None):
+    """Creates a Vertex AI PipelineJob from the JSON; with `schedule`, a recurring schedule on vertex.schedule_cron.
+    `parameter_values` (runtime parameters) and `job_id` (Vertex refuses a second job with the same id) are
+    passed when given (runners/vertex_trigger.py: the span, and an id per span)."""
     if aiplatform is None:
         from google.cloud import aiplatform
+    extra = {}
+    if parameter_values:
+        extra["parameter_values"] = parameter_values
+    if job_id:
+        extra["job_id"] = job_id
     job = aiplatform.PipelineJob(
         display_name=config.pipeline_name,
         template_path=template_path,
@@ -28,6 +36,7 @@ def submit_vertex(config: Config, template_path: str, schedule: bool, aiplatform
         project=config.gcp.project,
         location=config.gcp.region,
         enable_caching=config.enable_cache,
+        **extra,
     )
     service_account = config.gcp.service_account or None
     if schedule:

@@ -1,6 +1,6 @@
-"""Airflow 2 (from the lock) runs the DAG file runners/airflow_runner.py: DagBag imports it with no
-errors, and `airflow dags test` runs the whole pipeline on the slice to a pushed model; the scheduler runs it
-with its metadata database on PostgreSQL."""
+"""Airflow 2 (from the lock) runs the DAG file runners/airflow_runner.py: DagBag imports both DAGs (scheduled and
+new-span) with no errors, `airflow dags test` runs the whole pipeline on the slice to a pushed model, the new-span
+DAG runs it on the span that landed; the scheduler runs it with its metadata database on PostgreSQL."""
 import os
 import shutil
 import subprocess
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_DATA
+from conftest import SMALL_DATA, write_span_root
 
 from pipeline import pusher
 from pipeline.config import REPO_ROOT
@@ -17,13 +17,14 @@ from pipeline.config import REPO_ROOT
 # Airflow's metadata database (SQLite, and PostgreSQL for the scheduler) and Airflow's CLI.
 pytestmark = pytest.mark.services
 
-COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
+COMPONENTS = ["resolve_span", "ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
               "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
 OVERLAY = """
 tuner: {enabled: false}
 trainer: {train_steps: 100, eval_steps: 10, batch_size: 64}
 evaluator: {auc_lower_bound: 0.6}
-airflow: {schedule: "@daily", start_date: "2026-11-01", catchup: false, retries: 2}
+airflow: {schedule: "@daily", start_date: "2026-11-01", catchup: false}
+continuous: {retries: {attempts: 3, initial_delay_seconds: 1, max_delay_seconds: 4, task_timeout_seconds: 1800}}
 """
 
 
@@ -42,21 +43,56 @@ def airflow_env(tmp_path_factory):
     return env
 
 
-def test_dagbag_imports_the_dag(airflow_env, monkeypatch):
-    for key, value in airflow_env.items():
+def _dagbag(env, monkeypatch, **overrides):
+    for key, value in {**env, **overrides}.items():
         monkeypatch.setenv(key, value)
     from airflow.models import DagBag
 
-    bag = DagBag(airflow_env["AIRFLOW__CORE__DAGS_FOLDER"], include_examples=False)
+    bag = DagBag(env["AIRFLOW__CORE__DAGS_FOLDER"], include_examples=False)
     assert bag.import_errors == {}
+    return bag
+
+
+def test_dagbag_imports_both_dags(airflow_env, monkeypatch):
+    import datetime
+
+    bag = _dagbag(airflow_env, monkeypatch)
+    assert set(bag.dags) == {"chicago-taxi", "chicago-taxi-new-span"}
     dag = bag.dags["chicago-taxi"]
-    assert [t.task_id for t in dag.topological_sort()] == COMPONENTS
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[0] == "resolve_span" and set(order) == set(COMPONENTS)
+    assert order.index("ExampleGen") < order.index("Transform") < order.index("Trainer") < order.index("Pusher")
     assert dag.catchup is False
     assert str(dag.start_date.date()) == "2026-11-01"
     assert dag.timetable.summary in ("@daily", "0 0 * * *")  # Airflow shows the cron form
-    assert {t.retries for t in dag.tasks} == {2}
-    # Nothing after the gate runs unless the gate succeeded.
+    # Retries, backoff and the timeout per task from continuous.retries (3 attempts = 2 retries).
+    for task in dag.tasks:
+        assert (task.retries, task.retry_delay, task.retry_exponential_backoff, task.max_retry_delay,
+                task.execution_timeout) == (2, datetime.timedelta(seconds=1), True, datetime.timedelta(seconds=4),
+                                            datetime.timedelta(seconds=1800)), task.task_id
+    # Nothing after the gate runs unless the gate succeeded; nothing runs before the span is resolved.
     assert dag.get_task("Transform").upstream_task_ids >= {"DataGate"}
+    assert dag.get_task("ImportSchemaGen").upstream_task_ids == {"resolve_span"}
+
+    new_span = bag.dags["chicago-taxi-new-span"]
+    assert new_span.timetable.summary == "@continuous" and new_span.max_active_runs == 1
+    sensor = new_span.get_task("wait_for_span")
+    assert sensor.mode == "reschedule" and sensor.retries == 0
+    assert {t.task_id for t in new_span.tasks} == {"wait_for_span", *COMPONENTS[1:]}
+    assert all(t.retries == 2 for t in new_span.tasks if t is not sensor)
+
+
+def test_the_span_is_not_fixed_when_airflow_parses_the_dag(airflow_env, monkeypatch, tmp_path):
+    """On span folders, ExampleGen's range is rendered from the first task when it runs; parsing needs no complete
+    span and a TFX_E2E_SPAN for a span that has not landed yet is no import error."""
+    root = tmp_path / "data"
+    (root / "span-1").mkdir(parents=True)
+    (root / "span-1" / "data.csv").write_text((SMALL_DATA / "data.csv").read_text())  # no _SUCCESS yet
+    bag = _dagbag(airflow_env, monkeypatch, TFX_E2E_DATA_ROOT=str(root), TFX_E2E_SPAN="7")
+    for dag_id, first in (("chicago-taxi", "resolve_span"), ("chicago-taxi-new-span", "wait_for_span")):
+        range_config = bag.dags[dag_id].get_task("ExampleGen").op_kwargs["exec_properties"]["range_config"]
+        assert f'ti.xcom_pull(task_ids="{first}")' in range_config
+        assert "7" not in range_config and "1" not in range_config
 
 
 def test_airflow_dags_test_runs_the_pipeline(airflow_env):
@@ -67,10 +103,52 @@ def test_airflow_dags_test_runs_the_pipeline(airflow_env):
     assert "state=success" in log
     for task in COMPONENTS:
         assert f"Marking task as SUCCESS. dag_id=chicago-taxi, task_id={task}," in log, task
+    assert "span 0: the run reads it" in log  # a flat data root is span 0
     serving = Path(airflow_env["TFX_E2E_OUTPUT_ROOT"]) / "serving" / "chicago_taxi"
     versions = pusher.served_versions(str(serving))
     assert len(versions) == 1
     assert (serving / str(versions[0]) / "saved_model.pb").exists()
+
+
+def _metadata_connection(env):
+    from tfx.orchestration import metadata
+
+    from pipeline.config import load_config
+
+    return metadata.sqlite_metadata_connection_config(load_config(env=dict(env, TFX_E2E_PROFILE="airflow")).metadata_path)
+
+
+def _examples_spans(connection) -> list[int]:
+    from ml_metadata.metadata_store import metadata_store
+
+    store = metadata_store.MetadataStore(connection)
+    # ExampleGen's Examples carry the span (Transform's transformed_examples are Examples without one).
+    return [a.custom_properties["span"].int_value for a in store.get_artifacts_by_type("Examples")
+            if "span" in a.custom_properties]
+
+
+def test_new_span_dag_runs_the_pipeline_on_the_span_that_landed(airflow_env, tmp_path):
+    """span-1 and span-2 complete, span-3 without _SUCCESS: the sensor hands span 2 (the newest complete, as nothing
+    has run) to the run, which trains on it and pushes; afterwards span 3 is next only once its marker lands."""
+    from runners.airflow_runner import next_span, spans_in_metadata
+
+    root = write_span_root(tmp_path / "data")
+    env = dict(airflow_env, TFX_E2E_DATA_ROOT=str(root), TFX_E2E_OUTPUT_ROOT=str(tmp_path / "out"))
+    result = subprocess.run([env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi-new-span", "2026-11-21"],
+                            env=env, capture_output=True, text=True, timeout=900)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "new span: 2 (data root" in log
+    assert "Marking task as SUCCESS. dag_id=chicago-taxi-new-span, task_id=Pusher," in log
+    connection = _metadata_connection(env)
+    assert _examples_spans(connection) == [2]  # ML Metadata: ExampleGen read span 2, once
+    assert len(pusher.served_versions(str(tmp_path / "out" / "serving" / "chicago_taxi"))) == 1
+
+    done = spans_in_metadata(connection)
+    assert done == {2}
+    assert next_span(str(root), 0, done) is None  # span 3 has no marker yet
+    (root / "span-3" / "_SUCCESS").write_text("")
+    assert next_span(str(root), 0, done) == 3
 
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"

@@ -59,6 +59,16 @@ def test_compiled_json_is_a_pipeline_job_with_a_task_per_component(vertex_datafl
     assert {t for t in tasks - COMPONENTS if not t.startswith("latest_blessed_model_resolver")} == set()
 
 
+def test_every_task_retries_with_backoff_from_continuous_retries(vertex_dataflow_job):
+    """continuous.retries (2 attempts, 60 s doubling up to 600 s by default) becomes each task's retryPolicy."""
+    spec = json_format.ParseDict(vertex_dataflow_job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    policies = {name: task.retry_policy for name, task in spec.root.dag.tasks.items()}
+    assert COMPONENTS <= set(policies)
+    for policy in policies.values():
+        assert (policy.max_retry_count, policy.backoff_duration.seconds, policy.backoff_factor,
+                policy.backoff_max_duration.seconds) == (1, 60, 2.0, 600)
+
+
 def test_every_container_runs_our_image(vertex_dataflow_job):
     containers = [e["container"] for e in _executors(vertex_dataflow_job).values() if "container" in e]
     assert {c["image"] for c in containers} == {IMAGE}
