@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam spans compile-vertex test test-unit lint lock image schema serve predict serving-config bench-pipeline bench-serving
+.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve predict serving-config bench-pipeline bench-serving
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ run: setup
 spans: setup
 	rm -rf data/taxi_spans
 	$(PY) -m pipeline.spans data/taxi/data.csv data/taxi_spans
+
+# One run per new complete span of the data root, oldest first, one at a time, every continuous.poll_seconds
+# (docs/continuous-training.md#make-watch); ARGS="--once" for a single pass.
+watch: setup
+	$(PY) -m runners.watcher $(ARGS)
 
 # BeamDagRunner, DirectRunner with a process per core.
 run-beam: setup

@@ -30,6 +30,8 @@ ENV_IMAGE = "TFX_E2E_IMAGE"  # Cloud Build sets it to the image it just pushed
 # The span a run reads (a run parameter, not a config.yaml key): a span number, or the date of a daily span.
 ENV_SPAN = "TFX_E2E_SPAN"
 ENV_DATE = "TFX_E2E_DATE"
+ENV_RUN_REASON = "TFX_E2E_RUN_REASON"  # why a run runs (runners/why.py): manual, schedule, new_span, event, ...
+ENV_RUN_LOCK_FD = "TFX_E2E_RUN_LOCK_FD"  # the run lock, inherited from the watcher that started the run
 DEFAULT_PROFILE = "local"
 
 
@@ -81,6 +83,8 @@ class ContinuousConfig:
     window_spans: int     # spans a run trains on: the last N complete spans up to the one it reads
     settle_seconds: float  # a span folder without _SUCCESS is complete when unchanged this long; 0 = marker only
     min_examples: int     # the data gate stops a span with fewer examples (train + eval)
+    poll_seconds: float   # make watch: how often the watcher looks for new complete spans
+    max_attempts: int     # make watch: runs of one span that may fail before the watcher skips it
     retries: RetriesConfig
 
 
@@ -366,6 +370,10 @@ def _validate_continuous(config: Config) -> None:
         raise ConfigError(f"continuous.settle_seconds: must be >= 0, got {continuous.settle_seconds}")
     if continuous.min_examples < 0:
         raise ConfigError(f"continuous.min_examples: must be >= 0, got {continuous.min_examples}")
+    if continuous.poll_seconds <= 0:
+        raise ConfigError(f"continuous.poll_seconds: must be > 0, got {continuous.poll_seconds}")
+    if continuous.max_attempts < 1:
+        raise ConfigError(f"continuous.max_attempts: must be at least 1, got {continuous.max_attempts}")
     retries = continuous.retries
     if retries.attempts < 1:
         raise ConfigError(f"continuous.retries.attempts: must be at least 1 (the first try), got {retries.attempts}")
@@ -475,7 +483,7 @@ def load_config(profile: str | None = None, env: Mapping[str, str] | None = None
     typed and validated.
     """
     env = os.environ if env is None else env
-    known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, ENV_SPAN, ENV_DATE, *ENV_PATHS}
+    known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, ENV_SPAN, ENV_DATE, ENV_RUN_REASON, ENV_RUN_LOCK_FD, *ENV_PATHS}
     unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
         known = ", ".join(sorted(known))

@@ -18,7 +18,17 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.config import ENV_ALWAYS_RUN, ENV_DATE, ENV_SPAN, REPO_ROOT, Config, ConfigError, load_config, resolve_span
+from pipeline.config import (
+    ENV_ALWAYS_RUN,
+    ENV_DATE,
+    ENV_RUN_REASON,
+    ENV_SPAN,
+    REPO_ROOT,
+    Config,
+    ConfigError,
+    load_config,
+    resolve_span,
+)
 from pipeline.files import write_atomic
 from pipeline.fingerprint import files_digest
 
@@ -122,8 +132,12 @@ def run_parameters(argv) -> dict[str, str]:
     which.add_argument("--span", help=f"the span to read (span-N/ folder; {ENV_SPAN}); default the newest "
                        "complete span")
     which.add_argument("--date", help=f"the daily span to read (YYYY-MM-DD/ folder; {ENV_DATE})")
+    from runners.why import REASONS
+    parser.add_argument("--reason", choices=sorted(REASONS), help=f"why this run runs, recorded in ML Metadata "
+                        f"and the summary ({ENV_RUN_REASON}); default manual")
     args = parser.parse_args(list(argv))
-    return {k: v for k, v in ((ENV_SPAN, args.span), (ENV_DATE, args.date)) if v is not None}
+    return {k: v for k, v in ((ENV_SPAN, args.span), (ENV_DATE, args.date), (ENV_RUN_REASON, args.reason))
+            if v is not None}
 
 
 def run(make_runner, default_profile: str, argv=()) -> None:
@@ -138,7 +152,7 @@ def run(make_runner, default_profile: str, argv=()) -> None:
     parameters = run_parameters(argv)
     env = dict(os.environ)
     if parameters:
-        for variable in (ENV_SPAN, ENV_DATE):
+        for variable in (ENV_SPAN, ENV_DATE, ENV_RUN_REASON):
             env.pop(variable, None)
         env.update(parameters)
     config = load_or_exit(default_profile, env)
@@ -149,6 +163,25 @@ def run(make_runner, default_profile: str, argv=()) -> None:
         # The data a run needs is not there (yet): nothing runs and nothing is pushed.
         print(f"error: data: {e}; nothing was run or pushed", file=sys.stderr)
         sys.exit(1)
+    from runners import runlock, why
+    reason = env.get(ENV_RUN_REASON) or why.DEFAULT_REASON
+    if reason not in why.REASONS:
+        print(f"error: configuration: {ENV_RUN_REASON}: expected one of {', '.join(why.REASONS)}, got {reason!r}",
+              file=sys.stderr)
+        sys.exit(2)
+    # One run at a time per output root (runners/runlock.py); a second one is refused, not queued.
+    try:
+        lock = runlock.acquire_run_lock(config, span=config.span, reason=reason, by=" ".join(["run", *argv]))
+    except runlock.LockHeld as e:
+        print(f"error: another run is in progress on this output root: {e}; nothing was run. Try again when it has "
+              "finished (a killed run releases the lock at once).", file=sys.stderr)
+        sys.exit(1)
+    with lock:
+        _run_locked(make_runner, config, reason)
+
+
+def _run_locked(make_runner, config: Config, reason: str) -> None:
+    from runners import why
 
     fingerprint = inputs_fingerprint(config)
     record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)
@@ -185,8 +218,16 @@ def run(make_runner, default_profile: str, argv=()) -> None:
     finally:
         absl_logger.removeHandler(progress)
         absl_logger.propagate = True
+    try:
+        why.record(config, started, reason)
+    except Exception as e:  # the run's outcome stands; say what could not be recorded
+        print(f"warning: could not record why the run ran in ML Metadata: {e}", file=sys.stderr)
     text = io.StringIO()
     outcome = print_summary(config, tfx_pipeline, started, error, out=text)
+    summary_lines = text.getvalue().split("\n")
+    rules = [i for i, line in enumerate(summary_lines) if line == "=" * 72]
+    summary_lines.insert(rules[1] + 1 if len(rules) > 1 else 0, why.why_line(config, reason))
+    text = io.StringIO("\n".join(summary_lines))
     print(text.getvalue(), end="")
     if outcome.ok and fingerprint:
         _write_record(config, fingerprint, text.getvalue(), outcome.served_path)

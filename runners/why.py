@@ -1,0 +1,93 @@
+"""Why a run ran and which spans it used, recorded in ML Metadata as custom properties of the run's context
+(the `pipeline_run` context LocalDagRunner creates for each run) and shown in the run summary.
+
+    tfx_e2e_reason   manual | schedule | new_span | event | monitoring_alert
+    tfx_e2e_spans    the spans the run read, comma-separated ("3"; "0" for a flat data root)
+"""
+import time
+
+from pipeline.config import Config
+
+REASONS = {
+    "manual": "manual",
+    "schedule": "schedule",
+    "new_span": "new span",
+    "event": "event",
+    "monitoring_alert": "monitoring alert",
+}
+DEFAULT_REASON = "manual"
+REASON_PROPERTY = "tfx_e2e_reason"
+SPANS_PROPERTY = "tfx_e2e_spans"
+
+
+def spans_of(config: Config) -> list[int]:
+    """The spans a run reads: the span it was given and, with a rolling window, the window's older spans."""
+    if config.span is None:
+        return []
+    try:
+        from pipeline.components import window_spans
+        window = window_spans(config)
+    except ImportError:  # no rolling window
+        window = 1
+    if window <= 1:
+        return [config.span]
+    from pipeline import spans
+    return [s.number for s in spans.select(spans.discover(config.data_root, config.continuous.settle_seconds),
+                                           config.span, window)]
+
+
+def why_line(config: Config, reason: str) -> str:
+    """`Why: new span (span 3)`."""
+    spans = spans_of(config)
+    if not spans:
+        where = "the data as it is"
+    elif spans == [0]:
+        where = "the flat data root, one span"
+    else:
+        where = ("span " if len(spans) == 1 else "spans ") + ", ".join(map(str, spans))
+    return f"Why: {REASONS.get(reason, reason)} ({where})"
+
+
+def _store(config: Config):
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = config.metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    return mlmd.MetadataStore(connection)
+
+
+def run_context(store, config: Config, since: float):
+    """The `pipeline_run` context of this pipeline's newest run created after `since` (epoch seconds), or None."""
+    from tfx.dsl.compiler import constants
+
+    pipelines = store.get_contexts_by_type(constants.PIPELINE_CONTEXT_TYPE_NAME)
+    pipeline_ids = {c.id for c in pipelines if c.name == config.pipeline_name}
+    runs = []
+    for context in store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME):
+        if context.create_time_since_epoch < since * 1000 - 1000:
+            continue
+        parents = store.get_parent_contexts_by_context(context.id)
+        if not parents or pipeline_ids & {p.id for p in parents}:
+            runs.append(context)
+    return max(runs, key=lambda c: c.create_time_since_epoch) if runs else None
+
+
+def record(config: Config, since: float, reason: str) -> bool:
+    """Writes the reason and the spans into the run context of the run that started at `since`; False when there
+    is none (the orchestrator never started)."""
+    import os
+
+    if config.metadata != "sqlite" or not os.path.exists(config.metadata_path):
+        return False
+    store = _store(config)
+    context = run_context(store, config, since)
+    if context is None:
+        return False
+    context.custom_properties[REASON_PROPERTY].string_value = reason
+    context.custom_properties[SPANS_PROPERTY].string_value = ",".join(map(str, spans_of(config)))
+    context.custom_properties["tfx_e2e_recorded"].string_value = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                               time.gmtime())
+    store.put_contexts([context])
+    return True
