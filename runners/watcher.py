@@ -11,10 +11,12 @@ refused meanwhile. A failed run is retried on the next poll, up to continuous.ma
 counted in <output_root>/runs/<pipeline>.watch.json (delete a span's entry to try it again). What has run is read
 from ML Metadata, not remembered, so a restarted watcher carries on where the last one stopped. One watcher per
 output root: a second one is refused (exit status 1). --once makes a single pass (exit status 1 if a run failed).
+A decision that stands is logged once, not on every poll. Ctrl-C or `kill PID` stops the watcher.
 """
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,38 +172,60 @@ def run_span(config: Config, span: spans_lib.Span, state: dict) -> int | None:
     return status
 
 
-def poll_once(config: Config) -> bool:
-    """One pass over the data root; True when every run it started succeeded."""
+def poll_once(config: Config, quiet: set[str] | None = None) -> bool:
+    """One pass over the data root; True when every run it started succeeded. `quiet`: what the last pass
+    logged; a decision that has not changed since is not logged again (the set is updated)."""
+    said = set()
+
+    def log_once(message: str) -> None:
+        said.add(message)
+        if quiet is None or message not in quiet:
+            log(message)
+
+    ok = _poll(config, log_once)
+    if quiet is not None:
+        quiet.clear()
+        quiet.update(said)
+    return ok
+
+
+def _poll(config: Config, log_once) -> bool:
     if not os.path.isdir(config.data_root):
-        log(f"data root {config.data_root} not found; waiting")
+        log_once(f"data root {config.data_root} not found; waiting")
         return True
     try:
         found = spans_lib.discover(config.data_root, config.continuous.settle_seconds)
     except spans_lib.SpanError as e:
-        log(f"data root {config.data_root}: {e}; waiting")
+        log_once(f"data root {config.data_root}: {e}; waiting")
         return True
     if found and not found[0].name:
-        log(f"data root {config.data_root} holds CSV files, not span folders: one span, nothing new to watch for")
+        log_once(f"data root {config.data_root} holds CSV files, not span folders: one span, nothing new to watch for")
         return True
     if not found:
-        log(f"data root {config.data_root}: no span folders yet")
+        log_once(f"data root {config.data_root}: no span folders yet")
         return True
     state = load_state(config)
     decisions = decide(found, done_spans(config), state, config.continuous.max_attempts)
     done = [d.span.number for d in decisions if d.action == "done"]
     if done:
-        log(f"already run (ML Metadata): span{'s' if len(done) > 1 else ''} {', '.join(map(str, done))}")
+        log_once(f"already run (ML Metadata): span{'s' if len(done) > 1 else ''} {', '.join(map(str, done))}")
     ok = True
     for decision in decisions:
         if decision.action == "done":
             continue
-        log(f"span {decision.span.number} ({decision.span.name}): {decision.detail}")
         if decision.action == "run":
+            log(f"span {decision.span.number} ({decision.span.name}): {decision.detail}")
             status = run_span(config, decision.span, state)
             if status is None:
                 break  # someone else is running: the next poll tries again, oldest first
             ok = ok and status == 0
+        else:
+            log_once(f"span {decision.span.number} ({decision.span.name}): {decision.detail}")
     return ok
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -223,11 +247,14 @@ def main(argv=None) -> int:
         print(f"error: another watcher is running on this output root ({config.output_root}): {e}",
               file=sys.stderr)
         return 1
+    # `kill PID` stops it as Ctrl-C does (a run it started finishes on its own).
+    signal.signal(signal.SIGTERM, _interrupt)
     with watching:
         log(f"watching {config.data_root} every {poll:g} s; output {config.output_root}; pid {os.getpid()}")
+        quiet = set()  # decisions logged by the last pass, not repeated while they stand
         try:
             while True:
-                ok = poll_once(config)
+                ok = poll_once(config, quiet)
                 if args.once:
                     return 0 if ok else 1
                 time.sleep(poll)

@@ -158,6 +158,10 @@ def test_a_second_watcher_is_refused(tmp_path, monkeypatch, capsys):
     # Alone, it watches a data root that does not exist yet.
     assert watcher.main(["--once"]) == 0
     assert "data root " + str(tmp_path / "not-yet") + " not found; waiting" in capsys.readouterr().out
+    # While watching, a decision that stands is logged once, not on every poll.
+    quiet = set()
+    assert watcher.poll_once(config, quiet) and watcher.poll_once(config, quiet)
+    assert capsys.readouterr().out.count("not found; waiting") == 1
 
 
 # --- the watcher end to end ---
