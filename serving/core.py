@@ -53,7 +53,7 @@ class CoreOptions:
     max_request_bytes: int
     batching: BatchingConfig | None = None       # --enable_batching, --batching_parameters_file
     method_name_check: bool = False              # --enable_signature_method_name_check
-    model_roots: tuple[str, ...] | None = ()     # base paths a reload may use; None: any (--allow_any_model_base_path)
+    any_model_base_path: bool = False            # reloads may name any base path (--allow_any_model_base_path)
     num_threads: int = 2
 
 
@@ -70,8 +70,9 @@ class ServingCore:
         self.executor = ThreadPoolExecutor(max_workers=batching.num_batch_threads if batching else options.num_threads,
                                            thread_name_prefix="batch")
         self._batchers: dict[tuple[str, int, str], Batcher] = {}
-        self._model_roots = [os.path.dirname(p.rstrip(os.sep)) for p in manager.base_paths()] \
-            if options.model_roots == () else options.model_roots
+        # A reload may name base paths under the folders of the models configured at start, unless allowed any.
+        self._model_roots = None if options.any_model_base_path else \
+            [os.path.dirname(p.rstrip(os.sep)) for p in manager.base_paths()]
         manager.on_change = self._model_event
 
     def _model_event(self, name: str, version: int, event: str) -> None:

@@ -148,7 +148,7 @@ def build(config: Config, args: argparse.Namespace) -> tuple[ServingCore, Listen
     request_logger = RequestLogger(log_dir, serving.request_log.sampling_rate, on_dropped=metrics.request_log_dropped)
     options = CoreOptions(serving.max_request_bytes, _batching(args, config, tf_serving_style),
                           bool(args.enable_signature_method_name_check),
-                          None if args.allow_any_model_base_path else ())
+                          any_model_base_path=bool(args.allow_any_model_base_path))
     core = ServingCore(manager, options, request_logger, metrics)
     listen = Listen(
         args.host or serving.host, serving.rest_port if args.rest_port is None else args.rest_port,
