@@ -203,7 +203,8 @@ def to_numpy(proto: tensor_pb2.TensorProto, max_bytes: int | None = None) -> np.
         raise ServingError.invalid(f"tensor shape {shape} is not fully defined")
     if len(shape) > MAX_RANK:
         raise ServingError.invalid(f"tensor rank {len(shape)} is above {MAX_RANK}")
-    if math.prod(size for size in shape if size) >= 2**63:  # NumPy cannot even describe it (an empty one included)
+    # NumPy cannot even describe it, empty or not: its size in bytes (8 per element at most) must fit int64.
+    if math.prod(size for size in shape if size) * 8 >= 2**63:
         raise ServingError.invalid(f"tensor shape {shape} is too large")
     count = math.prod(shape)
     numpy_dtype = _NUMPY[proto.dtype]

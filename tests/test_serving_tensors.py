@@ -72,6 +72,9 @@ def _proto(text: str) -> tensor_pb2.TensorProto:
     # Empty, yet NumPy's reshape overflows on it (found by test_serving_fuzz).
     ("dtype: DT_STRING tensor_shape { dim { size: 1065103 } dim { size: 286059915 } dim { size: 0 } "
      "dim { size: 8589934592 } }", "is too large"),
+    # Its element count fits int64 but its bytes (8 per string) do not: NumPy's reshape refused that one too.
+    ("dtype: DT_STRING tensor_shape { dim { size: 2305843009213693952 } dim { size: 0 } dim { size: 3 } }",
+     "is too large"),
 ])
 def test_hostile_tensor_protos_are_refused_before_allocation(text, message):
     with pytest.raises(ServingError) as error:
