@@ -16,6 +16,12 @@ def _split_output(config: Config) -> example_gen_pb2.Output:
     ]))
 
 
+def _span_pattern(folder: str) -> example_gen_pb2.Input:
+    """One split: the span folder's *.csv files, so the _SUCCESS marker is never read. `*.csv`, not `[!_.]*`:
+    ExampleGen turns the glob into a regex escaping only . + * ? ( ), so a [!...] class would not negate there."""
+    return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="single_split", pattern=f"{folder}/*.csv")])
+
+
 def span_input(config: Config) -> tuple[example_gen_pb2.Input, range_config_pb2.RangeConfig] | None:
     """For a data root of span folders: CsvExampleGen's input (one split, the span's *.csv files, so the _SUCCESS
     marker is never read) and a static range of the one span the run reads (config.span; if unset, the newest
@@ -26,32 +32,37 @@ def span_input(config: Config) -> tuple[example_gen_pb2.Input, range_config_pb2.
     if not found or not found[0].name:
         return None
     (span,) = spans.select(found, config.span, 1)[-1:]
-    # `*.csv`, not `[!_.]*`: ExampleGen turns the glob into a regex escaping only . + * ? ( ), so a [!...] class
-    # would not negate there and no file would match.
-    folder = "{YYYY}-{MM}-{DD}" if span.date else "span-{SPAN}"
-    pattern = f"{folder}/*.csv"
-    return (example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="single_split", pattern=pattern)]),
+    return (_span_pattern("{YYYY}-{MM}-{DD}" if span.date else "span-{SPAN}"),
             range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
                 start_span_number=span.number, end_span_number=span.number)))
 
 
-def example_gen(config: Config):
+def example_gen(config: Config, span_range=None):
     """CsvExampleGen on data_root (on one span of it when it holds span folders), or BigQueryExampleGen on
-    vertex.bigquery_query; id 'ExampleGen'."""
+    vertex.bigquery_query; id 'ExampleGen'. With `span_range` (the 'SpanRange' task of a managed-metadata
+    pipeline, pipeline/span_parameter.py) the span is the run's `span` parameter, read when the run starts."""
+    range_config = span_range.outputs["range_config"].future()[0].value if span_range else None
     if config.example_gen == "bigquery":
         from tfx.extensions.google_cloud_big_query.example_gen.component import BigQueryExampleGen
 
-        component = BigQueryExampleGen(query=config.vertex.bigquery_query, output_config=_split_output(config))
+        from pipeline.span_parameter import window_query
+
+        component = BigQueryExampleGen(query=window_query(config) if span_range else config.vertex.bigquery_query,
+                                       range_config=range_config, output_config=_split_output(config))
     else:
         from tfx.components import CsvExampleGen
 
         span_args = span_input(config)
-        if span_args is None:
+        if span_range is not None:
+            folder = "{YYYY}-{MM}-{DD}" if config.continuous.span_folders == "date" else "span-{SPAN}"
+            component = CsvExampleGen(input_base=config.data_root, input_config=_span_pattern(folder),
+                                      range_config=range_config, output_config=_split_output(config))
+        elif span_args is None:
             component = CsvExampleGen(input_base=config.data_root, output_config=_split_output(config))
         else:
-            input_config, range_config = span_args
+            input_config, static_range = span_args
             component = CsvExampleGen(input_base=config.data_root, input_config=input_config,
-                                      range_config=range_config, output_config=_split_output(config))
+                                      range_config=static_range, output_config=_split_output(config))
     return component.with_id("ExampleGen")
 
 

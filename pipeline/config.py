@@ -85,6 +85,7 @@ class ContinuousConfig:
     min_examples: int     # the data gate stops a span with fewer examples (train + eval)
     poll_seconds: float   # make watch: how often the watcher looks for new complete spans
     max_attempts: int     # make watch: runs of one span that may fail before the watcher skips it
+    span_folders: str     # a gs:// data_root: "" (flat), span (span-<N>/) or date (<YYYY-MM-DD>/); local: discovered
     retries: RetriesConfig
 
 
@@ -361,11 +362,15 @@ def _validate_continuous(config: Config) -> None:
     continuous = config.continuous
     if continuous.window_spans < 1:
         raise ConfigError(f"continuous.window_spans: must be at least 1, got {continuous.window_spans}")
-    if continuous.window_spans > 1 and config.metadata == "managed":
-        # Refused rather than ignored: TFX 1.16's KFP v2 compiler cannot compile SpanRangeStrategy
-        # (docs/continuous-training.md#the-rolling-window).
-        raise ConfigError(f"continuous.window_spans: a rolling window needs TFX's own ML Metadata (metadata: sqlite); "
-                          f"the Vertex compiler cannot express it with metadata: managed, got {continuous.window_spans}")
+    if continuous.span_folders not in ("", "span", "date"):
+        raise ConfigError(f"continuous.span_folders: must be '', 'span' or 'date', got {continuous.span_folders!r}")
+    if continuous.window_spans > 1 and config.metadata == "managed" and not (
+            config.example_gen == "bigquery" and "@window_begin_timestamp" in config.vertex.bigquery_query):
+        # Refused rather than ignored: TFX 1.16's KFP v2 compiler cannot compile SpanRangeStrategy and a file
+        # ExampleGen reads one span; a BigQuery query spans the window itself (pipeline/span_parameter.py).
+        raise ConfigError(f"continuous.window_spans: a rolling window with metadata: managed needs example_gen: "
+                          f"bigquery and a vertex.bigquery_query that starts the window at @window_begin_timestamp "
+                          f"(the Vertex compiler cannot resolve a window of span folders), got {continuous.window_spans}")
     if continuous.settle_seconds < 0:
         raise ConfigError(f"continuous.settle_seconds: must be >= 0, got {continuous.settle_seconds}")
     if continuous.min_examples < 0:

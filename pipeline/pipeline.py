@@ -10,7 +10,7 @@ from tfx.proto import pusher_pb2
 
 import modules
 from modules import contract
-from pipeline import baseline, components, evaluation
+from pipeline import baseline, components, evaluation, span_parameter, span_range
 from pipeline.config import Config
 from pipeline.fingerprint import files_digest
 from pipeline.gate import DataGate
@@ -31,7 +31,9 @@ def module_fingerprint() -> str:
 def create_pipeline(config: Config) -> pipeline.Pipeline:
     fingerprint = module_fingerprint()
 
-    example_gen = components.example_gen(config)
+    # Vertex / KFP: the span is the run's `span` parameter, turned into ExampleGen's range config when it runs.
+    range_task = span_range.span_range(config) if span_parameter.takes_span(config) else None
+    example_gen = components.example_gen(config, range_task)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = ImportSchemaGen(schema_file=config.schema_path)
     example_validator = ExampleValidator(
@@ -88,8 +90,8 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.serving_model_dir)),
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPushExecutor))
 
-    nodes = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, *window, transform,
-                  *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
+    nodes = [*([range_task] if range_task else []), example_gen, statistics_gen, schema_gen, example_validator,
+             data_gate, *window, transform, *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
     return pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

@@ -32,19 +32,33 @@ def retry_policy(retries) -> dict | None:
             "backoffFactor": 2.0, "backoffMaxDuration": f"{retries.max_delay_seconds:g}s"}
 
 
-def add_retry_policy(path: str, retries) -> int:
-    """Sets the retry policy on every task of the compiled PipelineJob JSON at `path`; returns the task count."""
-    policy = retry_policy(retries)
-    if policy is None:
-        return 0
+def producer_fixes(tasks: dict) -> int:
+    """Points each task-output parameter at its producer's task name. TFX 1.16's compiler writes
+    `<producer>_task` for a dynamic execution property (ExampleGen's range config from 'SpanRange', TFX's own
+    expected specs do the same), but a pipeline spec names a producer by its key under root.dag.tasks, as KFP's
+    own compiler does; returns how many references were fixed."""
+    fixed = 0
+    for task in tasks.values():
+        for parameter in task.get("inputs", {}).get("parameters", {}).values():
+            output = parameter.get("taskOutputParameter")
+            if output and output["producerTask"] not in tasks and output["producerTask"].removesuffix("_task") in tasks:
+                output["producerTask"] = output["producerTask"].removesuffix("_task")
+                fixed += 1
+    return fixed
+
+
+def finish_spec(path: str, retries) -> None:
+    """Rewrites the compiled PipelineJob JSON at `path`: producer references by task name, and the retry policy
+    (continuous.retries) on every task."""
     with open(path) as f:
         job = json.load(f)
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
-    for task in tasks.values():
+    producer_fixes(tasks)
+    policy = retry_policy(retries)
+    for task in tasks.values() if policy else ():
         task["retryPolicy"] = dict(policy)
     with open(path, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
-    return len(tasks)
 
 
 def main() -> None:
@@ -58,8 +72,12 @@ def main() -> None:
     runner = kfp_v2.KubeflowV2DagRunner(
         config=kfp_v2.KubeflowV2DagRunnerConfig(default_image=config.image),
         output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
-    runner.run(create_pipeline(config))
-    add_retry_policy(path, config.continuous.retries)
+    from pipeline import span_parameter
+
+    # The compiler drops a RuntimeParameter's default; the job's runtimeConfig carries it instead.
+    defaults = {span_parameter.PARAMETER: span_parameter.NEWEST} if span_parameter.takes_span(config) else None
+    runner.run(create_pipeline(config), parameter_values=defaults)
+    finish_spec(path, config.continuous.retries)
     print(f"compiled {path} (pipeline root {config.pipeline_root}, image {config.image})")
 
 

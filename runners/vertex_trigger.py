@@ -12,7 +12,9 @@ for the `_SUCCESS` marker of a span folder: `gs://BUCKET/ROOT/span-N/_SUCCESS` o
 (TFX_E2E_TEMPLATE: a gs:// URI or a file, default build/<pipeline>.json) through runners/submit.py with the
 span as the runtime parameter `span` and the job id `<pipeline>-span-<N>`: the same event twice (Eventarc
 delivers at least once) submits one run, because Vertex refuses a second job with that id (AlreadyExists, which
-answers 200 here).
+answers 200 here). The configuration must compile to a pipeline that takes `span` (metadata: managed with
+continuous.span_folders, or a BigQuery query with span placeholders: pipeline/span_parameter.py); otherwise every
+event answers 500 and nothing is submitted (the deployment is wrong, not the event; Eventarc redelivers).
 
 Answers: 200 submitted (or already submitted); 400 not a CloudEvent, another event type, or an object that is
 not a span folder's _SUCCESS marker (under the data root when data_root is a gs:// URI); nothing is submitted.
@@ -31,7 +33,6 @@ from werkzeug.exceptions import BadRequest
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 ENV_TEMPLATE = "TFX_E2E_TEMPLATE"  # the compiled pipeline this function submits (a gs:// URI, as Cloud Build uploads)
-SPAN_PARAMETER = "span"            # the pipeline's runtime parameter that receives the span
 MARKER = "_SUCCESS"
 _SPAN_FOLDER = re.compile(r"^(?:span-(\d+)|(\d{4}-\d{2}-\d{2}))$")
 
@@ -72,8 +73,9 @@ def _object_of(event) -> tuple[str, str]:
     raise Malformed(f"event type {kind!r}: this function takes {STORAGE_FINALIZED} or {PUBSUB_PUBLISHED}")
 
 
-def span_of(bucket: str, name: str, data_root: str = "") -> int:
-    """The span whose _SUCCESS marker gs://bucket/name is; Malformed if it is not one (or not under data_root)."""
+def span_of(bucket: str, name: str, data_root: str = "", folders: str = "") -> int:
+    """The span whose _SUCCESS marker gs://bucket/name is; Malformed if it is not one, not under data_root, or not
+    of the folder kind the pipeline reads (`folders`: continuous.span_folders, "" for either)."""
     import datetime
 
     from pipeline.spans import span_of_date
@@ -84,6 +86,10 @@ def span_of(bucket: str, name: str, data_root: str = "") -> int:
     match = _SPAN_FOLDER.match(parts[-2])
     if not match:
         raise Malformed(f"gs://{bucket}/{name}: {parts[-2]!r} is not a span folder (span-N or YYYY-MM-DD)")
+    kind = "span" if match.group(1) is not None else "date"
+    if folders and kind != folders:
+        raise Malformed(f"gs://{bucket}/{name}: the pipeline reads {'span-N' if folders == 'span' else 'YYYY-MM-DD'} "
+                        f"folders (continuous.span_folders: {folders}), not {parts[-2]!r}")
     if data_root.startswith("gs://"):
         root = data_root.rstrip("/")
         if f"gs://{bucket}/{'/'.join(parts[:-2])}".rstrip("/") != root:
@@ -114,16 +120,20 @@ def _config():
 
 def handle(event) -> tuple[str, int]:
     """Submits the pipeline for the span the event names; (message, HTTP status)."""
+    from pipeline import span_parameter
     from runners.kubeflow_v2_runner import compiled_path
     from runners.submit import submit_vertex
 
     try:
         bucket, name = _object_of(event)
         config = _config()
-        span = span_of(bucket, name, config.data_root)
+        span = span_of(bucket, name, config.data_root, config.continuous.span_folders)
     except Malformed as e:
         print(f"ignored: {e}")
         return f"ignored: {e}", 400
+    if not span_parameter.takes_span(config):
+        raise RuntimeError("the configured pipeline takes no `span` parameter (set continuous.span_folders, or write "
+                           "vertex.bigquery_query with span placeholders): nothing submitted")
     template = os.environ.get(ENV_TEMPLATE) or compiled_path(config.pipeline_name)
     run_id = job_id(config.pipeline_name, span)
     sdk = aiplatform
@@ -131,7 +141,7 @@ def handle(event) -> tuple[str, int]:
         from google.cloud import aiplatform as sdk
     try:
         submit_vertex(config, template, schedule=False, aiplatform=sdk,
-                      parameter_values={SPAN_PARAMETER: span}, job_id=run_id)
+                      parameter_values={span_parameter.PARAMETER: span}, job_id=run_id)
     except Exception as e:  # AlreadyExists: this span's run was submitted before (a redelivered event)
         if type(e).__name__ != "AlreadyExists":
             raise

@@ -120,12 +120,13 @@ def test_the_rerun_fingerprint_covers_the_span_read(tmp_path):
 
 
 def test_a_window_is_refused_on_managed_metadata_and_one_span_on_a_flat_root(tmp_path):
-    """TFX 1.16's KFP v2 compiler takes no SpanRangeStrategy: window_spans > 1 with metadata: managed is a
-    configuration error, not a window silently dropped. A flat root is one span: its DAG is today's."""
+    """TFX 1.16's KFP v2 compiler takes no SpanRangeStrategy and a file ExampleGen reads one span: window_spans > 1
+    with metadata: managed over CSV is a configuration error, not a window silently dropped (a BigQuery query
+    spans the window itself: tests/test_runners.py). A flat root is one span: its DAG is today's."""
     from pipeline import components
 
     (tmp_path / "managed.yaml").write_text("continuous: {window_spans: 2}\ngcp: {project: p}\nmetadata: managed\nimage: i\n")
-    with pytest.raises(ConfigError, match="a rolling window needs TFX's own ML Metadata"):
+    with pytest.raises(ConfigError, match="a rolling window with metadata: managed needs example_gen: bigquery"):
         load_config(env=_env(tmp_path, SMALL_DATA, TFX_E2E_CONFIG=str(tmp_path / "managed.yaml")), check_data=False)
     (tmp_path / "overlay.yaml").write_text("continuous: {window_spans: 2}\n")
     overlay = str(tmp_path / "overlay.yaml")

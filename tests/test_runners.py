@@ -1,9 +1,11 @@
 """Every runner builds its pipeline: Vertex AI / KFP 2 compiles to a pipeline spec the protos accept,
 whose executors and module functions import here; the dataflow profile carries Dataflow's Beam args;
 BeamDagRunner runs end to end on the slice to a pushed model."""
+import datetime
 import importlib
 import json
 import os
+import re
 
 import pytest
 from conftest import SMALL_DATA, PipelineRun
@@ -28,9 +30,9 @@ DATAFLOW_ARGS = ["--runner=DataflowRunner", "--project=tfx-e2e-test", "--region=
                  f"--sdk_container_image={IMAGE}"]
 
 
-def _compile(tmp_path, monkeypatch, profile):
+def _compile(tmp_path, monkeypatch, profile, extra=""):
     overlay = tmp_path / "gcp.yaml"
-    overlay.write_text(GCP_OVERLAY)
+    overlay.write_text(GCP_OVERLAY + extra)
     monkeypatch.setenv("TFX_E2E_CONFIG", str(overlay))
     monkeypatch.setenv("TFX_E2E_PROFILE", profile)
     monkeypatch.setattr(kubeflow_v2_runner, "COMPILED_DIR", tmp_path / "build")
@@ -113,6 +115,93 @@ def test_vertex_training_requests_a_gpu(vertex_dataflow_job):
     tuner = json.dumps(vertex_dataflow_job["pipelineSpec"]["root"]["dag"]["tasks"]["Tuner"])
     for fragment in ("ai_platform_enable_vertex", "ai_platform_tuning_args", "tuner_trials", "NVIDIA_TESLA_T4"):
         assert fragment in tuner, fragment
+
+
+DAY = 86400
+WINDOW_QUERY = """
+continuous: {window_spans: 4}
+vertex:
+  bigquery_query: >-
+    SELECT * FROM `p.d.trips` WHERE trip_start_timestamp >= TIMESTAMP_SECONDS(@window_begin_timestamp)
+    AND trip_start_timestamp < TIMESTAMP_SECONDS(@span_end_timestamp)
+"""
+
+
+def _spec(job):
+    return json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+
+
+def _takes_span_from_span_range(job):
+    """The pipeline declares the runtime parameter `span` (default -1, the newest); 'SpanRange' reads it and
+    ExampleGen's range config is SpanRange's output, referenced by a task name of the DAG ExampleGen depends on."""
+    spec = _spec(job)
+    assert spec.root.input_definitions.parameters["span"].type == pipeline_spec_pb2.PrimitiveType.INT
+    runtime = json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob()).runtime_config
+    assert runtime.parameters["span"].int_value == -1
+    tasks = spec.root.dag.tasks
+    assert tasks["SpanRange"].inputs.parameters["span"].component_input_parameter == "span"
+    producer = tasks["ExampleGen"].inputs.parameters["range_config"].task_output_parameter
+    assert (producer.producer_task, producer.output_parameter_key) == ("SpanRange", "range_config")
+    assert "SpanRange" in tasks["ExampleGen"].dependent_tasks
+    for name, task in tasks.items():  # every producer reference names a task (TFX writes '<id>_task' otherwise)
+        for parameter in task.inputs.parameters.values():
+            if parameter.HasField("task_output_parameter"):
+                assert parameter.task_output_parameter.producer_task in tasks, name
+
+
+def _example_gen_pattern(spec):
+    input_config = spec.root.dag.tasks["ExampleGen"].inputs.parameters["input_config"].runtime_value.constant_value
+    return json.loads(input_config.string_value)["splits"][0]["pattern"]
+
+
+def test_vertex_bigquery_window_of_days_ends_at_the_span_parameter(tmp_path, monkeypatch):
+    """On Vertex the window is BigQuery's: the query starts at @window_begin_timestamp, compiled into TFX's span
+    placeholders, so the run given span S (a day) reads days S-3..S; TFX's own query filling proves the dates."""
+    from tfx.components.example_gen import utils
+
+    from pipeline.span_parameter import range_config_json
+
+    job = _compile(tmp_path, monkeypatch, "vertex", WINDOW_QUERY)
+    _takes_span_from_span_range(job)
+    spec = _spec(job)
+    span = 16891  # 2016-03-31
+    query = utils.get_query_for_span(_example_gen_pattern(spec), span)
+    begin, minus, end = (int(n) for n in re.search(r"TIMESTAMP_SECONDS\(\((\d+) - (\d+)\)\).*TIMESTAMP_SECONDS\((\d+)\)",
+                                                    query).groups())
+    assert (begin - minus, end) == ((span - 3) * DAY, (span + 1) * DAY)
+    assert json.loads(range_config_json(span, bigquery=True)) == {
+        "static_range": {"start_span_number": span, "end_span_number": span}}
+    # No span given (a schedule): yesterday, the day a daily schedule trains on.
+    assert json.loads(range_config_json(-1, bigquery=True, today=datetime.date(2016, 4, 1)))["static_range"][
+        "start_span_number"] == span
+
+
+def test_vertex_csv_span_folders_read_the_span_parameter(tmp_path, monkeypatch):
+    """CSV span folders on Cloud Storage (continuous.span_folders): ExampleGen reads span-{SPAN}/*.csv, the span
+    being the run's parameter (the newest folder without one)."""
+    from pipeline.span_parameter import range_config_json
+
+    job = _compile(tmp_path, monkeypatch, "vertex", """
+example_gen: csv
+data_root: gs://tfx-e2e-test-bucket/landing/taxi
+continuous: {span_folders: span}
+""")
+    _takes_span_from_span_range(job)
+    spec = _spec(job)
+    assert _example_gen_pattern(spec) == "span-{SPAN}/*.csv"
+    assert range_config_json(-1, bigquery=False) == ""
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("continuous: {window_spans: 2}\n", "a vertex.bigquery_query that starts the window at @window_begin_timestamp"),
+    ("example_gen: csv\ncontinuous: {window_spans: 2, span_folders: span}\n", "needs example_gen: bigquery"),
+    ("continuous: {span_folders: days}\n", "continuous.span_folders: must be '', 'span' or 'date', got 'days'"),
+])
+def test_vertex_window_errors(tmp_path, extra, message):
+    (tmp_path / "o.yaml").write_text(GCP_OVERLAY + extra)
+    with pytest.raises(ConfigError) as error:
+        load_config(env={"TFX_E2E_PROFILE": "vertex", "TFX_E2E_CONFIG": str(tmp_path / "o.yaml")}, check_data=False)
+    assert message in str(error.value)
 
 
 def test_vertex_without_dataflow_runs_beam_in_the_container(tmp_path, monkeypatch):

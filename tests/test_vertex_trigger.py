@@ -24,6 +24,8 @@ output_root: gs://tfx-e2e-test-bucket/tfx-e2e
 data_root: gs://tfx-e2e-test-bucket/landing/taxi
 gcp: {project: tfx-e2e-test, region: europe-west4, service_account: pipelines@tfx-e2e-test.iam.gserviceaccount.com}
 image: europe-west4-docker.pkg.dev/tfx-e2e-test/tfx-e2e/pipeline:abc123
+example_gen: csv
+continuous: {span_folders: span}
 """
 TEMPLATE = "gs://tfx-e2e-test-bucket/pipelines/abc123/chicago-taxi.json"
 BUCKET = "tfx-e2e-test-bucket"
@@ -175,12 +177,43 @@ def test_storage_finalize_binary_submits_once_per_span(server):
     assert _calls(calls) == [_job(17, "chicago-taxi-span-17")]
 
 
-def test_storage_finalize_structured_daily_span(server):
+def test_storage_finalize_structured_span(server):
     url, calls = server
     status, _ = _structured(url, "google.cloud.storage.object.v1.finalized",
-                            _storage_object("landing/taxi/2016-03-31/_SUCCESS"), "ev-2")
-    assert status == 200  # span 16891: days since 1970-01-01
-    assert _calls(calls)[0] == _job(16891, "chicago-taxi-span-16891")
+                            _storage_object("landing/taxi/span-21/_SUCCESS"), "ev-2")
+    assert status == 200
+    assert _calls(calls)[0] == _job(21, "chicago-taxi-span-21")
+
+
+def test_daily_span_folders_count_days():
+    """With continuous.span_folders: date, <YYYY-MM-DD>/ is the span of days since 1970-01-01."""
+    from runners.vertex_trigger import Malformed, span_of
+
+    root = f"gs://{BUCKET}/landing/taxi"
+    assert span_of(BUCKET, "landing/taxi/2016-03-31/_SUCCESS", root, "date") == 16891
+    with pytest.raises(Malformed, match="'2016-02-30' is not a date"):
+        span_of(BUCKET, "landing/taxi/2016-02-30/_SUCCESS", root, "date")
+    with pytest.raises(Malformed, match=r"reads YYYY-MM-DD folders \(continuous.span_folders: date\), not 'span-3'"):
+        span_of(BUCKET, "landing/taxi/span-3/_SUCCESS", root, "date")
+
+
+def test_a_pipeline_without_the_span_parameter_submits_nothing(tmp_path, monkeypatch):
+    """A deployment whose pipeline takes no `span` (a flat data root) is a server error, not the event's: it
+    raises (functions-framework answers 500, Eventarc redelivers) before anything is submitted."""
+    from cloudevents.http import CloudEvent
+
+    from runners import vertex_trigger
+
+    (tmp_path / "flat.yaml").write_text(OVERLAY.replace("continuous: {span_folders: span}\n", ""))
+    monkeypatch.setenv("TFX_E2E_PROFILE", "vertex")
+    monkeypatch.setenv("TFX_E2E_CONFIG", str(tmp_path / "flat.yaml"))
+    submitted = []
+    monkeypatch.setattr(vertex_trigger, "aiplatform", submitted)  # any use of the SDK would fail the test
+    event = CloudEvent({"type": "google.cloud.storage.object.v1.finalized", "source": "//storage.googleapis.com/x"},
+                       _storage_object("landing/taxi/span-22/_SUCCESS"))
+    with pytest.raises(RuntimeError, match="takes no `span` parameter"):
+        vertex_trigger.handle(event)
+    assert submitted == []
 
 
 def test_pubsub_storage_notification(server):
@@ -212,7 +245,7 @@ def test_pubsub_storage_notification(server):
     (lambda url: _binary(url, "google.cloud.storage.object.v1.finalized",
                          _storage_object("elsewhere/span-20/_SUCCESS"), "bad-4"), "not a span folder of the data root"),
     (lambda url: _binary(url, "google.cloud.storage.object.v1.finalized",
-                         _storage_object("landing/taxi/2016-02-30/_SUCCESS"), "bad-5"), "is not a date"),
+                         _storage_object("landing/taxi/2016-03-31/_SUCCESS"), "bad-5"), "the pipeline reads span-N folders"),
     (lambda url: _binary(url, "google.cloud.storage.object.v1.finalized", {"name": 3}, "bad-6"), "object resource"),
     (lambda url: _structured(url, "google.cloud.pubsub.topic.v1.messagePublished",
                              {"message": {"data": "%%%"}}, "bad-7"), "no JSON object resource"),
