@@ -1,5 +1,7 @@
 """Why a run ran and which spans it used, recorded in ML Metadata as custom properties of the run's context
-(the `pipeline_run` context LocalDagRunner creates for each run) and shown in the run summary.
+(the `pipeline_run` context LocalDagRunner creates for each run; on Airflow, the `run` context
+`<pipeline>.<Airflow run id>` TFX's Airflow integration files every task's execution under) and shown in the run
+summary (on Airflow, in the first task's log).
 
     tfx_e2e_reason   manual | schedule | new_span | event | monitoring_alert
     tfx_e2e_spans    the spans the run read, comma-separated ("3"; "0" for a flat data root)
@@ -85,9 +87,14 @@ def record(config: Config, since: float, reason: str) -> bool:
     context = run_context(store, config, since)
     if context is None:
         return False
+    write(store, context, config, reason)
+    return True
+
+
+def write(store, context, config: Config, reason: str) -> None:
+    """Writes the reason and the spans the run reads (config.span, and the window's older spans) into `context`."""
     context.custom_properties[REASON_PROPERTY].string_value = reason
     context.custom_properties[SPANS_PROPERTY].string_value = ",".join(map(str, spans_of(config)))
     context.custom_properties["tfx_e2e_recorded"].string_value = time.strftime("%Y-%m-%d %H:%M:%S UTC",
                                                                                time.gmtime())
     store.put_contexts([context])
-    return True
