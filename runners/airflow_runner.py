@@ -13,6 +13,18 @@ pushed models:
 Both take retries, exponential backoff and a timeout per task from `continuous.retries`. The span reaches
 ExampleGen as its range config (one span), rendered from the first task's XCom when ExampleGen runs.
 
+Why a run ran (runners/why.py): the first task records it, with the spans the run reads, on the run's context in ML
+Metadata (TFX's Airflow integration files every task's execution under the `run` context `<pipeline>.<run id>`):
+`new_span` for the new-span DAG, `schedule` for the scheduled DAG (`manual` when its DAG run was triggered by hand),
+unless the DAG run's conf carries `{"reason": ...}`.
+
+A rolling window (continuous.window_spans > 1) follows the span too: the `span_window_resolver` task builds its
+window (pipeline.components.window_resolvers, the window_spans complete spans ending at the run's span) when it
+runs, from the first task's XCom. TFX renders a Resolver's config nowhere (its exec_properties are rebuilt from the
+node, so op_kwargs templates never reach it), so the task launches a Resolver built for the run's span. Spans of
+the window ML Metadata has no Examples of are ingested first, by ExampleGen alone under their own run id
+(`<run id>.backfill-span-<N>`), as runners/backfill.py does for the local runner.
+
     AIRFLOW_HOME=... airflow dags test chicago-taxi
     AIRFLOW_HOME=... airflow dags test chicago-taxi-new-span
 """
@@ -22,6 +34,7 @@ import datetime
 from runners.harness import load_or_exit
 
 RESOLVE_TASK, SENSOR_TASK = "resolve_span", "wait_for_span"
+EXAMPLE_GEN = "ExampleGen"
 NEW_SPAN_SUFFIX = "-new-span"
 SENSOR_POKE_SECONDS = 60
 SENSOR_TIMEOUT_SECONDS = 24 * 3600
@@ -53,8 +66,45 @@ def _span_range_template(source_task: str) -> str:
     return '{ "static_range": { "start_span_number": ' + span + ', "end_span_number": ' + span + " } }"
 
 
+def run_reason(dag_run, default: str, manual: bool = True) -> str:
+    """Why a DAG run runs: its conf's "reason" if given (one of runners.why.REASONS, else the task fails), else
+    (`manual`) `manual` for a DAG run triggered by hand (the UI, `airflow dags trigger`, `dags test`: run_type
+    manual), else `default`."""
+    from runners import why
+
+    conf = (dag_run.conf or {}) if dag_run is not None else {}
+    if "reason" in conf:
+        if conf["reason"] not in why.REASONS:
+            raise ValueError(f"conf reason: expected one of {', '.join(why.REASONS)}, got {conf['reason']!r}")
+        return conf["reason"]
+    if manual and dag_run is not None and dag_run.run_type == "manual":  # DagRunType.MANUAL, a str enum
+        return "manual"
+    return default
+
+
+def record_why(config, run_id: str, reason: str) -> str:
+    """Records `reason` and the spans the run reads (config.span and its window) on the run's context in ML Metadata,
+    the `run` context `<pipeline>.<run_id>` TFX's Airflow launcher files each task's execution under (created here
+    as TFX creates it, when the first component has not run yet); returns the Why line, which it prints."""
+    from tfx.orchestration import data_types, metadata
+
+    from runners import why
+
+    line = why.why_line(config, reason)
+    print(line)
+    if config.metadata != "sqlite":
+        return line
+    info = data_types.PipelineInfo(config.pipeline_name, config.pipeline_root, run_id=run_id)
+    with metadata.Metadata(metadata.sqlite_metadata_connection_config(config.metadata_path)) as handle:
+        _, run_context = handle.register_pipeline_contexts_if_not_exists(info)
+        why.write(handle.store, run_context, config, reason)
+    print(f"recorded in ML Metadata: context {info.pipeline_run_context_name}: {why.REASON_PROPERTY}={reason}")
+    return line
+
+
 def resolve_span(dag_run=None, **_) -> int:
-    """The span a scheduled or triggered run reads, resolved when it runs (a missing span fails the task)."""
+    """The span a scheduled or triggered run reads, resolved when it runs (a missing span fails the task); records
+    why the run runs and the spans it reads in ML Metadata."""
     import os
 
     from pipeline.config import load_config
@@ -67,7 +117,10 @@ def resolve_span(dag_run=None, **_) -> int:
         env["TFX_E2E_SPAN" if "span" in conf else "TFX_E2E_DATE"] = str(conf.get("span", conf.get("date")))
     env.setdefault("TFX_E2E_PROFILE", "airflow")
     config = resolve(load_config(env=env))
+    reason = run_reason(dag_run, "schedule")
     print(f"span {config.span}: the run reads it")
+    if dag_run is not None:
+        record_why(config, dag_run.run_id, reason)
     return config.span
 
 
@@ -81,6 +134,100 @@ def spans_in_metadata(connection_config) -> set[int]:
     except Exception:  # no Examples type yet: nothing has run
         return set()
     return {a.custom_properties["span"].int_value for a in examples if "span" in a.custom_properties}
+
+
+def ingested_spans(connection_config, pipeline_name: str) -> set[int]:
+    """The spans of the live Examples ExampleGen wrote in this pipeline's context: what the window's resolver finds."""
+    from tfx.orchestration import data_types, metadata
+
+    with metadata.Metadata(connection_config) as handle:
+        context = handle.get_pipeline_context(data_types.PipelineInfo(pipeline_name, "", run_id=None))
+        if context is None:
+            return set()
+        examples = handle.get_qualified_artifacts([context], "Examples", EXAMPLE_GEN, "examples")
+    return {a.get_int_custom_property("span") for a in examples if a.has_custom_property("span")}
+
+
+def backfill(config, launch_args: dict, run_id: str) -> list[int]:
+    """Ingests the window's older spans ML Metadata has no Examples of: ExampleGen alone, built for that span and
+    launched as TFX's Airflow task launches it (`launch_args`: the ExampleGen task's), under the run id
+    `<run_id>.backfill-span-<N>` (its own run context, so this run's StatisticsGen and gate see only its span).
+    Returns the spans ingested."""
+    from tfx.orchestration import data_types, metadata
+
+    from pipeline import spans
+    from pipeline.components import example_gen, window_spans
+
+    window = window_spans(config)
+    if window <= 1:
+        return []
+    older = [s.number for s in spans.select(spans.discover(config.data_root, config.continuous.settle_seconds),
+                                            config.span, window)[:-1]]
+    have = ingested_spans(launch_args["metadata_connection_config"], config.pipeline_name)
+    missing = [n for n in older if n not in have]
+    for number in missing:
+        print(f"backfill: ML Metadata has no span {number} of the window; ExampleGen ingests it "
+              f"(run id {run_id}.backfill-span-{number})")
+        info = data_types.PipelineInfo(config.pipeline_name, launch_args["pipeline_info"].pipeline_root,
+                                       run_id=f"{run_id}.backfill-span-{number}")
+        launch_args["component_launcher_class"].create(
+            component=example_gen(dataclasses.replace(config, span=number)), pipeline_info=info,
+            driver_args=launch_args["driver_args"],
+            metadata_connection=metadata.Metadata(launch_args["metadata_connection_config"]),
+            beam_pipeline_args=launch_args["beam_pipeline_args"],
+            additional_pipeline_args=launch_args["additional_pipeline_args"],
+            component_config=launch_args["component_config"]).launch()
+    return missing
+
+
+def _distinct_names_driver():
+    """TFX's legacy driver, with the artifacts of a multi-artifact output named apart: it names each
+    `<key>:<run id>`, and ML Metadata refuses a second artifact of a type with the same name."""
+    from tfx.dsl.components.base import base_driver
+
+    class DistinctNamesDriver(base_driver.BaseDriver):
+        def _prepare_output_artifacts(self, *args, **kwargs):
+            result = super()._prepare_output_artifacts(*args, **kwargs)
+            for artifacts in result.values():
+                if len(artifacts) > 1:
+                    for index, artifact in enumerate(artifacts):
+                        artifact.name = f"{artifact.name}:{index}"
+            return result
+
+    return DistinctNamesDriver
+
+
+def _run_time_window(dag, config, first_task_id: str) -> None:
+    """Makes the span_window_resolver task resolve the window of the run's span (the first task's XCom), not the
+    window of the span that was newest when Airflow parsed the file: it backfills the window's missing spans, then
+    launches a Resolver built for that span (pipeline.components.window_resolvers) with TFX's Airflow launcher."""
+    from pipeline.components import SPAN_WINDOW_RESOLVER, window_resolvers
+
+    if SPAN_WINDOW_RESOLVER not in dag.task_dict:
+        return
+    task = dag.get_task(SPAN_WINDOW_RESOLVER)
+    launch = task.python_callable  # functools.partial(_airflow_component_launcher, component=..., ...)
+    # One transformed_examples artifact per span of the window, registered as such. TFX's Transform asks for as many
+    # as it has input Examples (matching_channel_name), but its OutputChannel drops that: TFX's Airflow launcher (the
+    # legacy driver) would register one artifact, Transform's executor would replace it by one per span, and the
+    # one registered, never written, would reach Trainer as a third artifact without splits.
+    transform = dag.get_task("Transform").python_callable.keywords["component"]
+    transform.outputs["transformed_examples"].matching_channel_name = "examples"
+    transform.driver_class = _distinct_names_driver()
+    example_gen_args = dag.get_task(EXAMPLE_GEN).python_callable.keywords
+    example_gen_node = example_gen_args["component"]
+
+    def launch_window(exec_properties, **context):
+        span = int(context["ti"].xcom_pull(task_ids=first_task_id))
+        run_config = dataclasses.replace(config, span=span)
+        backfill(run_config, example_gen_args, context["dag_run"].run_id)
+        span_window, _ = window_resolvers(run_config, example_gen_node)
+        window = span_window.exec_properties["source_uri"]["range_config"].static_range
+        print(f"window: spans {window.start_span_number} to {window.end_span_number} (the run reads span {span})")
+        return launch.func(**{**launch.keywords, "component": span_window},
+                           exec_properties=span_window.exec_properties, **context)
+
+    task.python_callable = launch_window
 
 
 def next_span(data_root: str, settle_seconds: float, done: set[int]) -> int | None:
@@ -100,11 +247,13 @@ def next_span(data_root: str, settle_seconds: float, done: set[int]) -> int | No
 def _wait_for_span(config, connection_config):
     from airflow.sensors.base import PokeReturnValue
 
-    def poke(**_):
+    def poke(dag_run=None, **_):
         span = next_span(config.data_root, config.continuous.settle_seconds, spans_in_metadata(connection_config))
         print(f"new span: {span if span is not None else 'none yet'} (data root {config.data_root})")
         if span is None:
             return PokeReturnValue(is_done=False)
+        if dag_run is not None:
+            record_why(dataclasses.replace(config, span=span), dag_run.run_id, run_reason(dag_run, "new_span", manual=False))
         return PokeReturnValue(is_done=True, xcom_value=span)
 
     return poke
@@ -120,7 +269,8 @@ def _build(config, parse_config, dag_id: str, dag_config: dict, first_task):
     dag = AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=dag_config)).run(tfx_pipeline)
     dag.dag_id = dag_id
     first = first_task(dag, tfx_pipeline)
-    example_gen = dag.get_task("ExampleGen")
+    _run_time_window(dag, config, first.task_id)
+    example_gen = dag.get_task(EXAMPLE_GEN)
     properties = example_gen.op_kwargs["exec_properties"]
     if properties.get("range_config") and "static_range" in properties["range_config"]:
         properties["range_config"] = _span_range_template(first.task_id)
