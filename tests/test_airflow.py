@@ -1,6 +1,7 @@
 """Airflow 2 (from the lock) runs the DAG file runners/airflow_runner.py: DagBag imports both DAGs (scheduled and
 new-span) with no errors, `airflow dags test` runs the whole pipeline on the slice to a pushed model, the new-span
-DAG runs it on the span that landed; the scheduler runs it with its metadata database on PostgreSQL."""
+DAG runs it on the span that landed with a rolling window of 2 decided when it runs; the scheduler runs it with its
+metadata database on PostgreSQL. Every run records why it ran and its spans in ML Metadata (runners/why.py)."""
 import os
 import shutil
 import subprocess
@@ -95,6 +96,40 @@ def test_the_span_is_not_fixed_when_airflow_parses_the_dag(airflow_env, monkeypa
         assert "7" not in range_config and "1" not in range_config
 
 
+def test_run_reason_from_the_dag_run():
+    """conf's reason wins; a DAG run triggered by hand is manual on the scheduled DAG; the new-span DAG's is new_span."""
+    from types import SimpleNamespace
+
+    from airflow.utils.types import DagRunType
+
+    from runners.airflow_runner import run_reason
+
+    scheduled = SimpleNamespace(conf={}, run_type=DagRunType.SCHEDULED)
+    manual = SimpleNamespace(conf=None, run_type=DagRunType.MANUAL)
+    assert run_reason(scheduled, "schedule") == "schedule"
+    assert run_reason(manual, "schedule") == "manual"
+    assert run_reason(SimpleNamespace(conf={"reason": "monitoring_alert"}, run_type=DagRunType.MANUAL),
+                      "schedule") == "monitoring_alert"
+    assert run_reason(manual, "new_span", manual=False) == "new_span"
+    assert run_reason(SimpleNamespace(conf={"reason": "event"}, run_type=DagRunType.SCHEDULED), "new_span",
+                      manual=False) == "event"
+    with pytest.raises(ValueError, match="conf reason: expected one of manual, schedule, new_span"):
+        run_reason(SimpleNamespace(conf={"reason": "because"}, run_type=DagRunType.MANUAL), "schedule")
+
+
+def _run_context(env, run_id: str):
+    """The `run` context TFX's Airflow launcher files the DAG run's executions under: its custom properties and the
+    component ids of the executions in it."""
+    from ml_metadata.metadata_store import metadata_store
+
+    store = metadata_store.MetadataStore(_metadata_connection(env))
+    context = store.get_context_by_type_and_name("run", f"chicago-taxi.{run_id}")
+    assert context is not None, [c.name for c in store.get_contexts_by_type("run")]
+    properties = {k: v.string_value for k, v in context.custom_properties.items() if k.startswith("tfx_e2e_")}
+    components = {e.properties["component_id"].string_value for e in store.get_executions_by_context(context.id)}
+    return properties, components
+
+
 def test_airflow_dags_test_runs_the_pipeline(airflow_env):
     result = subprocess.run([airflow_env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi", "2026-11-20"],
                             env=airflow_env, capture_output=True, text=True, timeout=900)
@@ -108,6 +143,12 @@ def test_airflow_dags_test_runs_the_pipeline(airflow_env):
     versions = pusher.served_versions(str(serving))
     assert len(versions) == 1
     assert (serving / str(versions[0]) / "saved_model.pb").exists()
+    # Why it ran, in ML Metadata: `dags test` makes a manual DAG run, on the context every task's execution is in.
+    assert "Why: manual (the flat data root, one span)" in log
+    properties, components = _run_context(airflow_env, "manual__2026-11-20T00:00:00+00:00")
+    assert {k: properties[k] for k in ("tfx_e2e_reason", "tfx_e2e_spans")} == {"tfx_e2e_reason": "manual",
+                                                                              "tfx_e2e_spans": "0"}
+    assert components >= set(COMPONENTS[1:])  # every component ran under it
 
 
 def _metadata_connection(env):
@@ -127,25 +168,63 @@ def _examples_spans(connection) -> list[int]:
             if "span" in a.custom_properties]
 
 
-def test_new_span_dag_runs_the_pipeline_on_the_span_that_landed(airflow_env, tmp_path):
-    """span-1 and span-2 complete, span-3 without _SUCCESS: the sensor hands span 2 (the newest complete, as nothing
-    has run) to the run, which trains on it and pushes; afterwards span 3 is next only once its marker lands."""
+def _transform_input_spans(connection) -> list[list[int]]:
+    """For each Transform execution in ML Metadata, the spans of the Examples it consumed."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = metadata_store.MetadataStore(connection)
+    consumed = []
+    for execution in store.get_executions():
+        if execution.properties["component_id"].string_value != "Transform":
+            continue
+        events = [e for e in store.get_events_by_execution_ids([execution.id])
+                  if e.type == metadata_store_pb2.Event.INPUT and e.path.steps[0].key == "examples"]
+        consumed.append(sorted(a.custom_properties["span"].int_value
+                               for a in store.get_artifacts_by_id([e.artifact_id for e in events])))
+    return consumed
+
+
+def test_new_span_dag_trains_a_run_time_window_on_the_span_that_landed(airflow_env, monkeypatch, tmp_path):
+    """span-1 and span-2 complete, span-3 without _SUCCESS, continuous.window_spans 2: the sensor hands span 2 (the
+    newest complete, as nothing has run) to the run, which backfills span 1 and trains on the window [1, 2] decided
+    then (when Airflow parsed the file, span 3 stood in for the newest: window [2, 3]), records why it ran, and
+    pushes; afterwards span 3 is next only once its marker lands."""
     from runners.airflow_runner import next_span, spans_in_metadata
 
     root = write_span_root(tmp_path / "data")
-    env = dict(airflow_env, TFX_E2E_DATA_ROOT=str(root), TFX_E2E_OUTPUT_ROOT=str(tmp_path / "out"))
+    overlay = tmp_path / "window.yaml"
+    overlay.write_text(OVERLAY.replace("continuous: {", "continuous: {window_spans: 2, "))
+    env = dict(airflow_env, TFX_E2E_DATA_ROOT=str(root), TFX_E2E_OUTPUT_ROOT=str(tmp_path / "out"),
+               TFX_E2E_CONFIG=str(overlay))
+    # At parse time the resolver's static range is the parse-time window, which is not the run's.
+    parsed = _dagbag(env, monkeypatch).dags["chicago-taxi-new-span"].get_task("span_window_resolver")
+    static = parsed.op_kwargs["exec_properties"]["source_uri"]["range_config"].static_range
+    assert (static.start_span_number, static.end_span_number) == (2, 3)
+
     result = subprocess.run([env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi-new-span", "2026-11-21"],
                             env=env, capture_output=True, text=True, timeout=900)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "new span: 2 (data root" in log
+    assert "backfill: ML Metadata has no span 1 of the window" in log
+    assert "window: spans 1 to 2 (the run reads span 2)" in log
     assert "Marking task as SUCCESS. dag_id=chicago-taxi-new-span, task_id=Pusher," in log
     connection = _metadata_connection(env)
-    assert _examples_spans(connection) == [2]  # ML Metadata: ExampleGen read span 2, once
+    assert sorted(_examples_spans(connection)) == [1, 2]  # ML Metadata: ExampleGen read span 1 (backfill) and 2
+    assert _transform_input_spans(connection) == [[1, 2]]  # Transform consumed the window decided at run time
     assert len(pusher.served_versions(str(tmp_path / "out" / "serving" / "chicago_taxi"))) == 1
+    # Why it ran: new_span (also for a `dags test`), with the window's spans, on the DAG run's context.
+    assert "Why: new span (spans 1, 2)" in log
+    properties, components = _run_context(env, "manual__2026-11-21T00:00:00+00:00")
+    assert {k: properties[k] for k in ("tfx_e2e_reason", "tfx_e2e_spans")} == {"tfx_e2e_reason": "new_span",
+                                                                              "tfx_e2e_spans": "1,2"}
+    assert {"ExampleGen", "span_window_resolver", "Transform", "Pusher"} <= components
+    _, backfilled = _run_context(env, "manual__2026-11-21T00:00:00+00:00.backfill-span-1")
+    assert backfilled == {"ExampleGen"}
 
     done = spans_in_metadata(connection)
-    assert done == {2}
+    assert done == {1, 2}
     assert next_span(str(root), 0, done) is None  # span 3 has no marker yet
     (root / "span-3" / "_SUCCESS").write_text("")
     assert next_span(str(root), 0, done) == 3
@@ -201,9 +280,13 @@ def test_scheduler_on_postgresql_runs_the_dag_by_itself(tmp_path):
         tasks = dict(_postgres("SELECT task_id, state FROM task_instance WHERE dag_id = 'chicago-taxi'", db))
         assert state == "success", (tasks, (home / "scheduler.log").read_text()[-3000:])
         assert tasks == {task: "success" for task in COMPONENTS}
-        run_type = _postgres("SELECT run_type FROM dag_run WHERE dag_id = 'chicago-taxi'", db)[0][0]
+        run_type, run_id = _postgres("SELECT run_type, run_id FROM dag_run WHERE dag_id = 'chicago-taxi'", db)[0]
         assert run_type == "scheduled"  # started by the scheduler, not by us
         assert len(pusher.served_versions(str(home / "out" / "serving" / "chicago_taxi"))) == 1
+        properties, components = _run_context(env, run_id)  # why it ran, in ML Metadata
+        assert {k: properties[k] for k in ("tfx_e2e_reason", "tfx_e2e_spans")} == {"tfx_e2e_reason": "schedule",
+                                                                                  "tfx_e2e_spans": "0"}
+        assert components >= set(COMPONENTS[1:])  # every component ran under it
     finally:
         if scheduler is not None:
             os.killpg(scheduler.pid, signal.SIGTERM)
