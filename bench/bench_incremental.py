@@ -38,7 +38,8 @@ def rows(work: Path) -> list[tuple[str, str, str, str]]:
     if not (SPANS / "span-16" / "_SUCCESS").exists():
         subprocess.run(["make", "spans"], cwd=REPO, check=True)
     overlay = work / "window4.yaml"
-    overlay.write_text("tuner: {enabled: false}\ncontinuous: {window_spans: 4}\n")
+    # drift: warn: the 2016 spans drift over the schema's thresholds (docs/continuous-training.md#drift-between-spans).
+    overlay.write_text("tuner: {enabled: false}\ncontinuous: {window_spans: 4, drift: warn}\n")
     base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFX_E2E_CONFIG=str(overlay), TFX_E2E_DATA_ROOT=str(SPANS),
                 TFX_E2E_ALWAYS_RUN="1")
     base.pop("TFX_E2E_SPAN", None), base.pop("TFX_E2E_DATE", None)

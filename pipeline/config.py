@@ -83,6 +83,7 @@ class ContinuousConfig:
     window_spans: int     # spans a run trains on: the last N complete spans up to the one it reads
     settle_seconds: float  # a span folder without _SUCCESS is complete when unchanged this long; 0 = marker only
     min_examples: int     # the data gate stops a span with fewer examples (train + eval)
+    drift: str            # drift from the previous span over the schema's thresholds: stop | warn | off
     poll_seconds: float   # make watch: how often the watcher looks for new complete spans
     max_attempts: int     # make watch: runs of one span that may fail before the watcher skips it
     span_folders: str     # a gs:// data_root: "" (flat), span (span-<N>/) or date (<YYYY-MM-DD>/); local: discovered
@@ -362,6 +363,8 @@ def _validate_continuous(config: Config) -> None:
     continuous = config.continuous
     if continuous.window_spans < 1:
         raise ConfigError(f"continuous.window_spans: must be at least 1, got {continuous.window_spans}")
+    if continuous.drift not in ("stop", "warn", "off"):
+        raise ConfigError(f"continuous.drift: must be 'stop', 'warn' or 'off', got {continuous.drift!r}")
     if continuous.span_folders not in ("", "span", "date"):
         raise ConfigError(f"continuous.span_folders: must be '', 'span' or 'date', got {continuous.span_folders!r}")
     if continuous.window_spans > 1 and config.metadata == "managed" and not (

@@ -1,4 +1,5 @@
-"""The data gate: stops the run when ExampleValidator found anomalies, or when the span has too few examples.
+"""The data gate: stops the run when ExampleValidator found anomalies, when the span has too few examples, or when
+it drifted from the previous span over the schema's drift thresholds (pipeline/drift.py; continuous.drift).
 
 ExampleValidator records anomalies but lets the pipeline go on (tfx-addons#153);
 this component fails instead, so nothing downstream (Transform, Trainer, Pusher) runs.
@@ -13,7 +14,7 @@ from tfx import types
 from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
-from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
+from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics, Schema
 from tfx.utils import io_utils
 
 # Where ExampleValidator writes each split's Anomalies proto, and StatisticsGen each split's statistics.
@@ -29,23 +30,38 @@ class Anomaly(NamedTuple):
 
 
 class DataGateError(RuntimeError):
-    """The data broke the schema, or the span has too few examples; carries every anomaly and the count problem."""
+    """The data broke the schema, the span has too few examples, or it drifted; carries every problem."""
 
-    def __init__(self, anomalies: list[Anomaly], too_few: str = ""):
+    def __init__(self, anomalies: list[Anomaly], too_few: str = "", drift: list[Anomaly] = ()):
         self.anomalies = anomalies
         self.too_few = too_few
-        super().__init__("\n".join(m for m in (too_few, format_anomalies(anomalies) if anomalies else "") if m))
+        self.drift = list(drift)
+        super().__init__("\n".join(m for m in (too_few, format_anomalies(anomalies) if anomalies else "",
+                                               format_drift(self.drift, stops=True) if drift else "") if m))
+
+
+def gate_error_of(error: BaseException) -> "DataGateError | None":
+    """The DataGateError behind an orchestrator's error (Beam and TFX wrap the error that matters), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DataGateError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def read_split_statistics(artifact: types.Artifact, split: str) -> statistics_pb2.DatasetFeatureStatisticsList:
+    path = os.path.join(artifact_utils.get_split_uri([artifact], split), STATS_FILE)
+    proto = statistics_pb2.DatasetFeatureStatisticsList()
+    proto.ParseFromString(io_utils.read_bytes_file(path))
+    return proto
 
 
 def read_example_counts(artifact: types.Artifact) -> dict[str, int]:
     """split -> number of examples, from StatisticsGen's output."""
-    counts = {}
-    for split in artifact_utils.decode_split_names(artifact.split_names):
-        path = os.path.join(artifact_utils.get_split_uri([artifact], split), STATS_FILE)
-        proto = statistics_pb2.DatasetFeatureStatisticsList()
-        proto.ParseFromString(io_utils.read_bytes_file(path))
-        counts[split] = sum(dataset.num_examples for dataset in proto.datasets)
-    return counts
+    return {split: sum(dataset.num_examples for dataset in read_split_statistics(artifact, split).datasets)
+            for split in artifact_utils.decode_split_names(artifact.split_names)}
 
 
 def ordered(counts: dict[str, int]) -> list[tuple[str, int]]:
@@ -88,21 +104,41 @@ def read_anomalies(artifact: types.Artifact) -> list[Anomaly]:
     return found
 
 
-def format_anomalies(anomalies: list[Anomaly]) -> str:
+def _table(anomalies: list[Anomaly]) -> list[str]:
     rows = [("split", "feature", "kind", "description")] + [tuple(a) for a in anomalies]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"Data gate: {len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'} against the schema; "
-             "the run stops before Transform (nothing is trained or pushed)."]
-    lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
-    return "\n".join(lines)
+    return ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
+
+
+def format_anomalies(anomalies: list[Anomaly]) -> str:
+    return "\n".join([f"Data gate: {len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'} against the "
+                      "schema; the run stops before Transform (nothing is trained or pushed)."] + _table(anomalies))
+
+
+def format_drift(drift: list[Anomaly], stops: bool) -> str:
+    features = sorted({a.feature for a in drift})
+    then = ("the run stops before Transform (nothing is trained or pushed; continuous.drift: warn lets it go on)"
+            if stops else "continuous.drift: warn, so the run goes on")
+    return "\n".join([f"Data gate: drift from the previous span over the schema's thresholds in "
+                      f"{', '.join(features)}; {then}."] + _table(drift))
 
 
 @component
 def DataGate(anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtifact[ExampleStatistics],
-             examples: InputArtifact[Examples], min_examples: Parameter[int]) -> None:
-    """Fails the run if ExampleValidator reported any anomaly in any split, or the span has fewer than
-    `min_examples` examples or an empty split."""
+             examples: InputArtifact[Examples], schema: InputArtifact[Schema], min_examples: Parameter[int],
+             drift: Parameter[str], previous_statistics: InputArtifact[ExampleStatistics] = None) -> None:
+    """Fails the run if ExampleValidator reported any anomaly in any split, the span has fewer than `min_examples`
+    examples or an empty split, or (`drift` "stop") a drift comparator of the schema is over its threshold
+    against `previous_statistics` (the previous span's; none for the first span)."""
+    from pipeline.drift import drift_anomalies
+
     found = read_anomalies(anomalies)
     too_few = check_example_counts(read_example_counts(statistics), span_of(examples), min_examples)
-    if found or too_few:
-        raise DataGateError(found, too_few)
+    # A span already stopped for its size is not compared (an empty span has no distribution to compare).
+    drifted = drift_anomalies(statistics, previous_statistics, schema) if (
+        previous_statistics is not None and drift != "off" and not too_few) else []
+    if drifted and drift == "warn":
+        print(format_drift(drifted, stops=False))
+        drifted = []
+    if found or too_few or drifted:
+        raise DataGateError(found, too_few, drifted)

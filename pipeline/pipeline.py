@@ -10,7 +10,7 @@ from tfx.proto import pusher_pb2
 
 import modules
 from modules import contract
-from pipeline import baseline, components, evaluation, span_parameter, span_range
+from pipeline import baseline, components, drift, evaluation, span_parameter, span_range
 from pipeline.config import Config
 from pipeline.fingerprint import files_digest
 from pipeline.gate import DataGate
@@ -38,10 +38,17 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     schema_gen = ImportSchemaGen(schema_file=config.schema_path)
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    # Drift between spans: the previous span's statistics, compared in the gate with the schema's drift comparators.
+    previous_statistics = (drift.previous_statistics_resolver(config, example_gen, statistics_gen)
+                           if config.continuous.drift != "off" else None)
     data_gate = DataGate(anomalies=example_validator.outputs["anomalies"],
                          statistics=statistics_gen.outputs["statistics"],
                          examples=example_gen.outputs["examples"],
-                         min_examples=config.continuous.min_examples).with_id("DataGate")
+                         schema=schema_gen.outputs["schema"],
+                         min_examples=config.continuous.min_examples,
+                         drift=config.continuous.drift,
+                         previous_statistics=previous_statistics.outputs["statistics"] if previous_statistics else None,
+                         ).with_id("DataGate")
 
     window = components.window_resolvers(config, example_gen)
     if window:
@@ -91,7 +98,8 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
         custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPushExecutor))
 
     nodes = [*([range_task] if range_task else []), example_gen, statistics_gen, schema_gen, example_validator,
-             data_gate, *window, transform, *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
+             *([previous_statistics] if previous_statistics else []), data_gate, *window, transform,
+             *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
     return pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

@@ -19,8 +19,10 @@ import json
 
 from pipeline.config import Config
 
-PARAMETER = "span"  # the compiled pipeline's runtime parameter
-NEWEST = -1         # its default: the newest span folder (CSV) or yesterday (BigQuery)
+PARAMETER = "span"          # the compiled pipeline's runtime parameter
+NEWEST = -1                 # its default: the newest span folder (CSV) or yesterday (BigQuery)
+REASON_PARAMETER = "reason"  # why the run ran (runners/why.py's reasons); Vertex keeps a run's parameters in its
+DEFAULT_REASON = "schedule"  # ML Metadata; a run without parameters is a schedule's (submit passes manual)
 WINDOW_BEGIN = "@window_begin_timestamp"
 DAY_SECONDS = 86400
 

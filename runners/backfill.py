@@ -1,10 +1,12 @@
 """Ingests the older spans a rolling window needs but ML Metadata has not seen (issue 12).
 
 A fresh ML Metadata store holds no spans: the first run with continuous.window_spans = N would otherwise train on
-the one span its ExampleGen reads. Before such a run, ExampleGen alone runs once for each missing span of the
-window, as a TFX partial run (LocalDagRunner.run(pipeline, run_options=RunOptions(from_nodes=[ExampleGen],
-to_nodes=[ExampleGen]))) of the same pipeline built for that span, so its Examples land in the pipeline's
-context with their `span` custom property, where the window's SpanRangeStrategy resolver finds them.
+the one span its ExampleGen reads. Before such a run, each missing span of the window, oldest first, goes through
+ExampleGen and the data gate (StatisticsGen, ExampleValidator, the drift check against the span before it,
+DataGate) as a TFX partial run (LocalDagRunner.run(pipeline, run_options=RunOptions(from_nodes=[ExampleGen,
+ImportSchemaGen], to_nodes=[DataGate]))) of the same pipeline built for that span, so its Examples land in the
+pipeline's context with their `span` custom property, where the window's SpanRangeStrategy resolver finds them.
+A span the gate stops stops the run: nothing is trained on it.
 """
 import dataclasses
 import os
@@ -13,6 +15,11 @@ from pipeline import spans
 from pipeline.config import Config
 
 EXAMPLE_GEN = "ExampleGen"
+BACKFILL_FROM, BACKFILL_TO = [EXAMPLE_GEN, "ImportSchemaGen"], ["DataGate"]
+
+
+class BackfillError(RuntimeError):
+    """A span of the window could not be ingested (the data gate stopped it, or a component failed)."""
 
 
 def ingested_spans(config: Config) -> set[int]:
@@ -52,17 +59,27 @@ def missing_spans(config: Config) -> list[int]:
 
 
 def backfill(config: Config, log=print) -> list[int]:
-    """Runs ExampleGen alone (a partial run) for each missing span of the window; returns those spans."""
+    """Runs ExampleGen and the data gate (a partial run) for each missing span of the window; returns those spans.
+    Raises BackfillError, naming the span and the gate's reasons, when one fails."""
     missing = missing_spans(config)
     if not missing:
         return []
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.pipeline import RunOptions
 
+    from pipeline.gate import gate_error_of
     from pipeline.pipeline import create_pipeline
 
     for number in missing:
-        log(f"backfill: ML Metadata has no span {number} of the window; ExampleGen ingests it (partial run)")
-        LocalDagRunner().run(create_pipeline(dataclasses.replace(config, span=number)),
-                             run_options=RunOptions(from_nodes=[EXAMPLE_GEN], to_nodes=[EXAMPLE_GEN]))
+        log(f"backfill: ML Metadata has no span {number} of the window; ExampleGen and the data gate ingest it "
+            "(partial run)")
+        try:
+            LocalDagRunner().run(create_pipeline(dataclasses.replace(config, span=number)),
+                                 run_options=RunOptions(from_nodes=BACKFILL_FROM, to_nodes=BACKFILL_TO))
+        except Exception as e:
+            gate = gate_error_of(e)
+            raise BackfillError(f"backfill: span {number} of the window (continuous.window_spans "
+                                f"{config.continuous.window_spans}) failed"
+                                + (f" the data gate:\n{gate}" if gate else f": {type(e).__name__}: {e}")) from e
     return missing
+

@@ -192,11 +192,15 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
         print(record["summary"])
         sys.exit(0)
 
-    from pipeline.gate import DataGateError
+    from pipeline.gate import gate_error_of
     from pipeline.pipeline import create_pipeline
-    from runners.backfill import backfill
+    from runners.backfill import BackfillError, backfill
 
-    backfill(config)  # a rolling window's older spans that ML Metadata has not ingested (runners/backfill.py)
+    try:
+        backfill(config)  # a rolling window's older spans that ML Metadata has not ingested (runners/backfill.py)
+    except BackfillError as e:
+        print(f"{e}\nThe run stops: nothing is trained or pushed.", file=sys.stderr)
+        sys.exit(1)
     from runners.summary import print_summary
 
     tfx_pipeline = create_pipeline(config)
@@ -231,18 +235,9 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     print(text.getvalue(), end="")
     if outcome.ok and fingerprint:
         _write_record(config, fingerprint, text.getvalue(), outcome.served_path)
-    if error is not None and not isinstance(_root_cause(error, DataGateError), DataGateError):
+    if error is not None and gate_error_of(error) is None:
         # The whole chain: Beam and TFX wrap the error that matters.
         print("\n" + "".join(traceback.format_exception(error)), file=sys.stderr)
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
     sys.exit(0 if outcome.ok else 1)
 
-
-def _root_cause(error: BaseException, kind: type) -> BaseException | None:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, kind):
-            return error
-        error = error.__cause__ or error.__context__
-    return None

@@ -75,7 +75,9 @@ def main() -> None:
     from pipeline import span_parameter
 
     # The compiler drops a RuntimeParameter's default; the job's runtimeConfig carries it instead.
-    defaults = {span_parameter.PARAMETER: span_parameter.NEWEST} if span_parameter.takes_span(config) else None
+    defaults = ({span_parameter.PARAMETER: span_parameter.NEWEST,
+                 span_parameter.REASON_PARAMETER: span_parameter.DEFAULT_REASON}
+                if span_parameter.takes_span(config) else None)
     runner.run(create_pipeline(config), parameter_values=defaults)
     finish_spec(path, config.continuous.retries)
     print(f"compiled {path} (pipeline root {config.pipeline_root}, image {config.image})")

@@ -11,7 +11,7 @@ from tfx.dsl.compiler import constants
 from tfx.types import artifact_utils
 
 import reports
-from pipeline import evaluation, gate
+from pipeline import drift, evaluation, gate
 from pipeline.config import Config
 from pipeline.pusher import ALREADY_SERVED
 from reports.html import write_evaluation, write_statistics
@@ -75,6 +75,24 @@ def latest_run(store: mlmd.MetadataStore, config: Config, since: float = 0.0) ->
 
 def report_dir(config: Config) -> str:
     return reports.report_dir(config.output_root, config.pipeline_name)
+
+
+def _drift_line(config: Config, store, nodes: dict, statistics) -> str:
+    """The drift check's outcome, as the data gate saw it ("" when the run has no drift check or no statistics)."""
+    previous = nodes.get(drift.PREVIOUS_STATISTICS_RESOLVER)
+    schema = nodes.get("ImportSchemaGen")
+    if previous is None or not (statistics and statistics.outputs.get("statistics")):
+        return ""
+    if not previous.outputs.get("statistics"):
+        return "Data: no statistics of a previous span in ML Metadata (the first span): no drift check."
+    if not (schema and schema.outputs.get("schema")):
+        return ""
+    drifted = drift.drift_anomalies(tfx_artifact(store, statistics.outputs["statistics"][0]),
+                                    tfx_artifact(store, previous.outputs["statistics"][0]),
+                                    tfx_artifact(store, schema.outputs["schema"][0]))
+    if drifted:
+        return gate.format_drift(drifted, stops=config.continuous.drift == "stop")
+    return "Data: no drift from the previous span over the schema's drift thresholds."
 
 
 def tfx_artifact(store, proto: metadata_store_pb2.Artifact):
@@ -172,6 +190,9 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
           else f"Data: no anomalies against the schema ({config.schema_path})."))
     if too_few:
         p(too_few)
+    drift_line = _drift_line(config, store, nodes, statistics)
+    if drift_line:
+        p(drift_line)
 
     evaluator = nodes.get("Evaluator")
     if evaluator and evaluator.outputs.get("evaluation") and evaluator.outputs.get("blessing"):

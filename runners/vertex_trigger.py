@@ -141,7 +141,7 @@ def handle(event) -> tuple[str, int]:
         from google.cloud import aiplatform as sdk
     try:
         submit_vertex(config, template, schedule=False, aiplatform=sdk,
-                      parameter_values={span_parameter.PARAMETER: span}, job_id=run_id)
+                      parameter_values={span_parameter.PARAMETER: span}, job_id=run_id, reason="event")
     except Exception as e:  # AlreadyExists: this span's run was submitted before (a redelivered event)
         if type(e).__name__ != "AlreadyExists":
             raise

@@ -38,8 +38,12 @@ MOSTLY_MISSING = ("pickup_census_tract",)
 # payment_type is a closed set: a new value is an anomaly. Taxi companies come and go,
 # so up to 5% of rows may name a company the schema does not list yet.
 COMPANY_MIN_DOMAIN_MASS = 0.95
-# L-infinity distance for categorical features, Jensen-Shannon divergence for numeric ones.
-DRIFT_THRESHOLDS = {"payment_type": 0.1, "company": 0.1, "fare": 0.1, "trip_miles": 0.1}
+# L-infinity distance for categorical features, Jensen-Shannon divergence for numeric ones; the data gate compares
+# each span with the previous one (pipeline/drift.py). Above the sampling noise of a quarterly span (~940 rows: two
+# random halves of one span differ by up to 0.17 in trip_miles, 0.10 in company) and the quarter-to-quarter change
+# of 2013-2015 (trip_miles up to 0.42, fare 0.11); the 2016 spans' shifts (trip_miles 0.75-0.81, fare 0.37-0.43,
+# company 0.16) are over them (docs/continuous-training.md#drift-between-spans).
+DRIFT_THRESHOLDS = {"payment_type": 0.1, "company": 0.12, "fare": 0.3, "trip_miles": 0.5}
 SKEW_THRESHOLDS = {"payment_type": 0.05, "company": 0.05}
 TRAINING, SERVING = "TRAINING", "SERVING"
 

@@ -3,6 +3,7 @@ the newest complete one), ExampleGen on that span only, the gate's example count
 summary's Data line; the rolling window (continuous.window_spans) with its temporal holdout, analyzer cache and
 backfill of the spans ML Metadata has not ingested."""
 import os
+import re
 
 import pytest
 from conftest import SMALL_DATA, SMALL_OVERLAY, PipelineRun, write_span_root
@@ -268,13 +269,55 @@ def test_an_empty_or_small_span_stops_at_the_gate(tmp_path, capsys, rows, min_ex
     assert not os.path.exists(config.serving_model_dir)
 
 
+@pytest.mark.e2e
+def test_a_drifted_span_stops_at_the_gate_naming_the_feature(tmp_path, capsys):
+    """Span 2 has span 1's rows with every fare ten times higher: no schema anomaly (fares >= 0 stay valid), but the gate
+    compares span 2's statistics with span 1's, which the previous_statistics_resolver finds in ML Metadata by
+    lineage, and fare's Jensen-Shannon divergence is over the schema's threshold: the run stops, naming fare."""
+    lines = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    fare = header.index("fare")
+
+    def tenfold(line):
+        cells = line.rstrip("\n").split(",")
+        cells[fare] = f"{float(cells[fare]) * 10:.2f}"
+        return ",".join(cells) + "\n"
+
+    root = tmp_path / "data"
+    _write_span(root, 1, lines[:1001])
+    run = PipelineRun(tmp_path, root, SMALL_OVERLAY.replace("enabled: true", "enabled: false"))
+    assert run() == 0
+    assert "Data: no statistics of a previous span in ML Metadata (the first span): no drift check." in (
+        capsys.readouterr().out)
+    config = run.config()
+    first, _ = _examples_span(config)
+    span_1_statistics = first["StatisticsGen"].outputs["statistics"][0].id
+
+    _write_span(root, 2, lines[:1] + [tenfold(line) for line in lines[1:1001]])
+    assert run() == 1
+    out = capsys.readouterr().out
+    assert "Data: no anomalies against the schema" in out
+    assert ("Data gate: drift from the previous span over the schema's thresholds in fare; the run stops before "
+            "Transform") in out
+    for split in ("train", "eval"):
+        measured = re.search(split + r"\s+fare\s+COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH\s+.*\((0\.\d+) > 0\.3\)", out)
+        assert measured and float(measured.group(1)) > 0.3, out
+    assert "Result: FAILED in DataGate" in out
+    nodes, examples = _examples_span(config)
+    assert examples.custom_properties["span"].int_value == 2
+    assert [a.id for a in nodes["previous_statistics_resolver"].outputs["statistics"]] == [span_1_statistics]
+    assert nodes["DataGate"].status == "FAILED"
+    assert "Transform" not in nodes and "Pusher" not in nodes
+
+
 # --- the rolling window (e2e) ---
 
+# drift: warn: the small slice's third 1,000 rows drift from the second in fare (Jensen-Shannon 0.32 > 0.3).
 WINDOW_OVERLAY = """
 tuner: {enabled: false}
 trainer: {train_steps: 150, eval_steps: 10, batch_size: 64}
 evaluator: {auc_lower_bound: 0.6}
-continuous: {window_spans: 2}
+continuous: {window_spans: 2, drift: warn}
 """
 
 
@@ -330,13 +373,15 @@ def test_a_rolling_window_of_two_spans(tmp_path, capsys):
     assert [a.id for a in nodes["Transform"].inputs["analyzer_cache"]] == [first_cache]
     out = capsys.readouterr().out
     assert "Training: spans 2, 3 (2000 rows" in out and "evaluation: span 3, eval split (" in out
+    assert "Data gate: drift from the previous span over the schema's thresholds in fare; continuous.drift: warn, so " \
+           "the run goes on." in out
 
     # A fresh store over the same three spans: span 2 is backfilled, then the run trains on [2, 3].
     (tmp_path / "b").mkdir()
     fresh = PipelineRun(tmp_path / "b", root, WINDOW_OVERLAY)
     assert fresh() == 0
     out = capsys.readouterr().out
-    assert "backfill: ML Metadata has no span 2 of the window; ExampleGen ingests it (partial run)" in out
+    assert "backfill: ML Metadata has no span 2 of the window; ExampleGen and the data gate ingest it (partial run)" in out
     trained, evaluated, nodes = _window(fresh.config())
     assert (trained, evaluated) == ([2, 3], 3)
     served = sorted(os.listdir(fresh.config().serving_model_dir))
@@ -346,3 +391,26 @@ def test_a_rolling_window_of_two_spans(tmp_path, capsys):
     assert fresh() == 0
     assert "Unchanged since the run that finished" in capsys.readouterr().out
     assert sorted(os.listdir(fresh.config().serving_model_dir)) == served
+
+
+@pytest.mark.e2e
+def test_a_backfilled_span_goes_through_the_gate(tmp_path, capsys):
+    """A fresh store with a window of 2: span 1 is backfilled through ExampleGen and the data gate, not ExampleGen
+    alone. Span 1 is empty (a header only), so the gate stops it and the run stops before training on it."""
+    lines = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
+    root = tmp_path / "data"
+    _write_span(root, 1, lines[:1])
+    _write_span(root, 2, lines[:1001])
+    run = PipelineRun(tmp_path, root, WINDOW_OVERLAY)
+    assert run() == 1
+    captured = capsys.readouterr()
+    assert "backfill: ML Metadata has no span 1 of the window; ExampleGen and the data gate ingest it" in captured.out
+    assert ("backfill: span 1 of the window (continuous.window_spans 2) failed the data gate:\nData gate: span 1 has "
+            "0 examples, fewer than continuous.min_examples 1") in captured.err
+    assert "The run stops: nothing is trained or pushed." in captured.err
+    from runners.summary import open_store
+    store = open_store(run.config())
+    ran = {c.name.split(".", 1)[1] for c in store.get_contexts_by_type("node")}
+    assert {"ExampleGen", "StatisticsGen", "ExampleValidator", "DataGate"} <= ran
+    assert "Transform" not in ran and "Trainer" not in ran
+    assert not os.path.exists(run.config().serving_model_dir)

@@ -14,8 +14,8 @@ from serving import examples
 
 pytestmark = pytest.mark.e2e  # whole pipelines (make test-unit leaves them out)
 
-COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
-              "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
+COMPONENTS = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "previous_statistics_resolver",
+              "DataGate", "Transform", "Tuner", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
 
 
 def _executions_by_node(config):
@@ -99,7 +99,7 @@ def test_unchanged_rerun_is_all_cached_and_pushes_nothing(first_run, small_pipel
     assert small_pipeline() == 0
     executions = _executions_by_node(config)
     for node in COMPONENTS:
-        if node == "latest_blessed_model_resolver":  # a resolver always resolves; it has no cache
+        if node.endswith("_resolver"):  # a resolver always resolves; it has no cache
             continue
         assert executions[node] == [metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED], node
     assert _served(config) == versions_before

@@ -23,8 +23,8 @@ gcp: {{project: tfx-e2e-test, region: europe-west4, service_account: pipelines@t
 dataflow: {{temp_location: gs://tfx-e2e-test-bucket/tmp, staging_location: gs://tfx-e2e-test-bucket/staging}}
 image: {IMAGE}
 """
-COMPONENTS = {"ExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform", "Tuner",
-              "Trainer", "Evaluator", "Pusher"}
+COMPONENTS = {"ExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "previous_statistics_resolver",
+              "DataGate", "Transform", "Tuner", "Trainer", "Evaluator", "Pusher"}
 DATAFLOW_ARGS = ["--runner=DataflowRunner", "--project=tfx-e2e-test", "--region=europe-west4",
                  "--temp_location=gs://tfx-e2e-test-bucket/tmp", "--staging_location=gs://tfx-e2e-test-bucket/staging",
                  f"--sdk_container_image={IMAGE}"]
@@ -131,6 +131,10 @@ def _spec(job):
     return json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
 
 
+def tasks_reason(spec):
+    return spec.root.dag.tasks["SpanRange"].inputs.parameters["reason"].component_input_parameter
+
+
 def _takes_span_from_span_range(job):
     """The pipeline declares the runtime parameter `span` (default -1, the newest); 'SpanRange' reads it and
     ExampleGen's range config is SpanRange's output, referenced by a task name of the DAG ExampleGen depends on."""
@@ -138,6 +142,8 @@ def _takes_span_from_span_range(job):
     assert spec.root.input_definitions.parameters["span"].type == pipeline_spec_pb2.PrimitiveType.INT
     runtime = json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob()).runtime_config
     assert runtime.parameters["span"].int_value == -1
+    assert runtime.parameters["reason"].string_value == "schedule"
+    assert tasks_reason(spec) == "reason"
     tasks = spec.root.dag.tasks
     assert tasks["SpanRange"].inputs.parameters["span"].component_input_parameter == "span"
     producer = tasks["ExampleGen"].inputs.parameters["range_config"].task_output_parameter

@@ -72,9 +72,28 @@ def test_vertex_run_request(tmp_path):
     assert fake.calls == [
         ("PipelineJob", {"display_name": "chicago-taxi", "template_path": "build/chicago-taxi.json",
                          "pipeline_root": "gs://tfx-e2e-test-bucket/tfx-e2e/pipelines/chicago-taxi",
-                         "project": "tfx-e2e-test", "location": "europe-west4", "enable_caching": True}),
+                         "project": "tfx-e2e-test", "location": "europe-west4", "enable_caching": True,
+                         "labels": {"tfx-e2e-reason": "manual"}}),
         ("submit", {"service_account": "pipelines@tfx-e2e-test.iam.gserviceaccount.com"}),
     ]
+    _accepted_by_the_real_sdk(fake.calls)
+
+
+def test_vertex_run_of_a_span_pipeline_records_why(tmp_path):
+    """A pipeline that takes `span` (span folders on Cloud Storage) also takes `reason`: the run's parameters, which
+    Vertex keeps in its ML Metadata, and the job's labels say why it ran and which span it reads."""
+    (tmp_path / "gcp.yaml").write_text(OVERLAY + "example_gen: csv\ndata_root: gs://b/landing\n"
+                                       "continuous: {span_folders: span}\n")
+    config = load_config(env={"TFX_E2E_PROFILE": "vertex", "TFX_E2E_CONFIG": str(tmp_path / "gcp.yaml")})
+    fake = FakeAiplatform()
+    submit_vertex(config, "build/chicago-taxi.json", schedule=False, aiplatform=fake, parameter_values={"span": 7},
+                  reason="monitoring_alert")
+    job = fake.calls[0][1]
+    assert job["parameter_values"] == {"span": 7, "reason": "monitoring_alert"}
+    assert job["labels"] == {"tfx-e2e-reason": "monitoring_alert", "tfx-e2e-span": "7"}
+    fake = FakeAiplatform()
+    submit_vertex(config, "build/chicago-taxi.json", schedule=True, aiplatform=fake)
+    assert fake.calls[0][1]["parameter_values"] == {"reason": "schedule"}
     _accepted_by_the_real_sdk(fake.calls)
 
 
@@ -83,6 +102,7 @@ def test_vertex_schedule_request(tmp_path):
     template = "gs://tfx-e2e-test-bucket/pipelines/abc123/chicago-taxi.json"
     assert submit_vertex(_config(tmp_path), template, schedule=True, aiplatform=fake) == "schedule"
     assert fake.calls[0][1]["template_path"] == template
+    assert fake.calls[0][1]["labels"] == {"tfx-e2e-reason": "schedule"}
     # The previous schedule of the same name goes, the new one runs the new template.
     assert fake.calls[1:] == [
         ("PipelineJobSchedule.list", {"filter": 'display_name="chicago-taxi-schedule"', "project": "tfx-e2e-test",

@@ -155,7 +155,8 @@ def _job(span, job_id):
     return ["PipelineJob", {"display_name": "chicago-taxi", "template_path": TEMPLATE,
                             "pipeline_root": "gs://tfx-e2e-test-bucket/tfx-e2e/pipelines/chicago-taxi",
                             "project": "tfx-e2e-test", "location": "europe-west4", "enable_caching": True,
-                            "parameter_values": {"span": span}, "job_id": job_id}]
+                            "labels": {"tfx-e2e-reason": "event", "tfx-e2e-span": str(span)},
+                            "parameter_values": {"span": span, "reason": "event"}, "job_id": job_id}]
 
 
 SUBMIT = {"service_account": "pipelines@tfx-e2e-test.iam.gserviceaccount.com"}
