@@ -28,9 +28,11 @@ stdout and replace the `## Serving: make bench-serving` section of docs/benchmar
 import argparse
 import asyncio
 import base64
+import itertools
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -483,11 +485,14 @@ def compare(checks, expected, names) -> None:
                                      f"in-process {want[name].tolist()}")
 
 
-def run_servers(servers: list[tuple[Server, bool]], requests, bodies, expected, args, concurrencies: list[int]):
+def run_servers(servers: list[tuple[Server, bool]], requests, bodies, expected, args, concurrencies: list[int],
+                rounds: int = 1):
     """Starts the servers (each with its batching setting), checks their predictions (not the floor's: it runs no
     model), measures every (concurrency, API) cell on each in turn, stops them with SIGTERM. Servers measured
     together alternate cell by cell, so that drift on a shared machine hits them alike; only the measured one is
-    busy. The reference servers are measured over gRPC only (they have no REST API)."""
+    busy; with `rounds` > 1 every cell is measured that many times, the servers' order reversed in odd rounds (one
+    cell of 8 s varies by 10-20 % here). The reference servers are measured over gRPC only (they have no REST API).
+    Returns every cell, in the order measured (the first round's first), and the exit codes."""
     def label(server, batching):
         return f"server, batching {'on' if batching else 'off'}" if server.kind == "ours" else server.label
 
@@ -500,21 +505,20 @@ def run_servers(servers: list[tuple[Server, bool]], requests, bodies, expected, 
                 asyncio.run(check_predictions(server, requests, bodies, expected))
                 print(f"{label(server, batching)}: {CHECK_ROWS} rows' predictions equal the in-process ones",
                       flush=True)
-        for concurrency in concurrencies:
-            for api in ("gRPC", "REST"):
-                for server, batching in servers:
-                    if api == "REST" and server.kind not in ("ours", "baseline"):
-                        continue
-                    if api == "gRPC":
-                        coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
-                    else:
-                        coroutine = rest_cell(server, bodies, concurrency, args.warmup, args.seconds)
-                    # one event loop per cell
-                    cell = Cell(api, batching, concurrency, **asyncio.run(coroutine), kind=server.kind)
-                    cells.append(cell)
-                    print(f"  {label(server, batching):<40} {api:4} c={concurrency:<3} {cell.rate:8.0f} req/s  p50 "
-                          f"{cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms  failures {cell.failures}  rows/batch "
-                          f"{rows(cell)}", flush=True)
+        for round_, concurrency, api in itertools.product(range(rounds), concurrencies, ("gRPC", "REST")):
+            for server, batching in (servers if round_ % 2 == 0 else servers[::-1]):
+                if api == "REST" and server.kind not in ("ours", "baseline"):
+                    continue
+                if api == "gRPC":
+                    coroutine = grpc_cell(server, requests, concurrency, args.warmup, args.seconds)
+                else:
+                    coroutine = rest_cell(server, bodies, concurrency, args.warmup, args.seconds)
+                # one event loop per cell
+                cell = Cell(api, batching, concurrency, **asyncio.run(coroutine), kind=server.kind)
+                cells.append(cell)
+                print(f"  {label(server, batching):<40} {api:4} c={concurrency:<3} {cell.rate:8.0f} req/s  p50 "
+                      f"{cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms  failures {cell.failures}  rows/batch "
+                      f"{rows(cell)}", flush=True)
         for server, batching in servers:
             exit_codes[(server.kind, batching)] = code = server.stop()
             print(f"{label(server, batching)}: SIGTERM -> exit code {code}", flush=True)
@@ -636,15 +640,19 @@ def report(args, model_name, version, reference, tf_version, cells, exit_codes, 
                      f"single-example session calls/s, {best.rate / ses['examples_per_s']:.3f}× the in-process "
                      f"batch-{BATCH} examples/s")
 
-    # Against the server before the rebuild, measured in this run.
+    # Against the server before the rebuild, measured in this run: the median of the rounds' ratios.
     for api in ("gRPC", "REST"):
         parts = []
         for concurrency in args.concurrency:
-            c, b = find(cells, api, True, concurrency), find(cells, api, True, concurrency, "baseline")
-            if c and b and b.rate:
-                parts.append(f"c={concurrency} {c.rate / b.rate:.2f} (p99 {c.p99_ms:.1f} vs {b.p99_ms:.1f} ms)")
+            ours_rounds = [c for c in cells if (c.api, c.batching, c.concurrency, c.kind) == (api, True, concurrency, "ours")]
+            base_rounds = [c for c in cells if (c.api, c.concurrency, c.kind) == (api, concurrency, "baseline")]
+            ratios = [c.rate / b.rate for c, b in zip(ours_rounds, base_rounds, strict=True) if b.rate]
+            if ratios:
+                parts.append(f"c={concurrency} {statistics.median(ratios):.2f} (rounds "
+                             f"{'/'.join(f'{r:.2f}' for r in ratios)})")
         if parts:
-            lines.append(f"- {api} req/s, batching on, ÷ the baseline ({BASELINE_REF}): {', '.join(parts)}")
+            lines.append(f"- {api} req/s, batching on, ÷ the baseline ({BASELINE_REF}), median of "
+                         f"{args.rounds} interleaved rounds: {', '.join(parts)}")
     ours = [c for c in cells if c.kind == "ours"]
     failures = sum(c.failures for c in ours)
     first_error = next((c for c in ours if c.first_error), None)
@@ -683,6 +691,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per cell, not measured (default 2)")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 16, 32, 64],
                         help="comma-separated concurrency levels (default 1,16,32,64)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the cells measured against the baseline, order reversed in odd ones (default 3)")
     parser.add_argument("--rows", type=int, default=1000, help="distinct rows to rotate over (default 1000)")
     parser.add_argument("--calls", type=int, default=2000, help="in-process single-example calls (default 2000)")
     parser.add_argument("--batches", type=int, default=20, help=f"in-process batches of {BATCH} (default 20)")
@@ -732,7 +742,8 @@ def main() -> None:
                 paired.append((BaselineServer(config.model_name, config.serving_model_dir, overlay_env(work, True),
                                               work / "server-baseline.log", worktree), True))
             try:
-                measured, codes = run_servers(paired, requests, bodies, expected, args, args.concurrency)
+                measured, codes = run_servers(paired, requests, bodies, expected, args, args.concurrency,
+                                              args.rounds if args.baseline else 1)
             finally:
                 if args.baseline:
                     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
