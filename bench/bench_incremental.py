@@ -52,6 +52,7 @@ def _large_spans(root: Path) -> Path:
 
 
 def rows(work: Path, spans_root: Path, what: str) -> list[tuple[str, str, str, str]]:
+    work.mkdir(parents=True, exist_ok=True)
     overlay = work / "window4.yaml"
     # drift: warn: the 2016 spans drift over the schema's thresholds (docs/continuous-training.md#drift-between-spans).
     overlay.write_text("tuner: {enabled: false}\ncontinuous: {window_spans: 4, drift: warn}\n")
