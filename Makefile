@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve predict serving-config bench-pipeline bench-serving
+.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve rollout predict serving-config bench-pipeline bench-serving
 
 setup: $(STAMP)
 
@@ -83,6 +83,11 @@ schema: setup
 # The local model server on what `make run` pushed: REST 127.0.0.1:8501, gRPC 127.0.0.1:8500 (TF Serving's API).
 serve: setup
 	$(PY) -m serving.server
+
+# The canary controller (rollout.strategy: canary) for the running server: steps, analyses, promotes or rolls back
+# each new version (docs/rollout.md); ARGS=status prints the rollout record and the last decisions.
+rollout: setup
+	$(PY) -m serving.rollout $(or $(ARGS),run)
 
 # Predictions from the running server for the first rows of the bundled data (ARGS="--grpc", "--rows N", "FILE").
 predict: setup

@@ -212,6 +212,8 @@ def baseline_resolver(config: Config, candidate):
 
         node = resolver.Resolver(strategy_class=LatestBlessedModelStrategy, **channels)
     else:
+        # Local pushes only: the rollout record of rejected versions lives beside them (serving/registry.py).
+        rejected_from = "" if is_uri(config.serving_model_dir) else config.serving_model_dir
         node = resolver.Resolver(strategy_class=baseline.LatestBlessedBaselineStrategy, candidate=candidate,
-                                 **channels)
+                                 config={"serving_model_dir": rejected_from}, **channels)
     return node.with_id("latest_blessed_model_resolver")

@@ -170,6 +170,22 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """How a newly pushed version reaches traffic (serving/rollout.py, docs/rollout.md)."""
+    strategy: str                  # immediate (serves at once) | canary (steps, analysed, promoted or rolled back)
+    steps: list[int]               # the canary's share (percent) of requests naming no version or label, per step
+    step_seconds: float            # how long each step runs before its analysis
+    min_requests: int              # each arm serves at least this many requests in a step
+    max_error_rate: float          # canary error rate <= max(this, stable's rate + error_rate_margin)
+    error_rate_margin: float
+    p99_budget_ms: float           # canary p99 latency <= this and <= stable's p99 x p99_factor
+    p99_factor: float
+    max_failed_analyses: int       # this many failed analyses in a row roll the canary back
+    available_timeout_seconds: float  # a canary not AVAILABLE (loaded, warmed up) by then is rolled back
+    grace_seconds: float           # the previous stable stays loaded this long after a promotion
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     pipeline_name: str
@@ -192,6 +208,7 @@ class Config:
     vertex: VertexConfig
     airflow: AirflowConfig
     serving: ServingConfig
+    rollout: RolloutConfig
     continuous: ContinuousConfig
     # The span this run reads: from --span/--date (TFX_E2E_SPAN/TFX_E2E_DATE); None = the newest complete span,
     # which runners.harness.run resolves before the pipeline is built (resolve_span). 0 = a flat data root.
@@ -354,6 +371,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"output_root: must be a gs:// path for Vertex AI, got {config.output_root!r} "
                               "(set TFX_E2E_OUTPUT_ROOT)")
     _validate_serving(config.serving)
+    _validate_rollout(config.rollout)
     _validate_continuous(config)
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
@@ -476,6 +494,25 @@ def _validate_serving(serving: ServingConfig) -> None:
         raise ConfigError(f"serving.batching.batch_timeout_micros: must be >= 0, got {batching.batch_timeout_micros}")
     if not 0.0 <= serving.request_log.sampling_rate <= 1.0:
         raise ConfigError(f"serving.request_log.sampling_rate: must be within [0, 1], got {serving.request_log.sampling_rate}")
+
+
+def _validate_rollout(rollout: RolloutConfig) -> None:
+    if rollout.strategy not in ("immediate", "canary"):
+        raise ConfigError(f"rollout.strategy: must be immediate or canary, got {rollout.strategy!r}")
+    steps = rollout.steps
+    if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+        raise ConfigError(f"rollout.steps: increasing percentages within (0, 100] ending at 100, got {steps}")
+    for key in ("step_seconds", "p99_budget_ms", "p99_factor", "available_timeout_seconds"):
+        if getattr(rollout, key) <= 0:
+            raise ConfigError(f"rollout.{key}: must be > 0, got {getattr(rollout, key)}")
+    for key in ("min_requests", "max_failed_analyses"):
+        if getattr(rollout, key) < 1:
+            raise ConfigError(f"rollout.{key}: must be at least 1, got {getattr(rollout, key)}")
+    for key in ("max_error_rate", "error_rate_margin"):
+        if not 0.0 <= getattr(rollout, key) <= 1.0:
+            raise ConfigError(f"rollout.{key}: must be within [0, 1], got {getattr(rollout, key)}")
+    if rollout.grace_seconds < 0:
+        raise ConfigError(f"rollout.grace_seconds: must be >= 0, got {rollout.grace_seconds}")
 
 
 def _absolute(path: str, base: Path) -> str:

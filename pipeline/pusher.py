@@ -18,6 +18,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
 from pipeline.fingerprint import tree_digest
+from serving.registry import rejected_versions
 
 # TF Serving only loads directories whose names are integers; this prefix is never one.
 TMP_PREFIX = ".tmp-"
@@ -74,6 +75,12 @@ class AtomicPushExecutor(tfx_pusher.Executor):
         model_path = self.GetModelPath(input_dict)
 
         existing = find_identical_version(base, model_path)
+        if existing is not None and existing in rejected_versions(base):
+            # A canary rollout rolled this very model back (serving/rollout.py): pushing it again would only
+            # restart the rollout that rejected it.
+            logging.info("Model identical to version %d, which a canary rollout rejected; not pushing it.", existing)
+            self._MarkNotPushed(model_push)
+            return
         if existing is not None:
             logging.info("Model already served as version %d in %s; not pushing a duplicate.", existing, base)
             version = existing

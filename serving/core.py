@@ -5,6 +5,7 @@ it (batched per model, version and signature), logs a sample of requests and rep
 REST and gRPC layers only translate their wire formats; nothing else reaches the manager.
 """
 import asyncio
+import contextvars
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,19 @@ class CoreOptions:
 
 Inputs = dict[str, np.ndarray] | Callable[[Signature], dict[str, np.ndarray]]
 
+# The version the current request was resolved to (each REST and gRPC call runs in its own asyncio context, and
+# starts by clearing it): the API layers count a request that fails after resolution under that version, so a
+# canary's errors count against the canary (serving/rollout.py), not under model_version="".
+_resolved: contextvars.ContextVar[str] = contextvars.ContextVar("resolved_version", default="")
+
+
+def begin_request() -> None:
+    _resolved.set("")
+
+
+def resolved_version() -> str:
+    return _resolved.get()
+
 
 class ServingCore:
     def __init__(self, manager: ModelManager, options: CoreOptions, request_logger: RequestLogger, metrics: Metrics):
@@ -83,7 +97,9 @@ class ServingCore:
 
     # --- running -------------------------------------------------------------------------------------------------
     def resolve(self, spec: ModelSpec) -> Servable:
-        return self.manager.resolve(spec.name, spec.version, spec.label)
+        servable = self.manager.resolve(spec.name, spec.version, spec.label)
+        _resolved.set(str(servable.version))
+        return servable
 
     async def _run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray]):
         batching = self.options.batching

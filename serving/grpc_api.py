@@ -19,7 +19,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import tensors
-from serving.core import ModelSpec, ServingCore, _fill_spec
+from serving.core import ModelSpec, ServingCore, _fill_spec, begin_request, resolved_version
 from serving.errors import ServingError
 
 log = logging.getLogger("serving.grpc")
@@ -41,6 +41,7 @@ def _api(api: str):
         async def wrapper(self, request, context):
             started = time.perf_counter()
             name, version, status = "", "", "OK"
+            begin_request()
             spec = getattr(request, "model_spec", None)
             if spec is None and getattr(request, "tasks", None):
                 spec = request.tasks[0].model_spec
@@ -66,7 +67,8 @@ def _api(api: str):
                 log.exception("gRPC %s failed", api)
                 await context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}")
             finally:
-                self.core.metrics.observe(name, version, api, "GRPC", status, time.perf_counter() - started)
+                self.core.metrics.observe(name, version or resolved_version(), api, "GRPC", status,
+                                          time.perf_counter() - started)
         return wrapper
     return decorate
 

@@ -9,6 +9,10 @@ Serving's AspiredVersionsManager with its availability-preserving policy).
   keeps serving, as in TF Serving.
 - A version that fails to load is reported in its status and retried with exponential backoff (TF Serving's
   --max_num_load_retries and --load_retry_interval_micros), and at once when its files change.
+- With the canary strategy (rollout.strategy: canary), a model whose base path holds a rollout record
+  (serving/registry.py, written by the controller in serving/rollout.py) serves the record's versions instead of
+  its version policy's, with its `stable` and `canary` labels over the configured ones, and requests naming
+  neither a version nor a label are split between them (policy.route). Without a record, the version policy rules.
 """
 import logging
 import os
@@ -23,6 +27,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from serving import policy
 from serving.errors import ServingError
 from serving.loader import Servable, load_servable, warm_up
+from serving.registry import RolloutRecord, read_record
 from serving.source import SourceError, list_versions
 
 log = logging.getLogger("serving.manager")
@@ -70,13 +75,16 @@ class ModelManager:
     """Thread-safe: the watcher thread and reload requests sync, request handlers resolve."""
 
     def __init__(self, config, polling: Polling | None = None, config_file: str = "",
-                 on_change: Callable[[str, int, str], None] = lambda name, version, event: None):
+                 on_change: Callable[[str, int, str], None] = lambda name, version, event: None, canary: bool = False):
         self._lock = threading.Lock()       # the maps below, for readers
         self._sync_lock = threading.Lock()  # one sync at a time
         self._configs = policy.validate(config)
         self._servables: dict[str, dict[int, Servable]] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._failures: dict[tuple[str, int], _Failure] = {}
+        self._canary = canary
+        self._records: dict[str, RolloutRecord] = {}   # the rollout record per model (canary strategy)
+        self._routed: dict[str, int] = {}               # requests routed per model, for the split
         self._reported: set[tuple] = set()
         self._polling = polling or Polling()
         self._config_file = config_file
@@ -151,7 +159,11 @@ class ModelManager:
         for version, missing in incomplete.items():
             self._report_once(("incomplete", model.name, version, missing), logging.WARNING,
                               "%s version %d is incomplete (%s): not loading it", model.name, version, missing)
-        aspired = policy.aspired_versions(model.model_version_policy, complete)
+        record = self._read_record(model) if self._canary else None
+        if record is not None and record.stable is not None:
+            aspired = record.served() & set(complete)
+        else:
+            aspired = policy.aspired_versions(model.model_version_policy, complete)
         for version in sorted(aspired - set(self._servables.get(model.name, {}))):
             if self._due(model.name, version, complete[version]):
                 self._load(model.name, version, complete[version])
@@ -160,6 +172,34 @@ class ModelManager:
         if aspired & loaded or not aspired:
             for version in sorted(loaded - aspired):
                 self._unload(model.name, version)
+
+    def _read_record(self, model) -> RolloutRecord | None:
+        """The model's rollout record; a record that cannot be read changes nothing (the last good one rules)."""
+        try:
+            record = read_record(model.base_path)
+        except ValueError as e:
+            self._report_once(("record", model.name, str(e)), logging.ERROR, "%s: rollout record not applied: %s",
+                              model.name, e)
+            return self._records.get(model.name)
+        with self._lock:
+            previous = self._records.get(model.name)
+            if record is None:
+                self._records.pop(model.name, None)
+            else:
+                self._records[model.name] = record
+        if record is not None and (previous is None or previous.labels() != record.labels()
+                                   or previous.canary_percent != record.canary_percent):
+            log.info("%s rollout: stable %s, canary %s at %d%%", model.name, record.stable, record.canary,
+                     record.canary_percent)
+        return record
+
+    def _labels(self, name: str) -> dict[str, int]:
+        """The configured labels, with the rollout's stable and canary over them (under self._lock)."""
+        labels = dict(self._configs[name].version_labels)
+        record = self._records.get(name)
+        if record is not None:
+            labels.update(record.labels())
+        return labels
 
     def _due(self, name: str, version: int, path: str) -> bool:
         failure = self._failures.get((name, version))
@@ -208,6 +248,7 @@ class ModelManager:
         with self._lock:
             self._servables.pop(name, None)
             self._status.pop(name, None)
+            self._records.pop(name, None)
 
     def _set_status(self, name: str, version: int, status: VersionStatus) -> None:
         with self._lock:
@@ -259,7 +300,7 @@ class ModelManager:
                 raise ServingError.not_found(f"Servable not found for request: Latest({name})")
             servables = self._servables.get(name, {})
             if label:
-                version = policy.label_version(self._configs[name], label)
+                version = policy.label_version(self._labels(name), label)
                 if version not in servables:
                     raise ServingError.unavailable(f"Servable not found for request: Specific({name}, {version}) "
                                                    f"(label '{label}': version not loaded yet)")
@@ -275,6 +316,13 @@ class ModelManager:
             if not servables:
                 raise ServingError.unavailable(f"Servable not found for request: Latest({name}) "
                                                "(no version available yet)")
+            record = self._records.get(name)
+            if record is not None:
+                count = self._routed.get(name, 0)
+                self._routed[name] = count + 1
+                routed = policy.route(record, servables, count)
+                if routed is not None:
+                    return servables[routed]
             return servables[max(servables)]
 
     def status(self, name: str, version: int | None = None, label: str | None = None):
@@ -284,7 +332,7 @@ class ModelManager:
                 raise ServingError.not_found(f"Could not find any versions of model {name}")
             statuses = dict(self._status.get(name, {}))
             if label:
-                version = policy.label_version(self._configs[name], label)
+                version = policy.label_version(self._labels(name), label)
         if version is not None:
             if version not in statuses:
                 raise ServingError.not_found(f"Could not find version {version} of model {name}")

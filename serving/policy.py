@@ -9,6 +9,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.config_protos import read_text_proto
 from serving.errors import ServingError
+from serving.registry import RolloutRecord
 
 # A model name becomes a URL segment, a metric label and a request-log folder: nothing that can escape them.
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -85,7 +86,20 @@ def check_labels(model, servable_versions: set[int]) -> None:
                                "which is not currently available for inference")
 
 
-def label_version(model, label: str) -> int:
-    if label not in model.version_labels:
+def label_version(labels, label: str) -> int:
+    if label not in labels:
         raise ServingError.not_found(f"Unrecognized servable version label: {label}")
-    return model.version_labels[label]
+    return labels[label]
+
+
+def route(record: RolloutRecord, loaded, count: int) -> int | None:
+    """The version that answers the `count`-th request naming neither a version nor a label during a canary
+    rollout: of every 100 such requests exactly canary_percent go to the canary (n * p mod 100 < p holds for p of
+    every 100 consecutive n), the rest to stable. An arm that is not loaded gives its share to the other; None
+    when neither is loaded (the caller falls back to TF Serving's latest)."""
+    canary, stable = record.canary, record.stable
+    if canary in loaded and (count * record.canary_percent) % 100 < record.canary_percent:
+        return canary
+    if stable in loaded:
+        return stable
+    return canary if canary in loaded else None

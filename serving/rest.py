@@ -15,7 +15,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from serving import tensors
-from serving.core import ModelSpec, ServingCore
+from serving.core import ModelSpec, ServingCore, begin_request, resolved_version
 from serving.errors import ServingError
 from serving.source import MAX_VERSION
 
@@ -91,6 +91,7 @@ class RestApi:
         """One API call; never raises."""
         started = time.perf_counter()
         api, model, version, status = "unknown", None, "", "OK"
+        begin_request()
         try:
             match = PREDICT_PATH.fullmatch(path)
             if match and method == "POST":
@@ -116,7 +117,8 @@ class RestApi:
             return _json({"error": f"Internal error: {type(e).__name__}"}, 500)
         finally:
             if model is not None:
-                self.core.metrics.observe(model, version, api, "REST", status, time.perf_counter() - started)
+                self.core.metrics.observe(model, version or resolved_version(), api, "REST", status,
+                                          time.perf_counter() - started)
 
     async def _method(self, api: str, spec: ModelSpec, body):
         if not isinstance(body, dict):

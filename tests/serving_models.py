@@ -35,9 +35,14 @@ def taxi_examples(rows) -> list[bytes]:
         for row in rows]
 
 
-def write_taxi_model(path: str, bias: float = 0.0, warmup: bool = True, work: int = 0) -> None:
+CANARY_FAULT = "canary fault: a fare above"
+
+
+def write_taxi_model(path: str, bias: float = 0.0, warmup: bool = True, work: int = 0,
+                     fail_above_fare: float | None = None) -> None:
     """`work` adds that many 512x512 matrix products per row, adding nothing to the output: a model slow enough
-    that concurrent requests meet in a batch."""
+    that concurrent requests meet in a batch. `fail_above_fare`: a bad model that answers INVALID_ARGUMENT naming
+    CANARY_FAULT for any request with a fare above it (the rollout tests' bad canary)."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -53,6 +58,10 @@ def write_taxi_model(path: str, bias: float = 0.0, warmup: bool = True, work: in
                 hidden = tf.tanh(tf.matmul(hidden, tf.fill([512, 512], tf.constant(1e-3, tf.float64))))
             if work:
                 logit += 0.0 * tf.reduce_sum(hidden, axis=1)
+            if fail_above_fare is not None:
+                check = tf.debugging.Assert(tf.reduce_all(fare <= fail_above_fare), [CANARY_FAULT, fail_above_fare])
+                with tf.control_dependencies([check]):
+                    logit = tf.identity(logit)
             return tf.reshape(tf.cast(tf.sigmoid(logit), tf.float32), [-1, 1])
 
         examples = tf.compat.v1.placeholder(tf.string, [None], name=EXAMPLES_INPUT)

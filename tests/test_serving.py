@@ -69,7 +69,7 @@ def model_config(root, chicago_policy: str = "", labels: dict | None = None) -> 
 class Server:
     """`python -m serving.server` with TF Serving's flags (batching and metrics asked for, as TF Serving needs)."""
 
-    def __init__(self, root, *flags: str, overlay: str = "", models: bool = True):
+    def __init__(self, root, *flags: str, overlay: str = "", models: bool = True, sections: str = ""):
         self.root = root
         self.rest_port, self.grpc_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
@@ -85,7 +85,7 @@ class Server:
         (root / "batching.config").write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 5000 }")
         (root / "overlay.yaml").write_text(
             f"serving: {{max_request_bytes: {MAX_REQUEST_BYTES}, "
-            f"request_log: {{sampling_rate: 1.0, path: {root / 'request_logs'}}}{overlay}}}\n")
+            f"request_log: {{sampling_rate: 1.0, path: {root / 'request_logs'}}}{overlay}}}\n{sections}")
         env = {**os.environ, "TFX_E2E_OUTPUT_ROOT": str(root / "out"), "TFX_E2E_CONFIG": str(root / "overlay.yaml"),
                "TFX_E2E_DATA_ROOT": str(root / "no-data-here")}
         self.log = open(root / "server.log", "w+")

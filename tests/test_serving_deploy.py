@@ -13,7 +13,9 @@ from serving.config_protos import BatchingParameters, MonitoringConfig
 
 DEPLOY = REPO_ROOT / "serving" / "deploy"
 ROLLOUT = DEPLOY / "rollout.yaml"
-YAML_FILES = ("docker-compose.yaml", "k8s/configmap.yaml", "k8s/deployment.yaml", "k8s/service.yaml", "k8s/pvc.yaml")
+YAML_FILES = ("docker-compose.yaml", "k8s/configmap.yaml", "k8s/deployment.yaml", "k8s/service.yaml", "k8s/pvc.yaml",
+              "k8s/configmap-canary.yaml", "k8s/deployment-canary.yaml", "k8s/destinationrule.yaml",
+              "k8s/virtualservice.yaml")
 
 
 def rollout_config():
@@ -104,7 +106,9 @@ def test_every_yaml_file_parses_to_one_object(files, docs):
             assert isinstance(docs[name], dict), name
     kinds = {name: docs[name].get("kind") for name in YAML_FILES[1:]}
     assert kinds == {"k8s/configmap.yaml": "ConfigMap", "k8s/deployment.yaml": "Deployment",
-                     "k8s/service.yaml": "Service", "k8s/pvc.yaml": "PersistentVolumeClaim"}
+                     "k8s/service.yaml": "Service", "k8s/pvc.yaml": "PersistentVolumeClaim",
+                     "k8s/configmap-canary.yaml": "ConfigMap", "k8s/deployment-canary.yaml": "Deployment",
+                     "k8s/destinationrule.yaml": "DestinationRule", "k8s/virtualservice.yaml": "VirtualService"}
 
 
 def _container(docs):
@@ -200,12 +204,14 @@ def test_probes_ask_the_rest_api_for_the_model(config, docs):
 def test_configmap_holds_the_config_files(files, docs):
     configmap = docs["k8s/configmap.yaml"]
     assert configmap["metadata"]["name"] == "chicago-taxi-serving-config"
-    assert configmap["data"] == {name: files[name] for name in ("models.config", "batching.config", "monitoring.config")}
+    # rollout.yaml rolls out by canary: this is the stable track, serving the stable version only.
+    assert configmap["data"] == {"models.config": deploy.render_track_models_config(rollout_config(), "stable"),
+                                 **{name: files[name] for name in ("batching.config", "monitoring.config")}}
     deployment = docs["k8s/deployment.yaml"]
     assert deployment["metadata"]["name"] == "chicago-taxi-serving"
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["selector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"] == {
-        "app": "chicago-taxi-serving"}
+        "app": "chicago-taxi-serving", "track": "stable"}
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"] == {"name": "chicago-taxi-serving-config"}
     mounts = {m["name"]: m for m in _container(docs)["volumeMounts"]}
@@ -293,3 +299,57 @@ def test_main_reports_configuration_errors(tmp_path, monkeypatch, capsys):
     assert deploy.main(["--out", str(tmp_path / "out")]) == 2
     assert "serving.version_policy" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_canary_tracks_behind_istio(config, files, docs):
+    """rollout.strategy: canary: a Deployment per track, each serving its version only, and Istio subsets and
+    weights over the one Service; the controller's weights render into the same VirtualService."""
+    assert config.rollout.strategy == "canary"
+    service_selector = docs["k8s/service.yaml"]["spec"]["selector"]
+    subsets = {s["name"]: s["labels"] for s in docs["k8s/destinationrule.yaml"]["spec"]["subsets"]}
+    assert docs["k8s/destinationrule.yaml"]["spec"]["host"] == "chicago-taxi-serving"
+    assert subsets == {"stable": {"track": "stable"}, "canary": {"track": "canary"}}
+    for track, suffix, version in (("stable", "", 1700000000), ("canary", "-canary", 1700000100)):
+        deployment = docs[f"k8s/deployment{suffix}.yaml"]
+        pod = deployment["spec"]["template"]
+        assert deployment["metadata"]["name"] == f"chicago-taxi-serving{suffix}"
+        assert pod["metadata"]["labels"] == {"app": "chicago-taxi-serving", "track": track}
+        assert service_selector.items() <= pod["metadata"]["labels"].items()  # the Service reaches both tracks
+        assert subsets[track].items() <= pod["metadata"]["labels"].items()
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "config"]
+        assert volume["configMap"]["name"] == f"chicago-taxi-serving{suffix}-config"
+        assert docs[f"k8s/configmap{suffix}.yaml"]["metadata"]["name"] == f"chicago-taxi-serving{suffix}-config"
+        model = _model_config(docs[f"k8s/configmap{suffix}.yaml"]["data"]["models.config"])
+        assert list(model.model_version_policy.specific.versions) == [version]
+        assert dict(model.version_labels) == {track: version}
+        assert pod["spec"]["containers"][0]["args"] == deploy.server_flags(config)
+
+    def weights(service):
+        return {route["name"]: {(d["destination"]["subset"], d["destination"]["port"]["number"]): d.get("weight")
+                                for d in route["route"]} for route in service["spec"]["http"]}
+
+    checked_in = docs["k8s/virtualservice.yaml"]
+    assert checked_in["spec"]["hosts"] == ["chicago-taxi-serving"]
+    assert weights(checked_in) == {
+        "rest-stable": {("stable", 8501): None}, "rest-canary": {("canary", 8501): None},
+        "rest": {("stable", 8501): 100, ("canary", 8501): 0}, "grpc": {("stable", 8500): 100, ("canary", 8500): 0}}
+    at_ten = deploy.virtual_service(config, 10)
+    assert weights(at_ten)["rest"] == {("stable", 8501): 90, ("canary", 8501): 10}
+    assert weights(at_ten)["grpc"] == {("stable", 8500): 90, ("canary", 8500): 10}
+    # REST requests naming a label or a version reach the track that has it, before the weighted routes.
+    canary_match = at_ten["spec"]["http"][1]["match"]
+    assert [m["uri"]["prefix"] for m in canary_match] == ["/v1/models/chicago_taxi/labels/canary",
+                                                          "/v1/models/chicago_taxi/versions/1700000100"]
+    for route in at_ten["spec"]["http"]:
+        assert {d["destination"]["subset"] for d in route["route"]} <= set(subsets)
+        assert sum(d.get("weight", 100) for d in route["route"]) == 100 or len(route["route"]) == 1
+
+
+def test_immediate_renders_one_track_and_canary_needs_both_labels(tmp_path):
+    files = deploy.render(overlay_config(tmp_path, "serving: {labels: {stable: 5}, version_policy: all}"))
+    assert not set(deploy.CANARY_FILES) & set(files)
+    assert yaml.safe_load(files["k8s/deployment.yaml"])["spec"]["selector"]["matchLabels"] == {
+        "app": "chicago-taxi-serving"}
+    config = overlay_config(tmp_path, "serving: {labels: {stable: 5}, version_policy: all}\nrollout: {strategy: canary}")
+    with pytest.raises(ValueError, match="serving.labels needs the canary version"):
+        deploy.render(config)

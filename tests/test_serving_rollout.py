@@ -1,0 +1,353 @@
+"""Canary rollouts (rollout.strategy: canary): the local server routes by the rollout record (serving/registry.py,
+serving/policy.py), and the controller (serving/rollout.py) steps a good version to stable and rolls a bad one back
+while clients call throughout. The analysis itself on figures given by hand."""
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from serving_models import CANARY_FAULT, write_taxi_model
+from test_serving import EXAMPLES, MODEL, Server, _b64, predict_request
+
+from pipeline.config import REPO_ROOT, ConfigError, load_config
+from pipeline.pusher import push_atomically
+from serving import policy
+from serving.registry import AUDIT_LOG, RolloutRecord, read_record, rejected_versions, write_record
+from serving.rollout import Check, Figures, analyse, parse_metrics, quantile, status_lines, window
+
+CANARY = ("rollout: {strategy: canary, steps: [10, 50, 100], step_seconds: 2, min_requests: 10, "
+          "max_error_rate: 0.01, error_rate_margin: 0.005, p99_budget_ms: 2000, p99_factor: 10, "
+          "max_failed_analyses: 2, available_timeout_seconds: 60, grace_seconds: 1}\n")
+
+
+def _config(tmp_path, text=CANARY):
+    (tmp_path / "rollout.yaml").write_text(text)
+    return load_config(env={"TFX_E2E_CONFIG": str(tmp_path / "rollout.yaml")}, check_data=False)
+
+
+# --- the analysis, on figures given by hand ---------------------------------------------------------------------
+
+def _figures(requests, errors, latencies_us):
+    bounds = (1000.0, 10000.0, 100000.0, float("inf"))
+    return Figures(requests, errors, tuple((b, sum(1 for x in latencies_us if x <= b)) for b in bounds))
+
+
+def test_quantile_interpolates_as_prometheus():
+    buckets = ((1000.0, 50.0), (10000.0, 100.0), (float("inf"), 100.0))
+    assert quantile(0.5, buckets) == 1000.0
+    assert quantile(0.99, buckets) == pytest.approx(1000 + 9000 * (49 / 50))
+    assert quantile(0.99, ((1000.0, 0.0), (float("inf"), 10.0))) == 1000.0  # in +Inf: the highest finite bound
+    assert quantile(0.99, ()) == 0.0
+
+
+def test_parse_metrics_and_window():
+    text = "\n".join([
+        "# TYPE :tensorflow:serving:request_count counter",
+        ':tensorflow:serving:request_count{API="predict",entrypoint="REST",model_name="m",model_version="2",status="OK"} 90',
+        ':tensorflow:serving:request_count{API="predict",entrypoint="GRPC",model_name="m",model_version="2",'
+        'status="INVALID_ARGUMENT"} 10',
+        ':tensorflow:serving:request_count{API="status",entrypoint="REST",model_name="m",model_version="",status="OK"} 7',
+        ':tensorflow:serving:request_count{API="predict",entrypoint="REST",model_name="other",model_version="2",'
+        'status="OK"} 5',
+        "# TYPE :tensorflow:serving:request_latency histogram",
+        ':tensorflow:serving:request_latency_bucket{API="predict",entrypoint="REST",model_name="m",model_version="2",'
+        'status="OK",le="1000.0"} 80',
+        ':tensorflow:serving:request_latency_bucket{API="predict",entrypoint="REST",model_name="m",model_version="2",'
+        'status="OK",le="+Inf"} 90',
+        ':tensorflow:serving:request_latency_count{API="predict",entrypoint="REST",model_name="m",model_version="2",'
+        'status="OK"} 90',
+        ':tensorflow:serving:request_latency_sum{API="predict",entrypoint="REST",model_name="m",model_version="2",'
+        'status="OK"} 1.0', ""])
+    figures = parse_metrics(text, "m")
+    assert set(figures) == {"2"}  # status calls and other models are not inference figures of m
+    assert (figures["2"].requests, figures["2"].errors, figures["2"].error_rate) == (100, 10, 0.1)
+    assert figures["2"].buckets == ((1000.0, 80.0), (float("inf"), 90.0))
+    later = Figures(150, 12, ((1000.0, 120.0), (float("inf"), 138.0)))
+    assert window(later, figures["2"]) == Figures(50, 2, ((1000.0, 40.0), (float("inf"), 48.0)))
+    assert window(figures["2"], later) == figures["2"]  # the server restarted: counters from zero
+
+
+def test_analysis_checks_errors_latency_and_volume(tmp_path):
+    config = _config(tmp_path).rollout
+    stable = _figures(100, 1, [500] * 100)
+    good = analyse(config, True, _figures(20, 0, [500] * 20), stable, True)
+    assert all(c.ok for c in good), good
+    assert [c.name for c in good] == ["available", "canary_requests", "stable_requests", "error_rate", "p99"]
+    # Errors: limit max(0.01, stable 0.01 + 0.005) = 0.015; 1 of 20 is 0.05.
+    errors = {c.name: c for c in analyse(config, True, _figures(20, 1, [500] * 20), stable, True)}
+    assert errors["error_rate"] == Check("error_rate", False, "canary error rate 0.0500 (limit 0.0150)")
+    # Latency: stable's p99 (~0.99 ms) x 10 is below the 2000 ms budget, so it is the limit.
+    slow = {c.name: c for c in analyse(config, True, _figures(20, 0, [50000] * 20), stable, True)}
+    assert not slow["p99"].ok and "x 10" in slow["p99"].detail
+    few = {c.name: c.ok for c in analyse(config, False, _figures(5, 0, [500] * 5), stable, True)}
+    assert few == {"available": False, "canary_requests": False, "stable_requests": True, "error_rate": True,
+                   "p99": True}
+    # At 100 % stable gets no unnamed traffic: no minimum for it, compared with what it gave before.
+    full = analyse(config, True, _figures(20, 0, [500] * 20), stable, False)
+    assert [c.name for c in full] == ["available", "canary_requests", "error_rate", "p99"] and all(c.ok for c in full)
+
+
+def test_route_splits_exactly_and_falls_back():
+    record = RolloutRecord(stable=1, canary=2, canary_percent=10)
+    routed = [policy.route(record, {1, 2}, n) for n in range(100)]
+    assert routed.count(2) == 10 and routed.count(1) == 90
+    assert [policy.route(replace_percent(record, 50), {1, 2}, n) for n in range(4)] == [2, 1, 2, 1]
+    assert {policy.route(replace_percent(record, 100), {1, 2}, n) for n in range(10)} == {2}
+    assert policy.route(record, {1}, 0) == 1      # the canary is not loaded: stable answers
+    assert policy.route(record, {2}, 1) == 2      # stable is not loaded: the canary answers
+    assert policy.route(record, {7}, 0) is None   # neither: TF Serving's latest
+
+
+def replace_percent(record, percent):
+    return RolloutRecord(stable=record.stable, canary=record.canary, canary_percent=percent)
+
+
+def test_record_round_trip_and_refusals(tmp_path):
+    assert read_record(str(tmp_path)) is None and rejected_versions(str(tmp_path)) == set()
+    write_record(str(tmp_path), RolloutRecord(stable=1, canary=3, canary_percent=10,
+                                              rejected={"2": {"time": "t", "reason": "r"}}))
+    assert read_record(str(tmp_path)) == RolloutRecord(stable=1, canary=3, canary_percent=10,
+                                                       rejected={"2": {"time": "t", "reason": "r"}})
+    assert rejected_versions(str(tmp_path)) == {2}
+    for text, message in (("{", "Expecting"), ('{"stable": "1"}', "stable must be a version number"),
+                          ('{"canary_percent": 101}', "canary_percent"), ('{"weight": 1}', "weight")):
+        (tmp_path / "rollout.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_record(str(tmp_path))
+
+
+def test_rollout_configuration_is_checked(tmp_path):
+    assert load_config(env={}, check_data=False).rollout.strategy == "immediate"  # today's behaviour by default
+    assert _config(tmp_path).rollout.steps == [10, 50, 100]
+    for text, key in (("rollout: {strategy: bluegreen}", "rollout.strategy"), ("rollout: {steps: [50, 10, 100]}",
+                      "rollout.steps"), ("rollout: {steps: [10, 50]}", "rollout.steps"),
+                      ("rollout: {min_requests: 0}", "rollout.min_requests"),
+                      ("rollout: {max_error_rate: 2}", "rollout.max_error_rate")):
+        with pytest.raises(ConfigError, match=key):
+            _config(tmp_path, text)
+
+
+# --- the local server routes by the record ------------------------------------------------------------------------
+
+def _version(server, **spec):
+    return server.predict_stub.Predict(predict_request(EXAMPLES[:1], **spec)).model_spec.version.value
+
+
+def test_server_routes_by_the_rollout_record(tmp_path):
+    server = Server(tmp_path, sections=CANARY)
+    try:
+        base = tmp_path / "models" / MODEL
+        write_taxi_model(str(tmp_path / "v2"), bias=1.0)
+        (tmp_path / "v2").rename(base / "2")  # whole, as the Pusher's rename
+        time.sleep(1.0)  # several polls: without a record the version policy (latest 1) rules, as TF Serving's
+        server.wait_for(lambda: server.available(2), "version 2 (latest, no record)")
+        write_record(str(base), RolloutRecord(stable=1, canary=2, canary_percent=10))
+        server.wait_for(lambda: server.available(1), "version 1 back as stable")
+        server.wait_for(lambda: server.http("GET", f"/v1/models/{MODEL}/labels/canary")[0] == 200, "the labels")
+        answered = [_version(server) for _ in range(100)]
+        assert answered.count(2) == 10 and answered.count(1) == 90
+        # Requests naming a version or a label keep TF Serving's meaning.
+        assert {_version(server, version=2) for _ in range(5)} == {2}
+        assert {_version(server, label="stable") for _ in range(5)} == {1}
+        assert server.http("GET", f"/v1/models/{MODEL}/labels/canary")[1]["model_version_status"][0]["version"] == "2"
+        status, body = server.http("POST", f"/v1/models/{MODEL}/labels/canary:predict", {"instances": _b64(EXAMPLES[:1])})
+        assert status == 200 and len(body["predictions"]) == 1
+
+        write_record(str(base), RolloutRecord(stable=1, canary=2, canary_percent=50))
+        server.wait_for(lambda: [_version(server) for _ in range(4)].count(2) == 2, "the 50 % step")
+        # Rolled back: the canary loses its label and is unloaded; stable answers everything.
+        write_record(str(base), RolloutRecord(stable=1, rejected={"2": {"time": "t", "reason": "test"}}))
+        server.wait_for(lambda: server.http("GET", f"/v1/models/{MODEL}/versions/2")[1]["model_version_status"][0][
+            "state"] == "END", "version 2 unloaded")
+        assert {_version(server) for _ in range(20)} == {1}
+        assert server.http("GET", f"/v1/models/{MODEL}/labels/canary")[0] == 404
+        # A record that is not one changes nothing, and the log says why.
+        (base / "rollout.json").write_text('{"stable": "one"}')
+        time.sleep(1.0)
+        assert {_version(server) for _ in range(5)} == {1}
+        assert "rollout record not applied" in server.logs()
+    finally:
+        server.stop()
+
+
+# --- the controller, end to end -----------------------------------------------------------------------------------
+
+def _audit(base):
+    path = base / AUDIT_LOG
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _decisions(base, decision, **fields):
+    return [e for e in _audit(base) if e["decision"] == decision and all(e.get(k) == v for k, v in fields.items())]
+
+
+def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
+    server = Server(tmp_path, sections=CANARY)
+    base = tmp_path / "models" / MODEL
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "serving.rollout", "run", "--url", server.url, "--model_base_path", str(base),
+         "--poll_seconds", "0.2"], cwd=REPO_ROOT, env=server.env, stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "controller.log", "w"))
+    stop, failures, answered, lock = threading.Event(), [], [], threading.Lock()
+
+    def client(index: int):
+        # Unnamed requests, half of them with a fare above 20 (the bad canary's fault), over gRPC and REST.
+        n = 0
+        while not stop.is_set():
+            examples = EXAMPLES if n % 2 else EXAMPLES[:2]
+            n += 1
+            try:
+                if index % 2:
+                    reply = server.predict_stub.Predict(predict_request(examples), timeout=30)
+                    with lock:
+                        answered.append((time.monotonic(), reply.model_spec.version.value))
+                else:
+                    status, body = server.http("POST", f"/v1/models/{MODEL}:predict", {"instances": _b64(examples)})
+                    if status != 200:
+                        failures.append(body["error"])
+            except grpc.RpcError as e:
+                failures.append(e.details())
+
+    def wait(condition, what, seconds=60):
+        server.wait_for(condition, what + "\n" + (tmp_path / "controller.log").read_text()[-3000:], seconds)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    try:
+        wait(lambda: _decisions(base, "adopt", stable=1), "the controller to adopt version 1")
+        for t in threads:
+            t.start()
+        write_taxi_model(str(tmp_path / "good"), bias=1.0)
+        good = push_atomically(str(tmp_path / "good"), str(base))
+        wait(lambda: _decisions(base, "promote", canary=None, stable=good), f"version {good} promoted")
+        promoted_at = time.monotonic()
+        record = read_record(str(base))
+        assert (record.stable, record.canary, record.retiring) in ((good, None, 1), (good, None, None))
+        passed = _decisions(base, "pass")
+        assert [(e["step"], e["percent"]) for e in passed] == [(1, 10), (2, 50)]  # then 100 % promoted
+        assert [e["percent"] for e in _decisions(base, "step", canary=good)][-3:] == [10, 50, 100]
+        first = passed[0]["figures"]  # the 10 % step: about a tenth of the requests went to the canary
+        share = first["canary"]["requests"] / (first["canary"]["requests"] + first["stable"]["requests"])
+        assert 0.03 <= share <= 0.25, first
+        assert not _decisions(base, "rollback")
+        wait(lambda: _decisions(base, "retire"), "version 1 to retire after the grace period", 20)
+        wait(lambda: server.http("GET", f"/v1/models/{MODEL}/versions/1")[1]["model_version_status"][0]["state"]
+             == "END", "version 1 unloaded")
+
+        write_taxi_model(str(tmp_path / "bad"), bias=2.0, fail_above_fare=20.0)
+        bad = push_atomically(str(tmp_path / "bad"), str(base))
+        wait(lambda: _decisions(base, "rollback", version=bad), f"version {bad} rolled back")
+        wait(lambda: server.http("GET", f"/v1/models/{MODEL}/versions/{bad}")[1]["model_version_status"][0]["state"]
+             == "END", f"version {bad} unloaded")
+        time.sleep(1.0)
+        rolled_back_at = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            if t.is_alive():
+                t.join()
+        controller.terminate()
+        assert controller.wait(timeout=30) == 0
+        server.stop()
+
+    fails = _decisions(base, "fail", canary=bad)
+    assert len(fails) == 2 and fails[-1]["failures"] == 2
+    assert fails[0]["figures"]["canary"]["errors"] > 0
+    assert any(c["name"] == "error_rate" and not c["ok"] for c in fails[0]["checks"])
+    record = read_record(str(base))
+    assert (record.stable, record.canary, record.canary_percent) == (good, None, 0)
+    assert set(record.rejected) == {str(bad)} and "failed analyses in a row" in record.rejected[str(bad)]["reason"]
+    assert rejected_versions(str(base)) == {bad}
+    # Clients saw no failure the canary did not cause, and some it did (before the rollback).
+    assert failures and all(CANARY_FAULT in f for f in failures), set(failures) - {f for f in failures if CANARY_FAULT in f}
+    versions = {v for _, v in answered}
+    assert {1, good, bad} <= versions
+    assert {v for t, v in answered if t > promoted_at + 3} <= {good, bad}
+    assert {v for t, v in answered if t > rolled_back_at} == {good}
+    # `status` shows the record and the decisions with their figures.
+    printed = subprocess.run([sys.executable, "-m", "serving.rollout", "status", "--model_base_path", str(base)],
+                             cwd=REPO_ROOT, env=server.env, capture_output=True, text=True, check=True).stdout
+    assert printed.startswith(f"stable {good}\ncanary none\n")
+    assert f"rejected {bad} at " in printed and "promote" in printed and "rollback" in printed
+    assert status_lines(str(tmp_path / "nothing")) == [f"{tmp_path / 'nothing'}: no rollout record (the controller "
+                                                       "has not run)"]
+
+
+# --- the controller on Kubernetes: each decision applied to the tracks and the VirtualService ---------------------
+
+class FakeTracks:
+    """Two tracks' metrics endpoints as the controller sums them: every scrape, each served version has 100 more
+    requests, `bad` ones with 20 errors among them."""
+
+    model = MODEL
+
+    def __init__(self, bad=()):
+        self.bad, self.scrapes = set(bad), 0
+
+    def available(self, version):
+        return True
+
+    def figures(self):
+        self.scrapes += 1
+        n = 100.0 * self.scrapes
+        return {str(v): Figures(n, 0.2 * n if v in self.bad else 0.0, ((1000.0, n), (float("inf"), n)))
+                for v in (1, 2, 3)}
+
+
+def _version_dir(base, version):
+    (base / str(version) / "variables").mkdir(parents=True)
+    (base / str(version) / "saved_model.pb").write_bytes(b"")
+    (base / str(version) / "variables" / "variables.index").write_bytes(b"")
+
+
+def test_controller_drives_istio_weights_and_track_configmaps(tmp_path):
+    import yaml
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.rollout import Controller, IstioTraffic
+
+    config = _config(tmp_path, CANARY.replace("step_seconds: 2", "step_seconds: 1").replace("min_requests: 10",
+                                                                                             "min_requests: 1"))
+    base, out = tmp_path / "models", tmp_path / "istio"
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'kubectl.log'}\n")
+    kubectl.chmod(0o755)
+    _version_dir(base, 1)
+    clock = [0.0]
+    controller = Controller(config.rollout, str(base), FakeTracks(bad={3}), clock=lambda: clock[0],
+                            traffic=IstioTraffic(config, out, str(kubectl)))
+
+    def applied():
+        service = yaml.safe_load((out / "virtualservice.yaml").read_text())
+        weighted = next(route for route in service["spec"]["http"] if route["name"] == "grpc")
+        tracks = {}
+        for track, suffix in (("stable", ""), ("canary", "-canary")):
+            text = yaml.safe_load((out / f"configmap{suffix}.yaml").read_text())["data"]["models.config"]
+            model = text_format.Parse(text, model_server_config_pb2.ModelServerConfig()).model_config_list.config[0]
+            tracks[track] = list(model.model_version_policy.specific.versions)[0]
+        return weighted["route"][1]["weight"], tracks["stable"], tracks["canary"]
+
+    controller.tick()
+    seen = [applied()]
+    for version in (2, 3):
+        _version_dir(base, version)
+        for _ in range(12):
+            clock[0] += 1.0
+            controller.tick()
+            if (out / "virtualservice.yaml").exists() and (not seen or seen[-1] != applied()):
+                seen.append(applied())
+    # (canary weight, stable track's version, canary track's version) as applied, decision after decision.
+    assert seen == [(0, 1, 1), (0, 1, 2), (10, 1, 2), (50, 1, 2), (100, 1, 2), (0, 2, 2), (0, 2, 3), (10, 2, 3),
+                    (0, 2, 2)]
+    assert read_record(str(base)).rejected.keys() == {"3"}
+    applies = (tmp_path / "kubectl.log").read_text().splitlines()
+    assert applies[:3] == [f"apply -f {out / name}" for name in ("configmap.yaml", "configmap-canary.yaml",
+                                                                 "virtualservice.yaml")]
+    assert [e["decision"] for e in _audit(base)] == [
+        "adopt", "start", "step", "pass", "step", "pass", "step", "promote", "retire",
+        "start", "step", "fail", "fail", "rollback"]
+
