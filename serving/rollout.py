@@ -5,10 +5,12 @@ server's Prometheus metrics, and promotes it to `stable` or rolls it back (rollo
     python -m serving.rollout status           the rollout record and the last decisions
     python -m serving.rollout run --url http://STABLE:8501 --url http://CANARY:8501 --istio DIR [--kubectl kubectl]
                                                TF Serving on Kubernetes: two tracks behind Istio (serving/deploy.py)
+    python -m serving.rollout run --vertex     a Vertex AI endpoint's traffic split, Cloud Monitoring's figures
+                                               (serving/vertex.py)
 
 A separate process rather than a loop inside the server: it reads only what every server exposes (TF Serving's
 metrics endpoint and version status) and writes only the rollout record (serving/registry.py) that the server
-routes by, so the same analysis can drive the local server, TF Serving on Kubernetes (Istio weights) and Vertex AI
+routes by, so the same analysis drives the local server, TF Serving on Kubernetes (Istio weights) and Vertex AI
 endpoints (traffic split), and it can be stopped, restarted or upgraded without touching the serving process.
 State lives in the record, so a restarted controller resumes the current step from its start.
 
@@ -219,7 +221,7 @@ class Controller:
     """One model's rollout. tick() takes at most one decision; run() ticks until stopped."""
 
     def __init__(self, config: RolloutConfig, base_path: str, server, clock=time.time, traffic=None):
-        """traffic: IstioTraffic, or None."""
+        """server: Servers or serving.vertex.VertexMetrics; traffic: IstioTraffic, VertexTraffic or None."""
         self.config, self.base_path, self.server, self.clock = config, base_path, server, clock
         self.traffic = traffic  # None: the local server routes by the record itself
         self._waiting_since: float | None = None   # the canary was started, not yet AVAILABLE
@@ -384,6 +386,8 @@ def main(argv=None) -> int:
     parser.add_argument("--istio", type=Path, help="Kubernetes: write each track's ConfigMap and the VirtualService "
                         "here at every decision")
     parser.add_argument("--kubectl", default="", help="with --istio: apply them with this kubectl")
+    parser.add_argument("--vertex", action="store_true", help="roll out on the Vertex AI endpoint <model_name> "
+                        "(gcp.project, gcp.region, vertex.machine_type and accelerator)")
     parser.add_argument("--model_base_path", help="default: <output_root>/serving/<model_name>")
     parser.add_argument("--model_name", help="default: model_name")
     parser.add_argument("--poll_seconds", type=float, help="default: serving.poll_seconds")
@@ -408,9 +412,15 @@ def main(argv=None) -> int:
     if args.kubectl and not args.istio:
         print("error: --kubectl applies the files --istio writes: give --istio DIR", file=sys.stderr)
         return 2
-    urls = args.url or [f"http://{config.serving.host}:{config.serving.rest_port}"]
-    traffic = IstioTraffic(config, args.istio, args.kubectl) if args.istio else None
-    servers = Servers(urls, args.model_name or config.model_name)
+    if args.vertex:
+        from serving.vertex import VertexMetrics, VertexTraffic
+
+        traffic = VertexTraffic(config)
+        servers = VertexMetrics(traffic)
+    else:
+        urls = args.url or [f"http://{config.serving.host}:{config.serving.rest_port}"]
+        traffic = IstioTraffic(config, args.istio, args.kubectl) if args.istio else None
+        servers = Servers(urls, args.model_name or config.model_name)
     controller = Controller(config.rollout, base_path, servers, traffic=traffic)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

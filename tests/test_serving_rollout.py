@@ -351,3 +351,165 @@ def test_controller_drives_istio_weights_and_track_configmaps(tmp_path):
         "adopt", "start", "step", "pass", "step", "pass", "step", "promote", "retire",
         "start", "step", "fail", "fail", "rollback"]
 
+
+# --- the controller on Vertex AI: the SDK and Cloud Monitoring as test doubles bound to the real signatures -------
+
+class FakeVertex:
+    """Records what the Vertex AI SDK receives; an endpoint's deployed models are kept as Vertex would keep them."""
+
+    def __init__(self):
+        self.calls, self.deployed, self.models, self.deploys, fake = [], {}, {}, 0, self
+
+        class DeployedModel:
+            def __init__(self, id, display_name):
+                self.id, self.display_name = id, display_name
+
+        class Model:
+            def __init__(self, display_name, labels):
+                self.display_name, self.labels = display_name, labels
+
+            @classmethod
+            def list(cls, **kwargs):
+                fake.calls.append(("Model.list", kwargs))
+                version = kwargs["filter"].split('"')[1]
+                return [fake.models[version]] if version in fake.models else []
+
+            @classmethod
+            def upload(cls, **kwargs):
+                fake.calls.append(("Model.upload", kwargs))
+                model = fake.models[kwargs["labels"]["tfx_e2e_version"]] = cls(kwargs["display_name"], kwargs["labels"])
+                return model
+
+            def update(self, **kwargs):
+                fake.calls.append(("Model.update", {**kwargs, "_model": self.display_name}))
+                self.labels = kwargs["labels"]
+
+        class Endpoint:
+            name = "8125"
+
+            @classmethod
+            def list(cls, **kwargs):
+                fake.calls.append(("Endpoint.list", kwargs))
+                return [cls()] if any(c[0] == "Endpoint.create" for c in fake.calls) else []
+
+            @classmethod
+            def create(cls, **kwargs):
+                fake.calls.append(("Endpoint.create", kwargs))
+                return cls()
+
+            def list_models(self):
+                return [DeployedModel(i, name) for name, i in fake.deployed.items()]
+
+            def deploy(self, **kwargs):
+                fake.calls.append(("deploy", {**kwargs, "model": kwargs["model"].display_name}))
+                fake.deployed[kwargs["deployed_model_display_name"]] = str(100 + fake.deploys)
+                fake.deploys += 1
+
+            def update(self, **kwargs):
+                fake.calls.append(("update", kwargs))
+
+            def undeploy(self, **kwargs):
+                fake.calls.append(("undeploy", kwargs))
+                fake.deployed = {n: i for n, i in fake.deployed.items() if i != kwargs["deployed_model_id"]}
+
+        class helpers:
+            @staticmethod
+            def get_prebuilt_prediction_container_uri(**kwargs):
+                fake.calls.append(("get_prebuilt_prediction_container_uri", kwargs))
+                from google.cloud.aiplatform import helpers as real
+                return real.get_prebuilt_prediction_container_uri(**kwargs)
+
+        self.Model, self.Endpoint, self.helpers = Model, Endpoint, helpers
+
+    def bind_to_the_real_sdk(self):
+        import inspect
+
+        from google.cloud import aiplatform
+        real = {"Model.list": aiplatform.Model.list, "Model.upload": aiplatform.Model.upload,
+                "Endpoint.list": aiplatform.Endpoint.list, "Endpoint.create": aiplatform.Endpoint.create,
+                "get_prebuilt_prediction_container_uri": aiplatform.helpers.get_prebuilt_prediction_container_uri}
+        methods = {"Model.update": aiplatform.Model.update, "deploy": aiplatform.Endpoint.deploy,
+                   "update": aiplatform.Endpoint.update, "undeploy": aiplatform.Endpoint.undeploy}
+        for name, kwargs in self.calls:
+            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+            if name in real:
+                inspect.signature(real[name]).bind(**kwargs)
+            else:
+                inspect.signature(methods[name]).bind(None, **kwargs)
+
+
+VERTEX = ("output_root: gs://tfx-e2e-test-bucket/tfx-e2e\n"
+          "gcp: {project: tfx-e2e-test, region: europe-west4}\n" + CANARY)
+
+
+def test_vertex_endpoint_follows_the_record(tmp_path):
+    from serving.vertex import VertexTraffic
+
+    fake = FakeVertex()
+    traffic = VertexTraffic(_config(tmp_path, VERTEX), fake)
+    for record in (RolloutRecord(stable=1), RolloutRecord(stable=1, canary=2, canary_percent=10),
+                   RolloutRecord(stable=2, retiring=1, retire_at=5.0), RolloutRecord(stable=2),
+                   RolloutRecord(stable=2, canary=3, canary_percent=10),
+                   RolloutRecord(stable=2, rejected={"3": {"time": "t", "reason": "r"}})):
+        traffic.apply(record)
+    fake.bind_to_the_real_sdk()
+    where = {"project": "tfx-e2e-test", "location": "europe-west4"}
+    uploads = [kwargs for name, kwargs in fake.calls if name == "Model.upload"]
+    assert uploads == [{"display_name": f"chicago_taxi-{v}", "artifact_uri": f"gs://tfx-e2e-test-bucket/tfx-e2e/serving/"
+                        f"chicago_taxi/{v}", "labels": {"tfx_e2e_version": str(v)}, "serving_container_image_uri":
+                        "europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest", **where} for v in (1, 2, 3)]
+    deploys = [(k["model"], k["traffic_percentage"], k["machine_type"], k["accelerator_type"], k["accelerator_count"])
+               for name, k in fake.calls if name == "deploy"]
+    assert deploys == [("chicago_taxi-1", 100, "n1-standard-8", "NVIDIA_TESLA_T4", 1),
+                       ("chicago_taxi-2", 0, "n1-standard-8", "NVIDIA_TESLA_T4", 1),
+                       ("chicago_taxi-3", 0, "n1-standard-8", "NVIDIA_TESLA_T4", 1)]
+    # Deployed model ids: version 1 -> 100, 2 -> 101, 3 -> 102.
+    assert [k["traffic_split"] for name, k in fake.calls if name == "update"] == [
+        {"100": 100}, {"100": 90, "101": 10}, {"101": 100, "100": 0}, {"101": 100}, {"101": 90, "102": 10},
+        {"101": 100}]
+    assert [k for name, k in fake.calls if name == "undeploy"] == [{"deployed_model_id": "100"},
+                                                                   {"deployed_model_id": "102"}]
+    assert [k for name, k in fake.calls if name == "Model.update"] == [
+        {"labels": {"tfx_e2e_version": "3", "tfx_e2e_rollout": "rejected"}, "_model": "chicago_taxi-3"}]
+    assert [k for name, k in fake.calls if name == "Endpoint.create"] == [{"display_name": "chicago-taxi", **where}]
+
+
+def test_vertex_figures_from_cloud_monitoring(tmp_path):
+    import inspect
+
+    from google.cloud import monitoring_v3
+
+    from serving.vertex import VertexMetrics, VertexTraffic
+
+    fake = FakeVertex()
+    traffic = VertexTraffic(_config(tmp_path, VERTEX), fake)
+    traffic.apply(RolloutRecord(stable=1, canary=2, canary_percent=10))
+    requests = []
+
+    def series(deployed_id, **value):
+        return monitoring_v3.TimeSeries(resource={"type": "aiplatform.googleapis.com/Endpoint", "labels": {
+            "endpoint_id": "8125", "deployed_model_id": deployed_id}}, points=[{"value": value}])
+
+    class FakeMonitoring:
+        def list_time_series(self, **kwargs):
+            requests.append(kwargs)
+            metric = kwargs["filter"].split('"')[1].rsplit("/", 1)[1]
+            if metric == "prediction_count":
+                return [series("100", int64_value=900), series("101", int64_value=100)]
+            if metric == "error_count":
+                return [series("101", int64_value=7)]
+            # Latencies in ms: explicit bounds 10, 100; version 2 has 90 requests under 10 ms and 10 at 10-100 ms.
+            return [series("101", distribution_value={"count": 100, "bucket_options": {"explicit_buckets": {
+                "bounds": [10.0, 100.0]}}, "bucket_counts": [90, 10, 0]})]
+
+    metrics = VertexMetrics(traffic, FakeMonitoring(), clock=lambda: 1000.0)
+    figures = metrics.figures()
+    assert (figures["1"].requests, figures["1"].errors) == (900, 0)
+    assert (figures["2"].requests, figures["2"].errors) == (100, 7)
+    assert figures["2"].buckets == ((10000.0, 90.0), (100000.0, 100.0), (float("inf"), 100.0))
+    assert figures["2"].p99_ms() == pytest.approx(10 + 90 * 0.9)
+    assert metrics.available(2) and not metrics.available(3)
+    assert requests[0]["filter"] == ('metric.type="aiplatform.googleapis.com/prediction/online/prediction_count" AND '
+                                     'resource.labels.endpoint_id="8125"')
+    for request in requests:
+        inspect.signature(monitoring_v3.MetricServiceClient.list_time_series).bind(None, **request)
