@@ -12,9 +12,10 @@ it in the rollout record beside the versions) is never the baseline either: it w
 blessed offline but failed in serving.
 """
 from ml_metadata.proto import metadata_store_pb2
-
 from tfx import types
 from tfx.dsl.components.common import resolver
+
+from serving.registry import rejected_versions
 
 MODEL, BLESSING, CANDIDATE = "model", "model_blessing", "candidate"
 # Custom properties the Evaluator writes on a ModelBlessing.
@@ -43,8 +44,6 @@ class LatestBlessedBaselineStrategy(resolver.ResolverStrategy):
 
     def resolve_artifacts(self, store, input_dict: dict[str, list[types.Artifact]]
                           ) -> dict[str, list[types.Artifact]] | None:
-        from serving.registry import rejected_versions
-
         candidate_ids = {a.id for a in input_dict.get(CANDIDATE, [])}
         rejected = rejected_versions(self._serving_model_dir) if self._serving_model_dir else set()
         blessings = {b.get_int_custom_property(_MODEL_ID): b
