@@ -22,8 +22,9 @@ A rolling window (continuous.window_spans > 1) follows the span too: the `span_w
 window (pipeline.components.window_resolvers, the window_spans complete spans ending at the run's span) when it
 runs, from the first task's XCom. TFX renders a Resolver's config nowhere (its exec_properties are rebuilt from the
 node, so op_kwargs templates never reach it), so the task launches a Resolver built for the run's span. Spans of
-the window ML Metadata has no Examples of are ingested first, by ExampleGen alone under their own run id
-(`<run id>.backfill-span-<N>`), as runners/backfill.py does for the local runner.
+the window ML Metadata has no Examples of are ingested first, by ExampleGen and the data gate under their own run
+id (`<run id>.backfill-span-<N>`), as runners/backfill.py does for the local runner; a span the gate stops fails
+the task, without retries, so nothing is trained.
 
     AIRFLOW_HOME=... airflow dags test chicago-taxi
     AIRFLOW_HOME=... airflow dags test chicago-taxi-new-span
@@ -149,14 +150,20 @@ def ingested_spans(connection_config, pipeline_name: str) -> set[int]:
 
 
 def backfill(config, launch_args: dict, run_id: str) -> list[int]:
-    """Ingests the window's older spans ML Metadata has no Examples of: ExampleGen alone, built for that span and
-    launched as TFX's Airflow task launches it (`launch_args`: the ExampleGen task's), under the run id
-    `<run_id>.backfill-span-<N>` (its own run context, so this run's StatisticsGen and gate see only its span).
-    Returns the spans ingested."""
+    """Ingests the window's older spans ML Metadata has no Examples of, oldest first, as runners/backfill.py does:
+    the nodes of the pipeline built for that span from ExampleGen and ImportSchemaGen up to DataGate, in
+    topological order, launched as TFX's Airflow task launches them (`launch_args`: the ExampleGen task's) under
+    the run id `<run_id>.backfill-span-<N>` (its own run context: each node's inputs resolve to that span's
+    artifacts, and this run's StatisticsGen and gate see only its span). A span the gate stops raises
+    AirflowFailException (no retry: the retry would find the span's Examples and skip its gate). Returns the
+    spans ingested."""
     from tfx.orchestration import data_types, metadata
 
     from pipeline import spans
-    from pipeline.components import example_gen, window_spans
+    from pipeline.components import window_spans
+    from pipeline.gate import gate_error_of
+    from pipeline.pipeline import create_pipeline
+    from runners.backfill import BACKFILL_TO
 
     window = window_spans(config)
     if window <= 1:
@@ -166,17 +173,31 @@ def backfill(config, launch_args: dict, run_id: str) -> list[int]:
     have = ingested_spans(launch_args["metadata_connection_config"], config.pipeline_name)
     missing = [n for n in older if n not in have]
     for number in missing:
-        print(f"backfill: ML Metadata has no span {number} of the window; ExampleGen ingests it "
+        print(f"backfill: ML Metadata has no span {number} of the window; ExampleGen and the data gate ingest it "
               f"(run id {run_id}.backfill-span-{number})")
         info = data_types.PipelineInfo(config.pipeline_name, launch_args["pipeline_info"].pipeline_root,
                                        run_id=f"{run_id}.backfill-span-{number}")
-        launch_args["component_launcher_class"].create(
-            component=example_gen(dataclasses.replace(config, span=number)), pipeline_info=info,
-            driver_args=launch_args["driver_args"],
-            metadata_connection=metadata.Metadata(launch_args["metadata_connection_config"]),
-            beam_pipeline_args=launch_args["beam_pipeline_args"],
-            additional_pipeline_args=launch_args["additional_pipeline_args"],
-            component_config=launch_args["component_config"]).launch()
+        nodes = create_pipeline(dataclasses.replace(config, span=number)).components  # topologically sorted
+        wanted = set(BACKFILL_TO)  # DataGate and every node upstream of it
+        for node in reversed(nodes):
+            if node.id in wanted:
+                wanted.update(upstream.id for upstream in node.upstream_nodes)
+        try:
+            for node in (n for n in nodes if n.id in wanted):
+                launch_args["component_launcher_class"].create(
+                    component=node, pipeline_info=info, driver_args=launch_args["driver_args"],
+                    metadata_connection=metadata.Metadata(launch_args["metadata_connection_config"]),
+                    beam_pipeline_args=launch_args["beam_pipeline_args"],
+                    additional_pipeline_args=launch_args["additional_pipeline_args"],
+                    component_config=launch_args["component_config"]).launch()
+        except Exception as e:
+            gate = gate_error_of(e)
+            if gate is None:
+                raise
+            from airflow.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"backfill: span {number} of the window (continuous.window_spans "
+                                       f"{config.continuous.window_spans}) failed the data gate:\n{gate}") from e
     return missing
 
 

@@ -18,8 +18,11 @@ from pipeline.config import REPO_ROOT
 # Airflow's metadata database (SQLite, and PostgreSQL for the scheduler) and Airflow's CLI.
 pytestmark = pytest.mark.services
 
-COMPONENTS = ["resolve_span", "ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "DataGate", "Transform",
+COMPONENTS = ["resolve_span", "ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
+              "previous_statistics_resolver", "DataGate", "Transform",
               "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
+BACKFILL_NODES = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "previous_statistics_resolver",
+                  "DataGate"]
 OVERLAY = """
 tuner: {enabled: false}
 trainer: {train_steps: 100, eval_steps: 10, batch_size: 64}
@@ -187,9 +190,9 @@ def _transform_input_spans(connection) -> list[list[int]]:
 
 def test_new_span_dag_trains_a_run_time_window_on_the_span_that_landed(airflow_env, monkeypatch, tmp_path):
     """span-1 and span-2 complete, span-3 without _SUCCESS, continuous.window_spans 2: the sensor hands span 2 (the
-    newest complete, as nothing has run) to the run, which backfills span 1 and trains on the window [1, 2] decided
-    then (when Airflow parsed the file, span 3 stood in for the newest: window [2, 3]), records why it ran, and
-    pushes; afterwards span 3 is next only once its marker lands."""
+    newest complete, as nothing has run) to the run, which backfills span 1 (ExampleGen and the data gate, under its
+    own run context) and trains on the window [1, 2] decided then (when Airflow parsed the file, span 3 stood in for
+    the newest: window [2, 3]), records why it ran, and pushes; afterwards span 3 is next only once its marker lands."""
     from runners.airflow_runner import next_span, spans_in_metadata
 
     root = write_span_root(tmp_path / "data")
@@ -220,14 +223,42 @@ def test_new_span_dag_trains_a_run_time_window_on_the_span_that_landed(airflow_e
     assert {k: properties[k] for k in ("tfx_e2e_reason", "tfx_e2e_spans")} == {"tfx_e2e_reason": "new_span",
                                                                               "tfx_e2e_spans": "1,2"}
     assert {"ExampleGen", "span_window_resolver", "Transform", "Pusher"} <= components
+    # The backfill ran span 1 through ExampleGen and the data gate, under its own run context.
     _, backfilled = _run_context(env, "manual__2026-11-21T00:00:00+00:00.backfill-span-1")
-    assert backfilled == {"ExampleGen"}
+    assert backfilled == set(BACKFILL_NODES)
 
     done = spans_in_metadata(connection)
     assert done == {1, 2}
     assert next_span(str(root), 0, done) is None  # span 3 has no marker yet
     (root / "span-3" / "_SUCCESS").write_text("")
     assert next_span(str(root), 0, done) == 3
+
+
+def test_a_backfilled_span_the_gate_stops_fails_the_window_task(airflow_env, monkeypatch, tmp_path):
+    """A header-only span 1 in the window of span 2: the span_window_resolver task (its callable, as Airflow calls
+    it, without a whole DAG run) backfills span 1 through the data gate, which stops it; the task fails with
+    AirflowFailException (no retry, so nothing downstream runs) naming the span and the gate's reason."""
+    from types import SimpleNamespace
+
+    from airflow.exceptions import AirflowFailException
+    from ml_metadata.metadata_store import metadata_store
+
+    root = write_span_root(tmp_path / "data")
+    (root / "span-1" / "data.csv").write_text((SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)[0])
+    overlay = tmp_path / "window.yaml"
+    overlay.write_text(OVERLAY.replace("continuous: {", "continuous: {window_spans: 2, "))
+    env = dict(airflow_env, TFX_E2E_DATA_ROOT=str(root), TFX_E2E_OUTPUT_ROOT=str(tmp_path / "out"),
+               TFX_E2E_CONFIG=str(overlay))
+    task = _dagbag(env, monkeypatch).dags["chicago-taxi-new-span"].get_task("span_window_resolver")
+    with pytest.raises(AirflowFailException, match=r"backfill: span 1 of the window \(continuous.window_spans 2\) "
+                                                   r"failed the data gate:\nData gate: span 1 has 0 examples"):
+        task.python_callable(exec_properties={}, ti=SimpleNamespace(xcom_pull=lambda task_ids: 2),
+                             dag_run=SimpleNamespace(run_id="manual__gate"))
+    _, backfilled = _run_context(env, "manual__gate.backfill-span-1")
+    assert backfilled == set(BACKFILL_NODES)  # the gate ran (and failed) on span 1
+    ran = {e.properties["component_id"].string_value
+           for e in metadata_store.MetadataStore(_metadata_connection(env)).get_executions()}
+    assert not ran & {"span_window_resolver", "Transform"}  # the window was never resolved, nothing trained
 
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
