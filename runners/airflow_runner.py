@@ -138,15 +138,19 @@ def spans_in_metadata(connection_config) -> set[int]:
 
 
 def ingested_spans(connection_config, pipeline_name: str) -> set[int]:
-    """The spans of the live Examples ExampleGen wrote in this pipeline's context: what the window's resolver finds."""
+    """The spans of the live Examples ExampleGen wrote in this pipeline's context that the data gate passed: what
+    the window's resolver finds (a span the gate stopped is ingested, and checked, again)."""
     from tfx.orchestration import data_types, metadata
+
+    from pipeline.window import gated
 
     with metadata.Metadata(connection_config) as handle:
         context = handle.get_pipeline_context(data_types.PipelineInfo(pipeline_name, "", run_id=None))
         if context is None:
             return set()
         examples = handle.get_qualified_artifacts([context], "Examples", EXAMPLE_GEN, "examples")
-    return {a.get_int_custom_property("span") for a in examples if a.has_custom_property("span")}
+        passed = gated(handle.store, [a.id for a in examples])
+    return {a.get_int_custom_property("span") for a in examples if a.has_custom_property("span") and a.id in passed}
 
 
 def backfill(config, launch_args: dict, run_id: str) -> list[int]:

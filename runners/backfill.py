@@ -23,12 +23,15 @@ class BackfillError(RuntimeError):
 
 
 def ingested_spans(config: Config) -> set[int]:
-    """The spans ExampleGen has written Examples for in this pipeline's ML Metadata (empty without a store)."""
+    """The spans ExampleGen has written Examples for in this pipeline's ML Metadata and the data gate passed (a span
+    the gate stopped is ingested again, and checked again); empty without a store."""
     if not os.path.exists(config.metadata_path):
         return set()
     import ml_metadata as mlmd
     from ml_metadata.proto import metadata_store_pb2
     from tfx.dsl.compiler import constants
+
+    from pipeline.window import gated
 
     connection = metadata_store_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = config.metadata_path
@@ -38,11 +41,10 @@ def ingested_spans(config: Config) -> set[int]:
                                                  f"{config.pipeline_name}.{EXAMPLE_GEN}")
     if context is None:
         return set()
-    found = set()
-    for artifact in store.get_artifacts_by_context(context.id):
-        if artifact.state == metadata_store_pb2.Artifact.LIVE and "span" in artifact.custom_properties:
-            found.add(artifact.custom_properties["span"].int_value)
-    return found
+    examples = [a for a in store.get_artifacts_by_context(context.id)
+                if a.state == metadata_store_pb2.Artifact.LIVE and "span" in a.custom_properties]
+    passed = gated(store, [a.id for a in examples])
+    return {a.custom_properties["span"].int_value for a in examples if a.id in passed}
 
 
 def missing_spans(config: Config) -> list[int]:
