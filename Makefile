@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve rollout predict serving-config bench-pipeline bench-serving
+.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve rollout predict serving-config bench-pipeline bench-serving monitor bench-monitor
 
 setup: $(STAMP)
 
@@ -96,6 +96,14 @@ predict: setup
 # serving/deploy/ (TF Serving: compose, Kubernetes, model/batching/monitoring configs) from the configuration.
 serving-config: setup
 	TFX_E2E_CONFIG=$${TFX_E2E_CONFIG:-serving/deploy/rollout.yaml} $(PY) -m serving.deploy
+
+# The request log against training, the previous window and the evaluation, per window and version
+# (docs/monitoring.md): reports under <output_root>/monitoring/<model>/; exit 3 on an alert (ARGS="--logs PATH").
+monitor: setup
+	$(PY) -m monitoring.monitor $(ARGS)
+
+bench-monitor: setup
+	$(PY) bench/bench_monitor.py
 
 bench-serving: setup
 	$(PY) bench/bench_serving.py

@@ -186,6 +186,20 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """make monitor: the request log's statistics per time window against training, the previous window and the
+    model's evaluation (monitoring/)."""
+    logs: str                   # PredictionLog files: a directory (or gs://); "" = the server's request log folder
+    window_minutes: int         # statistics per window of this length (and per model version)
+    min_requests: int           # a window with fewer requests is summarized but not compared (sampling noise)
+    batch_size: int             # examples per Arrow RecordBatch fed to TFDV (memory per open window and version)
+    comparators: dict[str, float]  # extra skew/drift thresholds where the schema has no comparator (JS / L-inf)
+    score_threshold: float      # Jensen-Shannon divergence of the scores against the Evaluator's, per window
+    max_anomaly_share: float    # schema anomalies in more than this share of a window's requests alert
+    on_alert: str               # none | retrain (a pipeline run with reason monitoring_alert)
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     pipeline_name: str
@@ -210,6 +224,7 @@ class Config:
     serving: ServingConfig
     rollout: RolloutConfig
     continuous: ContinuousConfig
+    monitoring: MonitoringConfig
     # The span this run reads: from --span/--date (TFX_E2E_SPAN/TFX_E2E_DATE); None = the newest complete span,
     # which runners.harness.run resolves before the pipeline is built (resolve_span). 0 = a flat data root.
     span: int | None = None
@@ -373,6 +388,7 @@ def _validate(config: Config) -> None:
     _validate_serving(config.serving)
     _validate_rollout(config.rollout)
     _validate_continuous(config)
+    _validate_monitoring(config.monitoring)
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
 
@@ -408,6 +424,22 @@ def _validate_continuous(config: Config) -> None:
             raise ConfigError(f"continuous.retries.{name}: must be >= 0, got {getattr(retries, name)}")
     if config.span is not None and config.span < 0:
         raise ConfigError(f"{ENV_SPAN}: a span number is >= 0, got {config.span}")
+
+
+def _validate_monitoring(monitoring: MonitoringConfig) -> None:
+    for key in ("window_minutes", "batch_size"):
+        if getattr(monitoring, key) < 1:
+            raise ConfigError(f"monitoring.{key}: must be at least 1, got {getattr(monitoring, key)}")
+    if monitoring.min_requests < 0:
+        raise ConfigError(f"monitoring.min_requests: must be >= 0, got {monitoring.min_requests}")
+    for key in ("score_threshold", "max_anomaly_share"):
+        if not 0.0 <= getattr(monitoring, key) <= 1.0:
+            raise ConfigError(f"monitoring.{key}: must be within [0, 1], got {getattr(monitoring, key)}")
+    for feature, threshold in monitoring.comparators.items():
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"monitoring.comparators.{feature}: a threshold within (0, 1], got {threshold}")
+    if monitoring.on_alert not in ("none", "retrain"):
+        raise ConfigError(f"monitoring.on_alert: must be 'none' or 'retrain', got {monitoring.on_alert!r}")
 
 
 def _span_from_env(env: Mapping[str, str]) -> int | None:

@@ -1,0 +1,3 @@
+"""make monitor: the request log (tensorflow.serving.PredictionLog files) summarized with TFDV per time window and
+model version, and compared with the training statistics of the version that served it, the previous window and
+the model's scores on its evaluation data (docs/monitoring.md)."""

@@ -1,0 +1,168 @@
+"""The comparisons, all by TFDV's validate_statistics with the curated schema's comparators (Jensen-Shannon
+divergence for numeric features, L-infinity distance for categorical ones):
+
+  skew     a window's serving statistics of one version against that version's training statistics
+  drift    a window's serving statistics against the previous window's (schema environment SERVING)
+  anomaly  the schema's other checks on a window's serving data (environment SERVING: the label's absence is no
+           anomaly), with the share of the window's requests they concern
+  score    a window's scores against the Evaluator's on the eval split (a one-feature schema with a JS comparator)
+"""
+import dataclasses
+
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
+
+from monitoring.stats import SCORE_FEATURE
+
+SERVING = "SERVING"
+MEASURE_NAMES = {
+    anomalies_pb2.DriftSkewInfo.Measurement.L_INFTY: "l_infinity",
+    anomalies_pb2.DriftSkewInfo.Measurement.JENSEN_SHANNON_DIVERGENCE: "jensen_shannon_divergence",
+    anomalies_pb2.DriftSkewInfo.Measurement.NORMALIZED_ABSOLUTE_DIFFERENCE: "normalized_absolute_difference",
+}
+
+PRESENCE_KINDS = ("FEATURE_TYPE_LOW_FRACTION_PRESENT", "FEATURE_TYPE_LOW_NUMBER_PRESENT", "FEATURE_TYPE_NOT_PRESENT",
+                  "SCHEMA_MISSING_COLUMN")
+RANGE_KINDS = ("INT_TYPE_SMALL_INT", "INT_TYPE_BIG_INT", "FLOAT_TYPE_SMALL_FLOAT", "FLOAT_TYPE_BIG_FLOAT")
+
+
+@dataclasses.dataclass
+class Finding:
+    check: str                 # skew | drift | score | anomaly
+    feature: str
+    alert: bool
+    measure: str = ""          # jensen_shannon_divergence | l_infinity (comparators)
+    value: float | None = None
+    threshold: float | None = None
+    kind: str = ""             # TFDV's anomaly type (anomaly)
+    description: str = ""
+    share: float | None = None  # anomaly: the share of the window's requests concerned (None: not measurable)
+
+
+def _categorical(feature: schema_pb2.Feature) -> bool:
+    return feature.type == schema_pb2.BYTES or (feature.HasField("int_domain") and feature.int_domain.is_categorical)
+
+
+def monitoring_schema(schema: schema_pb2.Schema, comparators: dict[str, float]) -> schema_pb2.Schema:
+    """The curated schema with monitoring.comparators added as skew and drift comparators where it has none."""
+    result = schema_pb2.Schema()
+    result.CopyFrom(schema)
+    names = {f.name for f in result.feature}
+    unknown = sorted(set(comparators) - names)
+    if unknown:
+        from pipeline.config import ConfigError
+        raise ConfigError(f"monitoring.comparators: {', '.join(unknown)} not in the schema")
+    for feature in result.feature:
+        if feature.name not in comparators:
+            continue
+        for field in ("skew_comparator", "drift_comparator"):
+            if not feature.HasField(field):
+                comparator = getattr(feature, field)
+                if _categorical(feature):
+                    comparator.infinity_norm.threshold = comparators[feature.name]
+                else:
+                    comparator.jensen_shannon_divergence.threshold = comparators[feature.name]
+    return result
+
+
+def _measurements(infos) -> dict[str, list]:
+    return {".".join(info.path.step): info for info in infos}
+
+
+def _comparator_findings(check: str, result, measured: str) -> list[Finding]:
+    """Every comparator's measurement (alert when TFDV reported it over its threshold)."""
+    over = {feature for feature, info in result.anomaly_info.items()
+            if any(anomalies_pb2.AnomalyInfo.Type.Name(r.type).startswith("COMPARATOR_") for r in info.reason)}
+    findings = []
+    for feature, info in sorted(_measurements(result.drift_skew_info).items()):
+        for m in getattr(info, measured):
+            findings.append(Finding(check, feature, feature in over and m.value > m.threshold,
+                                    MEASURE_NAMES.get(m.type, str(m.type)), m.value, m.threshold))
+    return findings
+
+
+def _feature_stats(stats: statistics_pb2.DatasetFeatureStatisticsList, name: str):
+    for feature in stats.datasets[0].features:
+        if ".".join(feature.path.step) == name or feature.name == name:
+            return feature
+    return None
+
+
+def anomaly_share(stats: statistics_pb2.DatasetFeatureStatisticsList, schema: schema_pb2.Schema, name: str,
+                  kind: str) -> float | None:
+    """The share of a window's examples an anomaly concerns, from TFDV's statistics of the window: missing values
+    (presence), values outside the string domain (top values), outside the numeric domain (≈, the histogram's
+    buckets outside it, values spread evenly within a bucket); None where the statistics cannot say."""
+    total = stats.datasets[0].num_examples
+    feature = _feature_stats(stats, name)
+    spec = next((f for f in schema.feature if f.name == name), None)
+    if not total or feature is None or spec is None:
+        return None
+    common = feature.string_stats.common_stats if feature.HasField("string_stats") else feature.num_stats.common_stats
+    if kind in PRESENCE_KINDS:
+        return common.num_missing / total
+    if kind == "ENUM_TYPE_UNEXPECTED_STRING_VALUES" and feature.HasField("string_stats"):
+        domain = {v for d in schema.string_domain if d.name == spec.domain for v in d.value}
+        domain |= set(spec.string_domain.value)
+        counts = [(b.label, b.sample_count) for b in feature.string_stats.rank_histogram.buckets] or \
+            [(v.value, v.frequency) for v in feature.string_stats.top_values]
+        return sum(count for value, count in counts if value not in domain) / total
+    if kind in RANGE_KINDS and feature.HasField("num_stats") and (spec.HasField("int_domain") or
+                                                                 spec.HasField("float_domain")):
+        domain = spec.int_domain if spec.HasField("int_domain") else spec.float_domain
+        low = domain.min if domain.HasField("min") else float("-inf")
+        high = domain.max if domain.HasField("max") else float("inf")
+        standard = [h for h in feature.num_stats.histograms if h.type == statistics_pb2.Histogram.STANDARD]
+        if not standard:
+            return None
+        outside = 0.0
+        for b in standard[0].buckets:
+            width = b.high_value - b.low_value
+            if width <= 0:
+                outside += b.sample_count if (b.low_value < low or b.high_value > high) else 0
+                continue
+            below = max(0.0, min(b.high_value, low) - b.low_value) / width
+            above = max(0.0, b.high_value - max(b.low_value, high)) / width
+            outside += b.sample_count * min(1.0, below + above)
+        return min(1.0, outside / total)
+    return None
+
+
+def drift_and_anomalies(current, previous, schema: schema_pb2.Schema, max_share: float) -> list[Finding]:
+    """The window against the schema (environment SERVING) and, when there is one, against the previous window."""
+    import tensorflow_data_validation as tfdv
+
+    result = tfdv.validate_statistics(current, schema, environment=SERVING, previous_statistics=previous)
+    findings = _comparator_findings("drift", result, "drift_measurements") if previous is not None else []
+    for feature, info in sorted(result.anomaly_info.items()):
+        for reason in info.reason:
+            kind = anomalies_pb2.AnomalyInfo.Type.Name(reason.type)
+            if kind.startswith("COMPARATOR_"):
+                continue
+            share = anomaly_share(current, schema, feature, kind)
+            findings.append(Finding("anomaly", feature, share is None or share > max_share, kind=kind,
+                                    description=reason.description or reason.short_description, share=share))
+    return findings
+
+
+def skew(training, serving, schema: schema_pb2.Schema) -> list[Finding]:
+    """Serving statistics against the training statistics of the version that served them (TFDV's skew check
+    takes the training statistics as `statistics`; only its comparators are kept here)."""
+    import tensorflow_data_validation as tfdv
+
+    result = tfdv.validate_statistics(training, schema, serving_statistics=serving)
+    return _comparator_findings("skew", result, "skew_measurements")
+
+
+def score_schema(threshold: float) -> schema_pb2.Schema:
+    schema = schema_pb2.Schema()
+    feature = schema.feature.add(name=SCORE_FEATURE, type=schema_pb2.FLOAT)
+    feature.skew_comparator.jensen_shannon_divergence.threshold = threshold
+    return schema
+
+
+def scores(reference, serving, threshold: float) -> list[Finding]:
+    """The window's score distribution against the reference's (Jensen-Shannon divergence)."""
+    import tensorflow_data_validation as tfdv
+
+    result = tfdv.validate_statistics(reference, score_schema(threshold), serving_statistics=serving)
+    return _comparator_findings("score", result, "skew_measurements")

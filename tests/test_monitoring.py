@@ -1,0 +1,284 @@
+"""make monitor (monitoring/): PredictionLogs unbatched, TFDV statistics per window and version, skew against the
+served version's training statistics in ML Metadata, drift between windows, scores against the Evaluator's,
+schema anomalies, reports, gauges and exit statuses.
+
+Unit tests build PredictionLogs by hand; the e2e tests score the bundled slice with the model small_pipeline pushed
+and write real PredictionLogs for it."""
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL_DATA
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "schema.pbtxt"
+HOUR = 3600
+T0 = 1_790_000_000 // HOUR * HOUR  # a window boundary
+
+
+def _schema():
+    from serving.examples import load_schema
+    return load_schema(str(SCHEMA))
+
+
+def _example(**features) -> bytes:
+    from serving.examples import to_example
+    return to_example(features, _schema()).SerializeToString()
+
+
+# --- unit: reading logs -------------------------------------------------------------------------------------------
+
+def test_unbatch_every_kind_of_log_and_every_example():
+    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from monitoring.logs import unbatch
+
+    schema = _schema()
+    predict = prediction_log_pb2.PredictionLog()
+    predict.log_metadata.model_spec.version.value = 7
+    predict.log_metadata.timestamp_secs = T0 + 5
+    predict.predict_log.request.inputs["examples"].CopyFrom(
+        tf.make_tensor_proto([_example(fare=1.0), _example(fare=2.0), _example(fare=3.0)], tf.string))
+    predict.predict_log.response.outputs["probabilities"].CopyFrom(
+        tf.make_tensor_proto(np.array([[0.1], [0.2], [0.3]], np.float32)))
+    request = unbatch(predict, 0.0, schema)
+    assert (request.version, request.time, len(request.examples), request.file_time) == (7, T0 + 5, 3, False)
+    assert request.scores == pytest.approx([0.1, 0.2, 0.3])
+
+    classify = prediction_log_pb2.PredictionLog()
+    classify.classify_log.request.model_spec.version.value = 8  # no log_metadata version: the request's
+    listed = classify.classify_log.request.input.example_list_with_context
+    listed.context.ParseFromString(_example(company="Flash Cab", fare=9.0))
+    for fare in (4.0, 5.0):
+        listed.examples.add().ParseFromString(_example(fare=fare))
+    for score in (0.6, 0.7):
+        c = classify.classify_log.response.result.classifications.add()
+        c.classes.add(label="0", score=1 - score)
+        c.classes.add(label="1", score=score)
+    request = unbatch(classify, 123.0, schema)
+    assert (request.version, request.time, request.file_time) == (8, 123.0, True)
+    merged = [example_pb2.Example.FromString(e).features.feature for e in request.examples]
+    assert [f["fare"].float_list.value[0] for f in merged] == [4.0, 5.0]  # the example's value wins the context's
+    assert [f["company"].bytes_list.value[0] for f in merged] == [b"Flash Cab"] * 2
+    assert request.scores == pytest.approx([0.6, 0.7])
+
+    regress = prediction_log_pb2.PredictionLog()
+    for fare in (1.0, 2.0):
+        regress.regress_log.request.input.example_list.examples.add().ParseFromString(_example(fare=fare))
+        regress.regress_log.response.result.regressions.add(value=fare / 10)
+    assert unbatch(regress, 0.0, schema).scores == pytest.approx([0.1, 0.2])
+
+    multi = prediction_log_pb2.PredictionLog()
+    multi.multi_inference_log.request.input.example_list.examples.add().ParseFromString(_example(fare=1.0))
+    multi.multi_inference_log.response.results.add().regression_result.regressions.add(value=0.4)
+    assert len(unbatch(multi, 0.0, schema).examples) == 1
+
+    raw = prediction_log_pb2.PredictionLog()
+    raw.predict_log.request.model_spec.signature_name = "serving_raw"
+    raw.predict_log.request.inputs["fare"].CopyFrom(tf.make_tensor_proto(np.array([5.5, np.nan])))
+    raw.predict_log.request.inputs["trip_start_hour"].CopyFrom(tf.make_tensor_proto(np.array([3.0, 4.0])))
+    raw.predict_log.request.inputs["payment_type"].CopyFrom(tf.make_tensor_proto([b"Cash", b""], tf.string))
+    rows = [example_pb2.Example.FromString(e).features.feature for e in unbatch(raw, 0.0, schema).examples]
+    assert rows[0]["fare"].float_list.value == [5.5] and "fare" not in rows[1]  # NaN: missing
+    assert rows[1]["trip_start_hour"].int64_list.value == [4]  # typed by the schema (INT), not float64
+    assert rows[0]["payment_type"].bytes_list.value == [b"Cash"] and "payment_type" not in rows[1]
+
+
+def test_damaged_files_are_reported_with_their_path_and_skipped(tmp_path):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from monitoring import logs
+
+    good = tmp_path / "a.tfrecord"
+    with tf.io.TFRecordWriter(str(good)) as writer:
+        for i in range(10):
+            record = prediction_log_pb2.PredictionLog()
+            record.predict_log.request.inputs["examples"].CopyFrom(
+                tf.make_tensor_proto([_example(fare=float(i))], tf.string))
+            writer.write(record.SerializeToString())
+        writer.write(b"\xff not a PredictionLog")
+    data = good.read_bytes()
+    (tmp_path / "b-truncated.tfrecord").write_bytes(data[: len(data) // 2])
+    (tmp_path / "c-garbage.tfrecord").write_bytes(os.urandom(300))
+    problems = []
+    requests = list(logs.read(logs.list_files(str(tmp_path)), problems.append, _schema()))
+    by_path = {Path(p.path).name: p for p in problems}
+    assert set(by_path) == {"a.tfrecord", "b-truncated.tfrecord", "c-garbage.tfrecord"}
+    assert "1 of 11 records are not PredictionLogs" in by_path["a.tfrecord"].error
+    assert by_path["b-truncated.tfrecord"].records_read == 5 and "DataLoss" in by_path["b-truncated.tfrecord"].error
+    assert by_path["c-garbage.tfrecord"].records_read == 0
+    assert len(requests) == 10 + 5  # what was read before the damage is kept
+
+
+def test_streamed_statistics_equal_one_batch():
+    """Fed in batches of 7, TFDV's accumulators give the statistics of the whole (counts, mean)."""
+    from monitoring.logs import Request
+    from monitoring.stats import WindowedStatistics
+
+    windows = WindowedStatistics(_schema(), HOUR, batch_size=7)
+    for i in range(100):
+        windows.add(Request(1, T0 + i, [_example(fare=float(i), payment_type="Cash")], [i / 100]))
+    windows.add(Request(2, T0 + HOUR, [_example(fare=1.0)], []))
+    windows.finish()
+    slot = windows.slots[(T0, 1)]
+    (dataset,) = slot.features.result().datasets
+    fare = next(f for f in dataset.features if f.path.step == ["fare"])
+    assert (dataset.num_examples, slot.requests) == (100, 100)
+    assert fare.num_stats.mean == pytest.approx(49.5)
+    assert slot.scores.result().datasets[0].num_examples == 100
+    assert set(windows.slots) == {(T0, 1), (T0 + HOUR, 2)}
+
+
+def test_monitoring_schema_adds_comparators_where_the_schema_has_none():
+    from monitoring.compare import monitoring_schema
+    from pipeline.config import ConfigError
+
+    schema = monitoring_schema(_schema(), {"trip_start_hour": 0.2, "fare": 0.9, "payment_type": 0.5})
+    features = {f.name: f for f in schema.feature}
+    assert features["trip_start_hour"].drift_comparator.jensen_shannon_divergence.threshold == pytest.approx(0.2)
+    assert features["fare"].drift_comparator.jensen_shannon_divergence.threshold == pytest.approx(0.3)  # the schema's
+    assert features["fare"].skew_comparator.jensen_shannon_divergence.threshold == pytest.approx(0.9)
+    assert features["payment_type"].skew_comparator.infinity_norm.threshold == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="monitoring.comparators: nope not in the schema"):
+        monitoring_schema(_schema(), {"nope": 0.1})
+
+
+def test_configuration_errors_exit_2(tmp_path, monkeypatch, capsys):
+    from monitoring.monitor import main
+
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("monitoring: {on_alert: page}\n")
+    monkeypatch.setenv("TFX_E2E_CONFIG", str(overlay))
+    assert main([]) == 2
+    assert "monitoring.on_alert: must be 'none' or 'retrain', got 'page'" in capsys.readouterr().err
+    overlay.write_text("monitoring: {window_minutes: 0}\n")
+    assert main([]) == 2
+
+
+# --- e2e: real PredictionLogs of the model small_pipeline pushed ---------------------------------------------------
+
+def _rows():
+    with open(SMALL_DATA / "data.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _drifted(rows):
+    """Fares tripled (+10) and trip start hours moved by 8 hours."""
+    return [dict(r, fare=f"{float(r['fare'] or 0) * 3 + 10:.2f}",
+                 trip_start_hour=str((int(r["trip_start_hour"]) + 8) % 24)) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def served(small_pipeline):
+    """(config, version, examples) for the model small_pipeline pushed: examples["bundled"] and
+    examples["drifted"] are (serialized tf.Examples, that version's scores) of the slice's rows."""
+    from monitoring import replay
+    from serving.examples import serialize
+
+    assert small_pipeline.first_exit_code == 0
+    config = small_pipeline.config()
+    version = max(int(v) for v in os.listdir(config.serving_model_dir) if v.isdigit())
+    rows = _rows()
+    bundled, drifted = serialize(rows, _schema()), serialize(_drifted(rows), _schema())
+    scores = replay.score(os.path.join(config.serving_model_dir, str(version)), bundled + drifted)
+    return config, version, {"bundled": (bundled, scores[: len(rows)]), "drifted": (drifted, scores[len(rows):])}
+
+
+def _write_traffic(path: Path, served, which: str, index, start: float, per_request: int = 1) -> None:
+    from monitoring import replay
+
+    config, version, examples = served
+    serialized, scores = examples[which]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replay.write(str(path), replay.predict_logs(config.model_name, version, [serialized[i] for i in index],
+                                                scores[index], start, HOUR, per_request))
+
+
+def _monitor(small_pipeline, monkeypatch, logs: Path, capsys):
+    """make monitor on `logs` in this process: (exit status, output, {window: JSON report}, report folder)."""
+    import shutil
+
+    from monitoring.monitor import main
+
+    directory = Path(small_pipeline.config().output_root) / "monitoring" / "chicago_taxi"
+    shutil.rmtree(directory, ignore_errors=True)
+    for key, value in small_pipeline.env.items():
+        monkeypatch.setenv(key, value)
+    status = main(["--logs", str(logs)])
+    out = capsys.readouterr()
+    windows = {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("window-*.json"))}
+    return status, out, windows, directory
+
+
+@pytest.mark.e2e
+def test_bundled_traffic_is_ok(small_pipeline, served, monkeypatch, capsys, tmp_path):
+    # Two hours of the bundled rows, in two orders, 1 and 4 examples a request; a damaged file beside. (Windows of
+    # the whole slice: on random halves of it, fare's Jensen-Shannon divergence is already 0.35, over the schema's
+    # 0.3, as TFDV's 10-bucket histograms follow a few outliers; docs/monitoring.md.)
+    order = np.random.default_rng(0).permutation(len(_rows()))
+    _write_traffic(tmp_path / "logs" / "prediction_log-1.tfrecord", served, "bundled", order, T0)
+    _write_traffic(tmp_path / "logs" / "prediction_log-2.tfrecord", served, "bundled", order[::-1], T0 + HOUR,
+                   per_request=4)
+    damaged = (tmp_path / "logs" / "prediction_log-1.tfrecord").read_bytes()
+    (tmp_path / "logs" / "prediction_log-3.tfrecord").write_bytes(damaged[:1000])
+
+    status, out, windows, directory = _monitor(small_pipeline, monkeypatch, tmp_path / "logs", capsys)
+    assert status == 0, out.out + out.err
+    assert "Result: OK" in out.out
+    assert f"skipped: {tmp_path / 'logs' / 'prediction_log-3.tfrecord'}: DataLossError" in out.err
+    first, second = windows.values()
+    _, version, _ = served
+    assert [w["status"] for w in (first, second)] == ["OK", "OK"]
+    assert (first["examples"], second["examples"]) == (3001 + 1, 3001)  # the damaged file's first record counts
+    assert second["requests"] == (3001 + 3) // 4
+    info = second["versions"][str(version)]
+    assert info["training_run"] and "/StatisticsGen/statistics/" in info["training_statistics"]
+    assert "/Evaluator/evaluation/" in info["score_reference"]
+    skew = {f["feature"]: f for f in info["skew"]}
+    assert {"payment_type", "company", "fare", "trip_start_hour"} <= set(skew)
+    assert all(f["value"] <= f["threshold"] and not f["alert"] for f in skew.values())
+    (score,) = info["score"]
+    assert score["measure"] == "jensen_shannon_divergence" and 0 <= score["value"] < score["threshold"]
+    assert second["drift"]["previous_window"] == first["window"]["start"]
+    assert {f["feature"] for f in second["drift"]["findings"]} >= {"fare", "trip_miles", "trip_start_hour"}
+    assert not any(f["alert"] for f in second["drift"]["findings"])
+    assert second["files_skipped"][0]["path"].endswith("prediction_log-3.tfrecord")
+    gauges = (directory / "monitoring.prom").read_text()
+    assert 'tfx_e2e_monitoring_alert{model="chicago_taxi"} 0.0' in gauges
+    assert f'tfx_e2e_monitoring_distance{{check="skew",feature="payment_type",measure="l_infinity",' \
+           f'model="chicago_taxi",version="{version}"}}' in gauges
+    page = (directory / f"{next(reversed(windows))}.html").read_text()
+    assert "OK" in page and "<script" not in page and "<link" not in page  # self-contained: nothing to fetch
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+@pytest.mark.e2e
+def test_drifted_traffic_alerts_and_names_the_features(small_pipeline, served, monkeypatch, capsys, tmp_path):
+    every = np.arange(len(_rows()))
+    _write_traffic(tmp_path / "logs" / "prediction_log-1.tfrecord", served, "bundled", every, T0)
+    _write_traffic(tmp_path / "logs" / "prediction_log-2.tfrecord", served, "drifted", every, T0 + HOUR)
+
+    status, out, windows, directory = _monitor(small_pipeline, monkeypatch, tmp_path / "logs", capsys)
+    assert status == 3, out.out + out.err
+    first, second = windows.values()
+    assert (first["status"], second["status"]) == ("OK", "ALERT")
+    drift = {f["feature"]: f for f in second["drift"]["findings"] if f["alert"]}
+    assert {"fare", "trip_start_hour"} <= set(drift)
+    assert drift["fare"]["value"] > drift["fare"]["threshold"] == pytest.approx(0.3)
+    _, version, _ = served
+    skewed = {f["feature"] for f in second["versions"][str(version)]["skew"] if f["alert"]}
+    assert {"fare", "trip_start_hour"} <= skewed
+    assert any(a.startswith("drift: fare jensen_shannon_divergence") for a in second["alerts"])
+    (score,) = second["versions"][str(version)]["score"]
+    assert score["value"] > 0.02  # measured (whether the shift moves the scores past 0.2 depends on the trained model)
+    assert "drift: trip_start_hour" in out.out and "Result: ALERT (1 window(s))" in out.out
+    page = (directory / f"{next(reversed(windows))}.html").read_text()
+    assert page.count("<svg") >= 2 and "drift: fare" in page
+    assert 'tfx_e2e_monitoring_alert{model="chicago_taxi"} 1.0' in (directory / "monitoring.prom").read_text()
