@@ -10,6 +10,6 @@ setup(
     version="0.1.0",
     # 3.11 on a developer machine (requirements/lock.txt), 3.10 in the TFX image (requirements/image-lock.txt).
     python_requires=">=3.10,<3.12",
-    packages=find_packages(include=["pipeline*", "modules*", "runners*", "reports*", "schema*", "serving*"]),
+    packages=find_packages(include=["pipeline*", "modules*", "runners*", "reports*", "schema*", "serving*", "monitoring*"]),
     package_data={"": ["*.pbtxt", "*.yaml"]},
 )
