@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL_DATA
+from conftest import SMALL_DATA
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "schema.pbtxt"
 HOUR = 3600
