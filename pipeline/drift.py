@@ -10,7 +10,7 @@ or reports them and lets it go on (warn).
 from tfx import types
 from tfx.dsl.components.common import resolver
 
-from pipeline.window import _key
+from pipeline.window import custom_int
 
 PREVIOUS_STATISTICS_RESOLVER = "previous_statistics_resolver"
 # TFDV's anomaly kinds for a drift comparator over its threshold.
@@ -43,7 +43,7 @@ class PreviousSpanStatisticsStrategy(resolver.ResolverStrategy):
             return {"examples": [], "statistics": []}
         made_by = _producers(store, [a.id for a in examples])
         current = max(examples, key=lambda a: made_by.get(a.id, 0))
-        span = _key(current, "span")
+        span = custom_int(current, "span")
         by_id = {a.id: a for a in examples}
         stats_by = _producers(store, [s.id for s in statistics]) if statistics else {}
         read = {e.execution_id: e.artifact_id
@@ -52,8 +52,8 @@ class PreviousSpanStatisticsStrategy(resolver.ResolverStrategy):
         best = None
         for stats in statistics:
             source = by_id.get(read.get(stats_by.get(stats.id)))
-            if source is not None and _key(source, "span") < span:
-                key = (_key(source, "span"), stats.id)
+            if source is not None and custom_int(source, "span") < span:
+                key = (custom_int(source, "span"), stats.id)
                 best = max(best, (key, stats), key=lambda b: b[0]) if best else (key, stats)
         return {"examples": [current], "statistics": [best[1]] if best else []}
 

@@ -12,7 +12,8 @@ from tfx.dsl.components.common import resolver
 from tfx.dsl.input_resolution.strategies.span_range_strategy import SpanRangeStrategy
 
 
-def _key(artifact: types.Artifact, name: str) -> int:
+def custom_int(artifact: types.Artifact, name: str) -> int:
+    """An int custom property of an artifact (ExampleGen records span and version there), 0 when absent."""
     return artifact.get_int_custom_property(name) if artifact.has_custom_property(name) else 0
 
 
@@ -43,9 +44,9 @@ class LatestVersionSpanRangeStrategy(SpanRangeStrategy):
         for key, artifacts in super()._resolve(input_dict).items():
             latest = {}
             for artifact in artifacts:
-                span = _key(artifact, "span")
+                span = custom_int(artifact, "span")
                 best = latest.get(span)
-                if best is None or (_key(artifact, "version"), artifact.id) > (_key(best, "version"), best.id):
+                if best is None or (custom_int(artifact, "version"), artifact.id) > (custom_int(best, "version"), best.id):
                     latest[span] = artifact
             result[key] = [latest[span] for span in sorted(latest, reverse=True)]
         return result
