@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SMALL_DATA
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "schema.pbtxt"
