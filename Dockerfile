@@ -15,9 +15,10 @@ FROM gcr.io/tfx-oss-public/tfx:${TFX_VERSION}
 ARG TFX_VERSION
 
 WORKDIR /pipeline
-COPY requirements/image-lock.txt requirements/image-lock.txt
-RUN python -m pip install --no-cache-dir --no-deps -r requirements/image-lock.txt \
- && python -m pip install --no-cache-dir --no-deps tfx==${TFX_VERSION} ml-pipelines-sdk==${TFX_VERSION}
+# Every file pip installs must match a sha256 of the lock (--require-hashes); tfx.txt pins tfx itself.
+COPY requirements/image-lock.txt requirements/tfx.txt requirements/
+RUN python -m pip install --no-cache-dir --require-hashes --no-deps -r requirements/image-lock.txt \
+ && python -m pip install --no-cache-dir --require-hashes --no-deps -r requirements/tfx.txt
 
 # Paths under /pipeline are what the `vertex` profile reads inside the image (schema_path).
 COPY setup.py ./
@@ -30,8 +31,15 @@ COPY monitoring monitoring
 COPY schema schema
 # Editable, as `make setup` does: the package is /pipeline itself, so REPO_ROOT is /pipeline in the image.
 RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation -e . \
- && python -c "import pipeline.pusher, modules.preprocessing, modules.training, modules.tuning"
+ && python -c "import pipeline.pusher, modules.preprocessing, modules.training, modules.tuning" \
+ && chmod -R a+rX /pipeline
 
 COPY --from=beam /opt/apache/beam /opt/apache/beam
+# Not root (the TFX image has no USER of its own): a numeric uid, so that Kubernetes' runAsNonRoot can verify it.
+# It reads /pipeline and the Python environment (root's, world-readable: made so above for /pipeline, whatever the
+# checkout's umask) and writes only under its home and /tmp; the components write to output_root (gs://).
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/pipeline --shell /usr/sbin/nologin pipeline
+ENV HOME=/home/pipeline
+USER 10001:10001
 # KFP, Vertex training and TFX's launchers give their own command; a bare container is a Beam worker.
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -3,8 +3,6 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-UV_VERSION := 0.13.9
-TFX_VERSION := 1.16.0
 STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -15,28 +13,32 @@ setup: $(STAMP)
 
 # The lock pins every dependency of tfx 1.16.0 for CPython 3.11; tfx and
 # ml-pipelines-sdk go in last with --ignore-requires-python (their metadata says <3.11).
+# Every file installed is checked against the hashes in requirements/*.txt (--require-hashes): uv first, by pip.
 # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as here), every process would otherwise
 # compile TensorFlow's modules again (import tensorflow: 9.2 s without .pyc files, 3.7 s with).
-$(STAMP): requirements/lock.txt setup.py
+$(STAMP): requirements/lock.txt requirements/tfx.txt requirements/uv.txt setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null || { \
 	  echo "error: tfx-e2e needs CPython 3.11 (found: $$($(PYTHON) --version 2>&1 || echo 'no $(PYTHON)')). Set PYTHON=/path/to/python3.11." >&2; exit 1; }
 	@[ -x $(PY) ] && $(PY) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip sync --compile-bytecode --python $(PY) requirements/lock.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python tfx==$(TFX_VERSION) ml-pipelines-sdk==$(TFX_VERSION)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
+	$(VENV)/bin/uv pip sync --require-hashes --compile-bytecode --python $(PY) requirements/lock.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps --ignore-requires-python -r requirements/tfx.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	@touch $(STAMP)
 
 # Regenerate requirements/lock.txt (3.11, this machine and CI) from requirements/requirements.in, then
 # requirements/image-lock.txt (the TFX image's Python 3.10) from requirements/runtime.in, starting from
-# lock.txt's pins so the two differ only where Python 3.10 needs other versions.
+# lock.txt's pins so the two differ only where Python 3.10 needs other versions; then tfx.txt and uv.txt.
+# Each pin carries the sha256 of every file PyPI has for it (--generate-hashes): installs use --require-hashes.
+# Existing pins are kept (uv prefers the output file's versions): `--upgrade-package NAME` moves one.
+LOCK := --python-platform x86_64-manylinux_2_28 --generate-hashes
 lock: setup
-	$(VENV)/bin/uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	  requirements/requirements.in -o requirements/lock.txt
+	$(VENV)/bin/uv pip compile --python-version 3.11 $(LOCK) requirements/requirements.in -o requirements/lock.txt
 	cp requirements/lock.txt requirements/image-lock.txt
-	$(VENV)/bin/uv pip compile --python-version 3.10 --python-platform x86_64-manylinux_2_28 \
-	  requirements/runtime.in -o requirements/image-lock.txt
+	$(VENV)/bin/uv pip compile --python-version 3.10 $(LOCK) requirements/runtime.in -o requirements/image-lock.txt
+	$(VENV)/bin/uv pip compile --python-version 3.10 $(LOCK) --no-deps requirements/tfx.in -o requirements/tfx.txt
+	$(VENV)/bin/uv pip compile --python-version 3.11 $(LOCK) requirements/uv.in -o requirements/uv.txt
 
 # The project's image (needs a Docker engine): IMAGE=REGION-docker.pkg.dev/PROJECT/REPO/pipeline:TAG make image
 IMAGE ?= tfx-e2e-pipeline:dev
