@@ -147,3 +147,28 @@ def test_submit_step_modes(mode, code, output):
                             env={**os.environ, "MODE": mode}, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == code
     assert output in result.stdout + result.stderr
+
+
+def test_gcp_config_quotes_every_substitution(tmp_path):
+    """Substitutions are pasted into YAML as double-quoted scalars: ": ", "#", quotes, backslashes and newlines
+    come back as the same strings, and add no keys of their own."""
+    out = tmp_path / "gcp.yaml"
+    tricky = 'my-project: x # not a comment "quoted" \'single\' \\ back\nnext_key: injected'
+    env = {**os.environ, "PROJECT": tricky, "REGION": "europe-west4 #1", "BUCKET": "b: c",
+           "SERVICE_ACCOUNT": 'sa"@x\tz'}
+    result = subprocess.run(["bash", str(REPO / ".ci/gcp-config"), str(out)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    overlay = yaml.safe_load(out.read_text())
+    assert overlay == {
+        "output_root": "gs://b: c/tfx-e2e",
+        "gcp": {"project": tricky, "region": "europe-west4 #1", "service_account": 'sa"@x\tz'},
+        "dataflow": {"temp_location": "gs://b: c/dataflow/tmp", "staging_location": "gs://b: c/dataflow/staging"},
+    }
+
+
+def test_gcp_config_refuses_control_characters(tmp_path):
+    out = tmp_path / "gcp.yaml"
+    env = {**os.environ, "PROJECT": "p\x07", "REGION": "europe-west4", "BUCKET": "b"}
+    result = subprocess.run(["bash", str(REPO / ".ci/gcp-config"), str(out)], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "PROJECT holds a control character" in result.stderr
+    assert not out.exists() and not (tmp_path / "gcp.yaml.tmp").exists()
