@@ -31,8 +31,9 @@ the task, without retries, so nothing is trained.
 """
 import dataclasses
 import datetime
+import os
 
-from runners.harness import load_or_exit
+from pipeline.config import load_config
 
 RESOLVE_TASK, SENSOR_TASK = "resolve_span", "wait_for_span"
 EXAMPLE_GEN = "ExampleGen"
@@ -56,8 +57,10 @@ def retry_args(retries) -> dict:
 
 def _parse_config():
     """The configuration at parse time. The span is not fixed here: any span folder with files stands in for
-    the DAG's shape (the real span is rendered into ExampleGen when it runs)."""
-    config = load_or_exit(default_profile="airflow")
+    the DAG's shape (the real span is rendered into ExampleGen when it runs). A bad configuration raises its
+    ConfigError, which Airflow lists among the DAG import errors with the message; sys.exit (SystemExit is no
+    Exception) would get past the DagBag's handler and kill the parsing process, with no import error recorded."""
+    config = load_config(os.environ.get("TFX_E2E_PROFILE") or "airflow")
     continuous = dataclasses.replace(config.continuous, settle_seconds=1e-9)
     return config, dataclasses.replace(config, span=None, continuous=continuous)
 
@@ -306,10 +309,11 @@ def _build(config, parse_config, dag_id: str, dag_config: dict, first_task):
 
 
 def _dags():
+    config, parse_config = _parse_config()
+
     from airflow.operators.python import PythonOperator
     from airflow.sensors.python import PythonSensor
 
-    config, parse_config = _parse_config()
     default_args = retry_args(config.continuous.retries)
     start_date = datetime.datetime.fromisoformat(config.airflow.start_date)
     scheduled = _build(config, parse_config, config.pipeline_name, {
