@@ -7,6 +7,7 @@ import datetime
 import difflib
 import glob
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -151,6 +152,28 @@ class ServingLimitsConfig:
 
 
 @dataclass(frozen=True)
+class NetworkPeerConfig:
+    """Pods a NetworkPolicy lets in: those with `labels` ({} = every pod) in `namespace` ("" = the server's own)."""
+    namespace: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """The TF Serving Deployment's pods (serving/deploy/k8s/): per track, min_replicas to max_replicas GPUs."""
+    min_replicas: int              # the HorizontalPodAutoscaler's floor; a PodDisruptionBudget keeps all but one up
+    max_replicas: int
+    target_requests_per_second: float  # per pod: the autoscaler's target (Prometheus adapter metric, docs/serving.md)
+    cpu_request: str               # Kubernetes quantities, beside the GPU
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+    run_as_user: int               # the non-root uid (and gid) TF Serving runs as
+    grpc_clients: list[NetworkPeerConfig]  # who may reach gRPC (its ModelService can reload the model config)
+    rest_clients: list[NetworkPeerConfig]  # who may reach REST (predictions, model status, Prometheus metrics)
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     host: str
     rest_port: int
@@ -166,7 +189,9 @@ class ServingConfig:
     batching: BatchingConfig
     request_log: RequestLogConfig
     tf_serving_image: str  # production: TF Serving's GPU image (serving/deploy/)
+    tf_serving_image_digest: str  # sha256:<64 hex> pins tf_serving_image (image@digest); "" = the tag only
     gpus: int
+    kubernetes: KubernetesConfig
 
 
 @dataclass(frozen=True)
@@ -526,6 +551,37 @@ def _validate_serving(serving: ServingConfig) -> None:
         raise ConfigError(f"serving.batching.batch_timeout_micros: must be >= 0, got {batching.batch_timeout_micros}")
     if not 0.0 <= serving.request_log.sampling_rate <= 1.0:
         raise ConfigError(f"serving.request_log.sampling_rate: must be within [0, 1], got {serving.request_log.sampling_rate}")
+    if serving.tf_serving_image_digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", serving.tf_serving_image_digest):
+        raise ConfigError(f"serving.tf_serving_image_digest: sha256:<64 hex digits> or \"\", got "
+                          f"{serving.tf_serving_image_digest!r}")
+    _validate_kubernetes(serving.kubernetes)
+
+
+# Kubernetes quantities (resource.Quantity): a decimal number with an optional SI or binary suffix.
+_QUANTITY_SCALE = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                   "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def _quantity(value: str, key: str) -> float:
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?", value)
+    if not match:
+        raise ConfigError(f"serving.kubernetes.{key}: a Kubernetes quantity (e.g. 2, 500m, 8Gi), got {value!r}")
+    return float(match.group(1)) * _QUANTITY_SCALE[match.group(2) or ""]
+
+
+def _validate_kubernetes(kubernetes: KubernetesConfig) -> None:
+    key = "serving.kubernetes"
+    if kubernetes.min_replicas < 1 or kubernetes.max_replicas < kubernetes.min_replicas:
+        raise ConfigError(f"{key}.min_replicas, max_replicas: need 1 <= min_replicas <= max_replicas, got "
+                          f"{kubernetes.min_replicas} and {kubernetes.max_replicas}")
+    if kubernetes.target_requests_per_second <= 0:
+        raise ConfigError(f"{key}.target_requests_per_second: must be > 0, got {kubernetes.target_requests_per_second}")
+    for resource in ("cpu", "memory"):
+        request, limit = (getattr(kubernetes, f"{resource}_{kind}") for kind in ("request", "limit"))
+        if _quantity(request, f"{resource}_request") > _quantity(limit, f"{resource}_limit"):
+            raise ConfigError(f"{key}.{resource}_request: {request} is more than {resource}_limit {limit}")
+    if kubernetes.run_as_user < 1:
+        raise ConfigError(f"{key}.run_as_user: a non-root uid (>= 1), got {kubernetes.run_as_user}")
 
 
 def _validate_rollout(rollout: RolloutConfig) -> None:

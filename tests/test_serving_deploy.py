@@ -1,5 +1,10 @@
 """serving/deploy/: TF Serving's deployment files, generated from the configuration (serving/deploy.py)."""
+import http.server
 import importlib.metadata
+import os
+import re
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -7,15 +12,20 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from pipeline.config import REPO_ROOT, load_config
+from pipeline.config import REPO_ROOT, ConfigError, load_config
 from serving import deploy
 from serving.config_protos import BatchingParameters, MonitoringConfig
 
 DEPLOY = REPO_ROOT / "serving" / "deploy"
 ROLLOUT = DEPLOY / "rollout.yaml"
-YAML_FILES = ("docker-compose.yaml", "k8s/configmap.yaml", "k8s/deployment.yaml", "k8s/service.yaml", "k8s/pvc.yaml",
-              "k8s/configmap-canary.yaml", "k8s/deployment-canary.yaml", "k8s/destinationrule.yaml",
-              "k8s/virtualservice.yaml")
+PUBLISH = DEPLOY / "publish-version.sh"
+YAML_FILES = ("docker-compose.yaml", "prometheus-adapter.yaml", "k8s/configmap.yaml", "k8s/deployment.yaml",
+              "k8s/pdb.yaml", "k8s/hpa.yaml", "k8s/service.yaml", "k8s/networkpolicy.yaml", "k8s/pvc.yaml",
+              "k8s/configmap-canary.yaml", "k8s/deployment-canary.yaml", "k8s/pdb-canary.yaml", "k8s/hpa-canary.yaml",
+              "k8s/destinationrule.yaml", "k8s/virtualservice.yaml")
+TRACKS = ("stable", "canary")
+TRACK_SUFFIXES = {"stable": "", "canary": "-canary"}
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def rollout_config():
@@ -51,7 +61,8 @@ def _model_config(text):
 
 def test_checked_in_files_are_the_rendered_ones(files):
     """serving/deploy/ is `TFX_E2E_CONFIG=serving/deploy/rollout.yaml python -m serving.deploy`'s output."""
-    on_disk = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*") if p.is_file()} - {"rollout.yaml"}
+    on_disk = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*") if p.is_file()} - {"rollout.yaml",
+                                                                                        PUBLISH.name}
     assert on_disk == set(files)
     for name, text in files.items():
         assert (DEPLOY / name).read_text() == text, f"serving/deploy/{name} is stale: run `make serving-config`"
@@ -104,10 +115,13 @@ def test_every_yaml_file_parses_to_one_object(files, docs):
         if name.endswith(".yaml"):
             assert len(list(yaml.safe_load_all(text))) == 1, name
             assert isinstance(docs[name], dict), name
-    kinds = {name: docs[name].get("kind") for name in YAML_FILES[1:]}
+    kinds = {name: docs[name].get("kind") for name in YAML_FILES if name.startswith("k8s/")}
     assert kinds == {"k8s/configmap.yaml": "ConfigMap", "k8s/deployment.yaml": "Deployment",
-                     "k8s/service.yaml": "Service", "k8s/pvc.yaml": "PersistentVolumeClaim",
+                     "k8s/pdb.yaml": "PodDisruptionBudget", "k8s/hpa.yaml": "HorizontalPodAutoscaler",
+                     "k8s/service.yaml": "Service", "k8s/networkpolicy.yaml": "NetworkPolicy",
+                     "k8s/pvc.yaml": "PersistentVolumeClaim",
                      "k8s/configmap-canary.yaml": "ConfigMap", "k8s/deployment-canary.yaml": "Deployment",
+                     "k8s/pdb-canary.yaml": "PodDisruptionBudget", "k8s/hpa-canary.yaml": "HorizontalPodAutoscaler",
                      "k8s/destinationrule.yaml": "DestinationRule", "k8s/virtualservice.yaml": "VirtualService"}
 
 
@@ -177,17 +191,23 @@ def test_gpu_is_requested(config, docs):
     compose = docs["docker-compose.yaml"]["services"]["tf-serving"]
     assert compose["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "count": config.serving.gpus, "capabilities": ["gpu"]}]
-    assert _container(docs)["resources"]["limits"] == {"nvidia.com/gpu": config.serving.gpus}
+    assert _container(docs)["resources"]["limits"]["nvidia.com/gpu"] == config.serving.gpus
     assert compose["image"] == _container(docs)["image"] == config.serving.tf_serving_image
     assert config.serving.tf_serving_image.endswith("-gpu")
 
 
 def test_probes_ask_the_rest_api_for_the_model(config, docs):
     container = _container(docs)
+    # Ready: a version AVAILABLE (the model status' state; see test_readiness_needs_an_available_version). Started
+    # and alive: the server answers HTTP (its metrics), whatever its models' state.
+    assert container["readinessProbe"]["exec"]["command"] == ["bash", "-c", deploy.available_check(config)]
+    assert "GET /v1/models/chicago_taxi " in deploy.available_check(config)
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/monitoring/prometheus/metrics", "port": "http"}, probe
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/v1/models/chicago_taxi", "port": "http"}, probe
         assert container[probe]["periodSeconds"] > 0
-    assert container["livenessProbe"]["initialDelaySeconds"] >= container["readinessProbe"]["initialDelaySeconds"]
+    # Loading may take minutes: up to 5 before liveness starts counting.
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 300
     http = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
     assert http == config.serving.rest_port
     annotations = docs["k8s/deployment.yaml"]["spec"]["template"]["metadata"]["annotations"]
@@ -198,7 +218,7 @@ def test_probes_ask_the_rest_api_for_the_model(config, docs):
     test = docs["docker-compose.yaml"]["services"]["tf-serving"]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "bash", "-c"]
     assert "/dev/tcp/127.0.0.1/8501" in test[3] and "GET /v1/models/chicago_taxi " in test[3]
-    assert '"AVAILABLE"' in test[3] and "$" not in test[3]  # no compose interpolation
+    assert test[3] == deploy.available_check(config) and "$" not in test[3]  # no compose interpolation
 
 
 def test_configmap_holds_the_config_files(files, docs):
@@ -209,7 +229,7 @@ def test_configmap_holds_the_config_files(files, docs):
                                  **{name: files[name] for name in ("batching.config", "monitoring.config")}}
     deployment = docs["k8s/deployment.yaml"]
     assert deployment["metadata"]["name"] == "chicago-taxi-serving"
-    assert deployment["spec"]["replicas"] == 1
+    assert "replicas" not in deployment["spec"]  # the HorizontalPodAutoscaler's to set
     assert deployment["spec"]["selector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"] == {
         "app": "chicago-taxi-serving", "track": "stable"}
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -254,8 +274,8 @@ def test_gcs_output_root_is_read_directly(tmp_path):
     compose = yaml.safe_load(files["docker-compose.yaml"])["services"]["tf-serving"]
     assert compose["volumes"] == [".:/config:ro"]
     pod = yaml.safe_load(files["k8s/deployment.yaml"])["spec"]["template"]["spec"]
-    assert [v["name"] for v in pod["volumes"]] == ["config"]
-    assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == ["/config"]
+    assert [v["name"] for v in pod["volumes"]] == ["config", "tmp"]
+    assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == ["/config", "/tmp"]
     assert yaml.safe_load(files["k8s/configmap.yaml"])["data"]["models.config"] == files["models.config"]
 
 
@@ -353,3 +373,257 @@ def test_immediate_renders_one_track_and_canary_needs_both_labels(tmp_path):
     config = overlay_config(tmp_path, "serving: {labels: {stable: 5}, version_policy: all}\nrollout: {strategy: canary}")
     with pytest.raises(ValueError, match="serving.labels needs the canary version"):
         deploy.render(config)
+
+
+def _pod(docs, track):
+    return docs[f"k8s/deployment{TRACK_SUFFIXES[track]}.yaml"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("track", TRACKS)
+def test_pods_are_hardened(config, docs, track):
+    """Both tracks: not root, nothing writable but an emptyDir /tmp, no capabilities, no privilege escalation,
+    seccomp RuntimeDefault, no service-account token, and CPU and memory requested and bounded beside the GPU."""
+    pod = _pod(docs, track)
+    kubernetes = config.serving.kubernetes
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert kubernetes.run_as_user == 10001
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                            "privileged": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = [path for path, mount in mounts.items() if not mount.get("readOnly")]
+    assert writable == ["/tmp"] and volumes[mounts["/tmp"]["name"]]["emptyDir"] == {"sizeLimit": "1Gi"}
+    assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
+    assert {"name": "HOME", "value": "/tmp"} in container["env"]  # CUDA's kernel cache goes under $HOME/.nv
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        "limits": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": 1}}
+    assert (kubernetes.cpu_request, kubernetes.cpu_limit, kubernetes.memory_request, kubernetes.memory_limit) == (
+        "2", "4", "8Gi", "8Gi")
+
+
+def test_compose_is_hardened_too(docs):
+    compose = docs["docker-compose.yaml"]["services"]["tf-serving"]
+    assert compose["user"] == "10001:10001"
+    assert compose["read_only"] is True and compose["tmpfs"] == ["/tmp"]
+    assert compose["environment"] == {"HOME": "/tmp"}
+    assert compose["cap_drop"] == ["ALL"] and compose["security_opt"] == ["no-new-privileges:true"]
+    assert all(volume.endswith(":ro") for volume in compose["volumes"])
+
+
+class _ModelStatus(http.server.BaseHTTPRequestHandler):
+    """TF Serving's GET /v1/models/<name> (GetModelStatusResponse as JSON, as its REST API prints it)."""
+    answers: dict = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        code, body = self.answers.get(self.path, (404, '{ "error": "Could not find any versions of model x" }'))
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def _status(*states):
+    versions = ",".join(f'{{\n   "version": "{100 + i}",\n   "state": "{state}",\n   "status": {{\n    '
+                        f'"error_code": "OK",\n    "error_message": ""\n   }}\n  }}' for i, state in enumerate(states))
+    return 200, f'{{\n "model_version_status": [\n  {versions}\n ]\n}}\n'
+
+
+@pytest.mark.parametrize("answer, ready", [
+    (_status("AVAILABLE"), True),
+    (_status("END", "AVAILABLE"), True),       # the old version unloaded, the new one serving
+    (_status("LOADING"), False),               # 200 too: an httpGet probe would pass
+    (_status("END"), False),
+    (_status("UNLOADING"), False),
+    ((404, '{ "error": "Servable not found: state UNAVAILABLE" }'), False),
+    (None, False),                             # nothing listening
+])
+def test_readiness_needs_an_available_version(tmp_path, answer, ready):
+    """The readiness command (bash's /dev/tcp and grep: the image has no curl, wget or Python), run against a
+    server answering the model status as TF Serving does."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelStatus)
+    port = server.server_address[1]
+    if answer is None:
+        server.server_close()
+    else:
+        _ModelStatus.answers = {"/v1/models/chicago_taxi": answer}
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = overlay_config(tmp_path, f"serving: {{rest_port: {port}, grpc_port: {port + 1 if port < 65535 else 1}}}")
+        command = yaml.safe_load(deploy.render(config)["k8s/deployment.yaml"])["spec"]["template"]["spec"][
+            "containers"][0]["readinessProbe"]["exec"]["command"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    finally:
+        if answer is not None:
+            server.shutdown()
+            server.server_close()
+    assert (result.returncode == 0) is ready, (answer, result.stderr)
+
+
+@pytest.mark.parametrize("track", TRACKS)
+def test_rollout_needs_no_spare_gpu_and_keeps_a_replica(config, docs, track):
+    """maxSurge 0: a rollout stops one pod before starting its replacement, so it needs no GPU beyond the
+    Deployment's; the HorizontalPodAutoscaler keeps min_replicas (2) to max_replicas, and the disruption budget lets a
+    drain take one pod at a time."""
+    suffix = TRACK_SUFFIXES[track]
+    deployment = docs[f"k8s/deployment{suffix}.yaml"]
+    name = deployment["metadata"]["name"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert "replicas" not in deployment["spec"]
+    pdb = docs[f"k8s/pdb{suffix}.yaml"]
+    assert (pdb["apiVersion"], pdb["metadata"]["name"]) == ("policy/v1", name)
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
+    hpa = docs[f"k8s/hpa{suffix}.yaml"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    assert (config.serving.kubernetes.min_replicas, config.serving.kubernetes.max_replicas) == (2, 4)
+    assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
+        "metric": {"name": "tfserving_requests_per_second"},
+        "target": {"type": "AverageValue", "averageValue": "200"}}}]
+
+
+def test_autoscaler_metric_is_the_adapters_rate_of_tf_servings_request_count(docs, tmp_path):
+    from serving.metrics import REQUEST_COUNT
+
+    (rule,) = docs["prometheus-adapter.yaml"]["rules"]["custom"]
+    assert rule["name"] == {"matches": "^:tensorflow:serving:request_count$", "as": "tfserving_requests_per_second"}
+    assert REQUEST_COUNT == ":tensorflow:serving:request_count"  # the counter TF Serving (and our server) export
+    assert rule["seriesQuery"] == '{__name__=":tensorflow:serving:request_count",namespace!="",pod!=""}'
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    assert rule["metricsQuery"].startswith("sum(rate(<<.Series>>{<<.LabelMatchers>>}[")
+    metric = docs["k8s/hpa.yaml"]["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    assert metric == rule["name"]["as"] == deploy.REQUESTS_PER_SECOND
+    # Kubernetes quantities: fractions in thousandths.
+    config = overlay_config(tmp_path, "serving: {kubernetes: {target_requests_per_second: 12.5, min_replicas: 3, "
+                                      "max_replicas: 3}}")
+    hpa = yaml.safe_load(deploy.render(config)["k8s/hpa.yaml"])["spec"]
+    assert (hpa["metrics"][0]["pods"]["target"]["averageValue"], hpa["minReplicas"], hpa["maxReplicas"]) == (
+        "12500m", 3, 3)
+
+
+def test_network_policy_admits_only_the_configured_clients(docs):
+    """gRPC (whose ModelService can reload the served models) only from pods labelled as its clients; REST from its
+    clients and Prometheus; nothing else reaches either track's pods."""
+    policy = docs["k8s/networkpolicy.yaml"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app": "chicago-taxi-serving"}}
+    for track in TRACKS:  # selects both tracks' pods
+        labels = docs[f"k8s/deployment{TRACK_SUFFIXES[track]}.yaml"]["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    assert spec["policyTypes"] == ["Ingress"]
+    rules = {rule["ports"][0]["port"]: rule for rule in spec["ingress"]}
+    assert all(len(rule["ports"]) == 1 and rule["ports"][0]["protocol"] == "TCP" for rule in spec["ingress"])
+    assert set(rules) == {8500, 8501}
+    assert rules[8500]["from"] == [{"podSelector": {"matchLabels": {"tfx-e2e/serving-client": "grpc"}}}]
+    assert rules[8501]["from"] == [
+        {"podSelector": {"matchLabels": {"tfx-e2e/serving-client": "rest"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+
+
+def test_no_grpc_clients_means_no_grpc_at_all(tmp_path):
+    config = overlay_config(tmp_path, "serving: {kubernetes: {grpc_clients: []}}")
+    spec = yaml.safe_load(deploy.render(config)["k8s/networkpolicy.yaml"])["spec"]
+    # A rule without `from` would admit every source: the port gets no rule instead.
+    assert [rule["ports"] for rule in spec["ingress"]] == [[{"protocol": "TCP", "port": 8501}]]
+    assert all(rule["from"] for rule in spec["ingress"])
+
+
+def test_images_are_pinned_by_digest_when_configured(tmp_path, docs):
+    assert "@" not in docs["docker-compose.yaml"]["services"]["tf-serving"]["image"]  # none configured
+    overlay = yaml.safe_load(ROLLOUT.read_text())
+    overlay["serving"]["tf_serving_image_digest"] = DIGEST
+    config = overlay_config(tmp_path, yaml.safe_dump(overlay))
+    files = deploy.render(config)
+    pinned = f"tensorflow/serving:2.16.1-gpu@{DIGEST}"
+    assert yaml.safe_load(files["docker-compose.yaml"])["services"]["tf-serving"]["image"] == pinned
+    for name in ("k8s/deployment.yaml", "k8s/deployment-canary.yaml"):
+        assert yaml.safe_load(files[name])["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
+
+
+@pytest.mark.parametrize("overlay, message", [
+    ("serving: {tf_serving_image_digest: 'sha256:abc'}", "serving.tf_serving_image_digest: sha256:<64 hex digits>"),
+    ("serving: {kubernetes: {cpu_request: '8', cpu_limit: '4'}}", "serving.kubernetes.cpu_request: 8 is more than"),
+    ("serving: {kubernetes: {memory_request: 9Gi, memory_limit: 8000Mi}}", "memory_request: 9Gi is more than"),
+    ("serving: {kubernetes: {memory_limit: 8 GB}}", "serving.kubernetes.memory_limit: a Kubernetes quantity"),
+    ("serving: {kubernetes: {min_replicas: 3, max_replicas: 2}}", "need 1 <= min_replicas <= max_replicas"),
+    ("serving: {kubernetes: {run_as_user: 0}}", "serving.kubernetes.run_as_user: a non-root uid"),
+    ("serving: {kubernetes: {rest_clients: [{labels: {a: b}}]}}", "missing key 'serving.kubernetes.rest_clients[0]"),
+])
+def test_bad_kubernetes_settings_are_refused(tmp_path, overlay, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        overlay_config(tmp_path, overlay)
+
+
+def _version(root, version, files=None):
+    path = root / str(version)
+    (path / "variables").mkdir(parents=True)
+    for name, text in (files or {"saved_model.pb": "graph", "variables/variables.index": "index"}).items():
+        (path / name).write_text(text)
+    return path
+
+
+def _publish(*args, env=None):
+    return subprocess.run(["bash", str(PUBLISH), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_publish_version_copies_then_renames(tmp_path, docs):
+    """The PVC's way in: the version appears whole, readable by the server's uid, or not at all."""
+    assert "serving/deploy/publish-version.sh" in deploy.render_pvc(rollout_config())
+    assert os.access(PUBLISH, os.X_OK)
+    source = _version(tmp_path / "pushed", 1700000200)
+    volume = tmp_path / "volume" / "chicago_taxi"
+    volume.mkdir(parents=True)
+    os.chmod(source / "saved_model.pb", 0o600)  # the checkout's umask does not reach the server
+    result = _publish(source, volume)
+    assert result.returncode == 0, result.stderr
+    assert f"published {volume}/1700000200" in result.stdout
+    assert sorted(str(p.relative_to(volume)) for p in volume.rglob("*")) == [
+        "1700000200", "1700000200/saved_model.pb", "1700000200/variables", "1700000200/variables/variables.index"]
+    assert (volume / "1700000200" / "saved_model.pb").read_text() == "graph"
+    assert all(p.stat().st_mode & 0o004 for p in volume.rglob("*"))  # world-readable
+    assert all(p.stat().st_mode & 0o001 for p in volume.rglob("*") if p.is_dir())
+
+    # Never over a published version.
+    (source / "saved_model.pb").write_text("other graph")
+    result = _publish(source, volume)
+    assert result.returncode == 1 and "exists: a published version is never replaced" in result.stderr
+    assert (volume / "1700000200" / "saved_model.pb").read_text() == "graph"
+
+
+def test_publish_version_failing_midway_leaves_nothing(tmp_path):
+    source = _version(tmp_path / "pushed", 1700000300)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "sync").write_text("#!/bin/sh\necho 'sync: I/O error' >&2\nexit 1\n")  # a disk failing after the copy
+    (broken / "sync").chmod(0o755)
+    result = _publish(source, volume, env={"PATH": f"{broken}:{os.environ['PATH']}"})
+    assert result.returncode == 1 and "I/O error" in result.stderr
+    assert list(volume.iterdir()) == []  # neither the version nor its .tmp-* copy
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: _version(root, "latest"), "a version directory is named by an integer, got 'latest'"),
+    (lambda root: _version(root, 5, {"variables/variables.index": "index"}), "no saved_model.pb"),
+])
+def test_publish_version_refuses_what_is_no_version(tmp_path, make, message):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    result = _publish(make(tmp_path / "pushed"), volume)
+    assert result.returncode == 2 and message in result.stderr
+    assert list(volume.iterdir()) == []
+    assert _publish(_version(tmp_path / "ok", 7), tmp_path / "nowhere").returncode == 2
