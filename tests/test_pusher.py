@@ -1,4 +1,4 @@
-"""The atomic, durable, deduplicating push (pipeline/pusher.py) on real directories."""
+"""The atomic, durable, deduplicating push (pipeline/pusher.py, pipeline/versions.py) on real directories."""
 import json
 import os
 import stat
@@ -9,7 +9,7 @@ import threading
 import pytest
 from tfx.types import standard_artifacts
 
-from pipeline import pusher
+from pipeline import pusher, versions
 from pipeline.fingerprint import tree_digest
 from serving.registry import RolloutRecord, write_record
 
@@ -62,7 +62,7 @@ def test_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
     def rename(source, target):
         assert os.path.basename(source).startswith(pusher.TMP_PREFIX) and os.listdir(source)  # copied in full
         raise OSError("rename failed")
-    monkeypatch.setattr(pusher.os, "rename", rename)
+    monkeypatch.setattr(versions.os, "rename", rename)
     with pytest.raises(OSError, match="rename failed"):
         pusher.push_atomically(model, base)
     assert os.listdir(base) == []
@@ -147,9 +147,9 @@ def test_leftovers_of_dead_pushes_are_removed_and_a_live_one_is_kept(tmp_path):
 def test_two_pushes_racing_get_two_distinct_complete_versions(tmp_path, monkeypatch):
     base = str(tmp_path / "serving")
     models = [_model(str(tmp_path / f"m{i}"), f"graph {i}".encode()) for i in range(2)]
-    monkeypatch.setattr(pusher.time, "time", lambda: 1700000000.0)  # both start from the same candidate number
+    monkeypatch.setattr(versions.time, "time", lambda: 1700000000.0)  # both start from the same candidate number
     start = threading.Barrier(2)
-    copytree = pusher.shutil.copytree
+    copytree = versions.shutil.copytree
 
     def copy_together(source, target, *args, **kwargs):
         if source not in models:  # copytree's own recursion
@@ -158,12 +158,12 @@ def test_two_pushes_racing_get_two_distinct_complete_versions(tmp_path, monkeypa
         result = copytree(source, target, *args, **kwargs)
         start.wait(timeout=10)  # both copies are done before either picks its number
         return result
-    monkeypatch.setattr(pusher.shutil, "copytree", copy_together)
-    versions, errors = {}, []
+    monkeypatch.setattr(versions.shutil, "copytree", copy_together)
+    picked, errors = {}, []
 
     def push(i):
         try:
-            versions[i] = pusher.push_atomically(models[i], base)
+            picked[i] = pusher.push_atomically(models[i], base)
         except Exception as e:  # reported below
             errors.append(e)
     threads = [threading.Thread(target=push, args=(i,)) for i in range(2)]
@@ -172,9 +172,9 @@ def test_two_pushes_racing_get_two_distinct_complete_versions(tmp_path, monkeypa
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
-    assert sorted(versions.values()) == [1700000000, 1700000001]
+    assert sorted(picked.values()) == [1700000000, 1700000001]
     assert sorted(os.listdir(base)) == ["1700000000", "1700000001"]
-    for i, version in versions.items():
+    for i, version in picked.items():
         assert tree_digest(os.path.join(base, str(version))) == tree_digest(models[i])
 
 
@@ -182,16 +182,16 @@ def test_a_version_taken_between_check_and_rename_is_never_overwritten(tmp_path,
     """Another machine (beyond the flock) takes the number after this push looked: the rename fails, next number."""
     base = str(tmp_path / "serving")
     os.makedirs(base)
-    monkeypatch.setattr(pusher.time, "time", lambda: 1700000000.0)
-    listing = pusher.served_versions
+    monkeypatch.setattr(versions.time, "time", lambda: 1700000000.0)
+    listing = versions.served_versions
 
     def stale_then_taken(directory):
         versions = listing(directory)
         if not os.path.exists(os.path.join(base, "1700000000")):
             _model(os.path.join(base, "1700000000"), b"the other machine's model")
         return versions
-    monkeypatch.setattr(pusher, "served_versions", stale_then_taken)
-    monkeypatch.setattr(pusher.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(versions, "served_versions", stale_then_taken)
+    monkeypatch.setattr(versions.os.path, "exists", lambda path: False)
     version = pusher.push_atomically(_model(str(tmp_path / "model")), base)
     assert version == 1700000001
     with open(os.path.join(base, "1700000000", "saved_model.pb"), "rb") as f:
@@ -214,8 +214,8 @@ def test_every_file_and_directory_is_fsynced_before_the_rename_and_the_base_afte
     def recording_rename(source, target):
         events.append(("rename", target))
         rename(source, target)
-    monkeypatch.setattr(pusher.os, "fsync", recording_fsync)
-    monkeypatch.setattr(pusher.os, "rename", recording_rename)
+    monkeypatch.setattr(versions.os, "fsync", recording_fsync)
+    monkeypatch.setattr(versions.os, "rename", recording_rename)
     version = pusher.push_atomically(model, base)
     final = os.path.join(base, str(version))
     [renamed] = [i for i, event in enumerate(events) if event[0] == "rename"]
