@@ -1,5 +1,7 @@
 """Component factories: TFX's own or its Google Cloud implementation, chosen by configuration,
 always with the same component id (so ML Metadata, the summary and the tests see one DAG)."""
+import fnmatch
+import os
 from typing import Any
 
 from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
@@ -16,10 +18,24 @@ def _split_output(config: Config) -> example_gen_pb2.Output:
     ]))
 
 
+# The files CsvExampleGen reads: in a flat data root every file (TFX's default input config, utils.
+# make_default_input_config), in a span folder its *.csv files, so the _SUCCESS marker is never read. `*.csv`, not
+# `[!_.]*`: ExampleGen turns a span pattern into a regex escaping only . + * ? ( ), so a [!...] class would not negate.
+FLAT_FILES, SPAN_FILES = "*", "*.csv"
+
+
+def example_gen_files(folder: str, pattern: str) -> list[str]:
+    """The files of `folder` that CsvExampleGen's glob of folder/`pattern` reads, sorted, without TensorFlow (the
+    unchanged-run check must not import it): tf.io.gfile.glob matches names as POSIX fnmatch does, case-sensitive
+    (new.CSV is no *.csv), `*` matching a leading dot too (.hidden is read from a flat root)."""
+    with os.scandir(folder) as entries:
+        return sorted(e.path for e in entries if fnmatch.fnmatchcase(e.name, pattern) and e.is_file())
+
+
 def _span_pattern(folder: str) -> example_gen_pb2.Input:
-    """One split: the span folder's *.csv files, so the _SUCCESS marker is never read. `*.csv`, not `[!_.]*`:
-    ExampleGen turns the glob into a regex escaping only . + * ? ( ), so a [!...] class would not negate there."""
-    return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="single_split", pattern=f"{folder}/*.csv")])
+    """One split: the span folder's SPAN_FILES."""
+    return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="single_split",
+                                                                     pattern=f"{folder}/{SPAN_FILES}")])
 
 
 def span_input(config: Config) -> tuple[example_gen_pb2.Input, range_config_pb2.RangeConfig] | None:
@@ -63,6 +79,10 @@ def example_gen(config: Config, span_range=None):
             input_config, static_range = span_args
             component = CsvExampleGen(input_base=config.data_root, input_config=input_config,
                                       range_config=static_range, output_config=_split_output(config))
+        from pipeline.example_gen_driver import CsvContentDriver
+
+        # TFX's FileBasedDriver with a content fingerprint: a same-size edit that keeps the mtime is a new input.
+        component.driver_class = CsvContentDriver
     return component.with_id("ExampleGen")
 
 
@@ -73,7 +93,7 @@ def window_spans(config: Config) -> int:
     """How many spans Transform, Tuner and Trainer train on: continuous.window_spans for a data root of span
     folders under TFX's own ML Metadata, else 1 (a flat root is one span; a managed-metadata profile is refused
     a window by the configuration)."""
-    if config.continuous.window_spans <= 1 or config.metadata != "sqlite" or span_input(config) is None:
+    if config.continuous.window_spans <= 1 or config.metadata == "managed" or span_input(config) is None:
         return 1
     return config.continuous.window_spans
 

@@ -173,10 +173,11 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
     too_few, data_printed = "", False
     example_gen = nodes.get("ExampleGen")
     if statistics and statistics.outputs.get("statistics") and example_gen and example_gen.outputs.get("examples"):
-        span = gate.span_of(tfx_artifact(store, example_gen.outputs["examples"][0]))
+        examples = tfx_artifact(store, example_gen.outputs["examples"][0])
+        span = gate.span_of(examples)
         counts = gate.read_example_counts(tfx_artifact(store, statistics.outputs["statistics"][0]))
         p("\n" + data_line(config, span, counts))
-        too_few = gate.check_example_counts(counts, span, config.continuous.min_examples)
+        too_few = gate.check_example_counts(counts, span, config.continuous.min_examples, gate.input_rows(examples))
         data_printed = True
         transform = nodes.get("Transform")
         if transform and nodes.get("span_window_resolver") and transform.inputs.get("examples"):
