@@ -54,6 +54,15 @@ spans: setup
 	rm -rf data/taxi_spans
 	$(PY) -m pipeline.spans data/taxi/data.csv data/taxi_spans
 
+# make data ROWS=<n> [SPANS=<k>] [SEED=<s>] [OUT=<dir>] [SHARD_ROWS=<r>]: n taxi-like rows drawn from
+# data/taxi/data.csv as CSV shards, in span-1/ ... span-k/ folders with _SUCCESS markers when SPANS is given
+# (docs/scale.md). OUT defaults to data/taxi_<n>[_spans<k>] and must not exist yet; the same SEED, the same bytes.
+.PHONY: data
+data: setup
+	@[ -n "$(ROWS)" ] || { echo "error: data: ROWS=<n> is required, e.g. make data ROWS=1500000 SPANS=4" >&2; exit 2; }
+	$(PY) -m pipeline.datagen --rows $(ROWS) --spans $(or $(SPANS),0) --seed $(or $(SEED),0) \
+	  --out $(or $(OUT),data/taxi_$(ROWS)$(if $(SPANS),_spans$(SPANS))) $(if $(SHARD_ROWS),--shard-rows $(SHARD_ROWS))
+
 # One run per new complete span of the data root, oldest first, one at a time, every continuous.poll_seconds
 # (docs/continuous-training.md#make-watch); ARGS="--once" for a single pass.
 watch: setup
