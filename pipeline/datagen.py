@@ -42,6 +42,7 @@ WEEK = 7 * 86400
 DRAWS = 4              # uint64 random numbers per row: one Philox counter step
 SHARD_ROWS = 250_000
 CHUNK_ROWS = 65_536
+MAX_CHUNK_ROWS = 4_000_000
 
 # The columns the generator computes; every other column is copied from the resampled row as it is written there.
 PERTURBED = ("fare", "trip_start_month", "trip_start_hour", "trip_start_day", "trip_start_timestamp", "trip_miles",
@@ -177,6 +178,7 @@ class Generator:
         timestamp = timestamp0 + shift
         outside = (timestamp < self.t_min) | (timestamp > self.t_max)
         timestamp = np.where(outside, timestamp0 - shift, timestamp)  # mirrored back inside the sample's range
+        timestamp = np.clip(timestamp, self.t_min, self.t_max)  # a source spanning less than the largest shift
         months = timestamp.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
         return {"row": row, "fare": fare, "tips": tips, "trip_miles": miles, "trip_seconds": seconds,
                 "trip_start_timestamp": timestamp, "trip_start_hour": timestamp // 3600 % 24,
@@ -241,6 +243,9 @@ def generate(out: str, rows: int, spans: int = 0, seed: int = 0, shard_rows: int
                                ("chunk rows", chunk_rows, 1)):
         if value < least:
             raise DataGenError(f"{name} must be at least {least}, not {value}")
+    if chunk_rows > MAX_CHUNK_ROWS:
+        raise DataGenError(f"chunk rows must be at most {MAX_CHUNK_ROWS:,} (a chunk's text stays under 2 GiB), "
+                           f"not {chunk_rows:,}")
     if spans > rows:
         raise DataGenError(f"{spans} spans need at least {spans} rows, not {rows}")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

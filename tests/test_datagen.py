@@ -140,6 +140,7 @@ def test_tfdv_finds_no_anomaly_against_the_schema_nor_drift_between_spans(tmp_pa
     (["--rows", "0"], "rows must be at least 1, not 0"),
     (["--rows", "5", "--spans", "6"], "6 spans need at least 6 rows, not 5"),
     (["--rows", "5", "--shard-rows", "0"], "shard rows must be at least 1, not 0"),
+    (["--rows", "5", "--chunk-rows", "5000000"], "chunk rows must be at most 4,000,000"),
     (["--rows", "5", "--source", "{tmp}/bad.csv"], "lacks the column(s) tips"),
     (["--rows", "5", "--source", "{tmp}/neg.csv"], "line 3: fare is '-1', not a non-negative number"),
     (["--rows", "5", "--out", "{tmp}/full"], "exists and is not an empty folder"),
