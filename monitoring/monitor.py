@@ -59,10 +59,10 @@ class Monitor:
         """The version's training statistics and score reference from ML Metadata (None: not found there)."""
         if version not in self._references:
             from monitoring import reference
+            from pipeline import metadata
 
-            if self._store is None and os.path.exists(self.config.metadata_path):
-                from runners.summary import open_store
-                self._store = open_store(self.config)
+            if self._store is None and metadata.exists(self.config):
+                self._store = metadata.open_store(self.config, readonly=True)
             self._references[version] = (reference.load(self._store, self.config.pipeline_name, version)
                                          if self._store is not None else None)
         return self._references[version]

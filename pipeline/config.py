@@ -33,6 +33,8 @@ ENV_SPAN = "TFX_E2E_SPAN"
 ENV_DATE = "TFX_E2E_DATE"
 ENV_RUN_REASON = "TFX_E2E_RUN_REASON"  # why a run runs (runners/why.py): manual, schedule, new_span, event, ...
 ENV_RUN_LOCK_FD = "TFX_E2E_RUN_LOCK_FD"  # the run lock, inherited from the watcher that started the run
+# The ML Metadata server's password (metadata: mysql): from the environment only, never in a file.
+ENV_METADATA_PASSWORD = "TFX_E2E_METADATA_PASSWORD"
 DEFAULT_PROFILE = "local"
 
 
@@ -89,6 +91,16 @@ class ContinuousConfig:
     max_attempts: int     # make watch: runs of one span that may fail before the watcher skips it
     span_folders: str     # a gs:// data_root: "" (flat), span (span-<N>/) or date (<YYYY-MM-DD>/); local: discovered
     retries: RetriesConfig
+
+
+@dataclass(frozen=True)
+class MetadataServerConfig:
+    """ML Metadata in a database on a MySQL or MariaDB server (metadata: mysql), shared by every run, worker and
+    machine. The password is not a key: it comes from $TFX_E2E_METADATA_PASSWORD (pipeline/metadata.py)."""
+    host: str
+    port: int             # 0 = the server's default, 3306
+    database: str         # created when missing
+    user: str
 
 
 @dataclass(frozen=True)
@@ -239,7 +251,8 @@ class Config:
     tuner: TunerConfig
     trainer: TrainerConfig
     evaluator: EvaluatorConfig
-    metadata: str         # sqlite (runs on this machine or Airflow) | managed (Vertex ML Metadata / KFP)
+    metadata: str         # sqlite (runs on this machine or Airflow) | mysql (a server) | managed (Vertex / KFP's)
+    metadata_server: MetadataServerConfig
     example_gen: str      # csv | bigquery
     training: str         # local | vertex (Trainer and Tuner as Vertex AI custom jobs)
     gcp: GcpConfig
@@ -384,8 +397,21 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"evaluator.auc_lower_bound: must be within [0, 1], got {config.evaluator.auc_lower_bound}")
     if config.evaluator.auc_max_drop < 0:
         raise ConfigError(f"evaluator.auc_max_drop: must be >= 0, got {config.evaluator.auc_max_drop}")
-    if config.metadata not in ("sqlite", "managed"):
-        raise ConfigError(f"metadata: must be 'sqlite' or 'managed', got {config.metadata!r}")
+    if config.metadata == "postgresql":
+        # Measured (docs/configuration.md): ML Metadata 1.16 connects and creates its tables, but writes a string
+        # holding a backslash as 'E'...'', which PostgreSQL rejects; TFX's JSON properties hold escaped quotes.
+        raise ConfigError("metadata: postgresql is not supported: ML Metadata 1.16 cannot store a string that holds "
+                          "a backslash on PostgreSQL (a syntax error; the Evaluator's eval_config has one), so a run "
+                          "fails at the Evaluator; use mysql (MySQL or MariaDB)")
+    if config.metadata not in ("sqlite", "mysql", "managed"):
+        raise ConfigError(f"metadata: must be 'sqlite', 'mysql' or 'managed', got {config.metadata!r}")
+    if config.metadata == "mysql":
+        server = config.metadata_server
+        for key in ("host", "database", "user"):
+            if not getattr(server, key):
+                raise ConfigError(f"metadata_server.{key}: required by metadata: {config.metadata}")
+        if not 0 <= server.port <= 65535:
+            raise ConfigError(f"metadata_server.port: must be a port number (0: the server's default), got {server.port}")
     if config.example_gen not in ("csv", "bigquery"):
         raise ConfigError(f"example_gen: must be 'csv' or 'bigquery', got {config.example_gen!r}")
     if config.training not in ("local", "vertex"):
@@ -616,7 +642,8 @@ def load_config(profile: str | None = None, env: Mapping[str, str] | None = None
     typed and validated.
     """
     env = os.environ if env is None else env
-    known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, ENV_SPAN, ENV_DATE, ENV_RUN_REASON, ENV_RUN_LOCK_FD, *ENV_PATHS}
+    known = {ENV_PROFILE, ENV_CONFIG, ENV_ALWAYS_RUN, ENV_IMAGE, ENV_SPAN, ENV_DATE, ENV_RUN_REASON, ENV_RUN_LOCK_FD,
+             ENV_METADATA_PASSWORD, *ENV_PATHS}
     unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
         known = ", ".join(sorted(known))

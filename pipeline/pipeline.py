@@ -5,7 +5,7 @@ from pathlib import Path
 from tfx.components import Evaluator, ExampleValidator, Pusher, StatisticsGen, Transform
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import executor_spec
-from tfx.orchestration import metadata, pipeline
+from tfx.orchestration import pipeline
 from tfx.proto import pusher_pb2
 
 import modules
@@ -14,6 +14,7 @@ from pipeline import baseline, components, drift, evaluation, span_parameter, sp
 from pipeline.config import Config
 from pipeline.fingerprint import files_digest
 from pipeline.gate import DataGate
+from pipeline.metadata import connection_config
 from pipeline.pusher import AtomicPushExecutor
 
 # Module functions by dotted path into the installed package (no module_file upload);
@@ -105,7 +106,6 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
         pipeline_root=config.pipeline_root,
         components=nodes,
         enable_cache=config.enable_cache,
-        metadata_connection_config=(metadata.sqlite_metadata_connection_config(config.metadata_path)
-                                    if config.metadata == "sqlite" else None),
+        metadata_connection_config=connection_config(config) if config.metadata != "managed" else None,
         beam_pipeline_args=config.beam_args,
     )

@@ -92,14 +92,15 @@ def record_why(config, run_id: str, reason: str) -> str:
     as TFX creates it, when the first component has not run yet); returns the Why line, which it prints."""
     from tfx.orchestration import data_types, metadata
 
+    from pipeline.metadata import connection_config
     from runners import why
 
     line = why.why_line(config, reason)
     print(line)
-    if config.metadata != "sqlite":
+    if config.metadata == "managed":
         return line
     info = data_types.PipelineInfo(config.pipeline_name, config.pipeline_root, run_id=run_id)
-    with metadata.Metadata(metadata.sqlite_metadata_connection_config(config.metadata_path)) as handle:
+    with metadata.Metadata(connection_config(config)) as handle:
         _, run_context = handle.register_pipeline_contexts_if_not_exists(info)
         why.write(handle.store, run_context, config, reason)
     print(f"recorded in ML Metadata: context {info.pipeline_run_context_name}: {why.REASON_PROPERTY}={reason}")

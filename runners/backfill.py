@@ -9,7 +9,6 @@ pipeline's context with their `span` custom property, where the window's SpanRan
 A span the gate stops stops the run: nothing is trained on it.
 """
 import dataclasses
-import os
 
 from pipeline import spans
 from pipeline.config import Config
@@ -25,18 +24,16 @@ class BackfillError(RuntimeError):
 def ingested_spans(config: Config) -> set[int]:
     """The spans ExampleGen has written Examples for in this pipeline's ML Metadata and the data gate passed (a span
     the gate stopped is ingested again, and checked again); empty without a store."""
-    if not os.path.exists(config.metadata_path):
+    from pipeline import metadata
+
+    if not metadata.exists(config):
         return set()
-    import ml_metadata as mlmd
     from ml_metadata.proto import metadata_store_pb2
     from tfx.dsl.compiler import constants
 
     from pipeline.window import gated
 
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = mlmd.MetadataStore(connection)
+    store = metadata.open_store(config, readonly=True)
     context = store.get_context_by_type_and_name(constants.NODE_CONTEXT_TYPE_NAME,
                                                  f"{config.pipeline_name}.{EXAMPLE_GEN}")
     if context is None:

@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+from pipeline import metadata
 from pipeline.config import (
     ENV_ALWAYS_RUN,
     ENV_DATE,
@@ -100,7 +101,7 @@ def _unchanged_since_last_run(config: Config, fingerprint: str | None) -> dict |
     except (OSError, ValueError):
         return None
     served = record.get("served_path")
-    if (fingerprint is None or record.get("fingerprint") != fingerprint or not os.path.exists(config.metadata_path)
+    if (fingerprint is None or record.get("fingerprint") != fingerprint or not metadata.exists(config)
             or (served and not os.path.isdir(served))):
         return None
     return record
@@ -184,6 +185,14 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     from runners import why
 
     fingerprint = inputs_fingerprint(config)
+    if metadata.exists(config):
+        # A store that cannot be opened (a server down, a corrupt file) fails here, before TensorFlow is imported,
+        # with one line naming it; opening also creates a server's database and ML Metadata's tables.
+        try:
+            metadata.open_store(config)
+        except metadata.MetadataError as e:
+            print(f"error: {e}; nothing was run or pushed", file=sys.stderr)
+            sys.exit(1)
     record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)
     if record:
         print(f"Unchanged since the run that finished {record['finished']}: same data, schema, code, configuration "
@@ -201,7 +210,7 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     except BackfillError as e:
         print(f"{e}\nThe run stops: nothing is trained or pushed.", file=sys.stderr)
         sys.exit(1)
-    from runners.summary import print_summary
+    from runners.summary import new_run_id, print_summary, run_pipeline
 
     tfx_pipeline = create_pipeline(config)
     progress = _Progress([c.id for c in tfx_pipeline.components])
@@ -213,21 +222,26 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     print(f"tfx-e2e: pipeline '{config.pipeline_name}', profile '{config.profile}', data {config.data_root}"
           + (f", span {config.span}" if config.span else ""))
     print(f"         output {config.output_root}")
-    started = time.time()
+    started, run_id = time.time(), new_run_id()
     error = None
     try:
-        make_runner().run(tfx_pipeline)
+        run_pipeline(make_runner(), tfx_pipeline, run_id)
     except Exception as e:  # the summary below reports which component failed and why
         error = e
     finally:
         absl_logger.removeHandler(progress)
         absl_logger.propagate = True
     try:
-        why.record(config, started, reason)
+        why.record(config, run_id, reason)
     except Exception as e:  # the run's outcome stands; say what could not be recorded
         print(f"warning: could not record why the run ran in ML Metadata: {e}", file=sys.stderr)
     text = io.StringIO()
-    outcome = print_summary(config, tfx_pipeline, started, error, out=text)
+    try:
+        outcome = print_summary(config, tfx_pipeline, started, error, run_id, out=text)
+    except metadata.MetadataError as e:  # the store went away during the run
+        print(f"error: {e}; the run's outcome cannot be read"
+              + (f" (it failed: {type(error).__name__}: {error})" if error else ""), file=sys.stderr)
+        sys.exit(1)
     summary_lines = text.getvalue().split("\n")
     rules = [i for i, line in enumerate(summary_lines) if line == "=" * 72]
     summary_lines.insert(rules[1] + 1 if len(rules) > 1 else 0, why.why_line(config, reason))

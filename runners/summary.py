@@ -1,8 +1,10 @@
 """The end-of-run summary, read back from ML Metadata: each component's status and duration,
 anomalies, metrics against thresholds with the blessing decision, and what was pushed."""
 import collections
+import datetime
 import sys
 import time
+import uuid
 from typing import NamedTuple
 
 import ml_metadata as mlmd
@@ -12,6 +14,7 @@ from tfx.types import artifact_utils
 
 import reports
 from pipeline import drift, evaluation, gate
+from pipeline import metadata as metadata_store
 from pipeline.config import Config
 from pipeline.pusher import ALREADY_SERVED
 from reports.html import write_evaluation, write_statistics
@@ -34,23 +37,42 @@ class NodeRun(NamedTuple):
 
 
 def open_store(config: Config) -> mlmd.MetadataStore:
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return mlmd.MetadataStore(connection)
+    return metadata_store.open_store(config, readonly=True)
 
 
-def latest_run(store: mlmd.MetadataStore, config: Config, since: float = 0.0) -> dict[str, NodeRun]:
-    """node id -> NodeRun for the newest pipeline run of this pipeline started after `since` (epoch seconds)."""
+def new_run_id() -> str:
+    """A pipeline run id no other run has, on any machine sharing the store: LocalDagRunner's (the start time),
+    made unique."""
+    return f"{datetime.datetime.now().isoformat()}-{uuid.uuid4().hex[:8]}"
+
+
+def run_pipeline(runner, tfx_pipeline, run_id: str) -> None:
+    """Runs `tfx_pipeline` with `runner` (LocalDagRunner, BeamDagRunner) as the pipeline run `run_id`: the name of
+    its `pipeline_run` context in ML Metadata, where the summary finds this run and no other one. The runner
+    would otherwise name the run by the time it starts, unknown here, and runs sharing a store (a database
+    server) could not tell theirs apart."""
+    from tfx.orchestration.portable import runtime_parameter_utils, tfx_runner
+
+    ir = tfx_runner._make_pipeline_proto(tfx_pipeline)  # what runner.run() compiles
+    runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
+    runner.run_with_ir(ir)
+
+
+def latest_run(store: mlmd.MetadataStore, config: Config, run_id: str | None = None) -> dict[str, NodeRun]:
+    """node id -> NodeRun for the pipeline run `run_id` (its `pipeline_run` context's name), else for this
+    pipeline's newest run; {} when there is none."""
     node_prefix = f"{config.pipeline_name}."
     node_contexts = {c.id: c.name[len(node_prefix):]
                      for c in store.get_contexts_by_type(constants.NODE_CONTEXT_TYPE_NAME)
                      if c.name.startswith(node_prefix)}
-    runs = [c for c in store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME)
-            if c.create_time_since_epoch >= since * 1000 - 1000]
-    if not runs:
+    if run_id is not None:
+        run = store.get_context_by_type_and_name(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, run_id)
+    else:
+        pipeline = store.get_context_by_type_and_name(constants.PIPELINE_CONTEXT_TYPE_NAME, config.pipeline_name)
+        runs = store.get_children_contexts_by_context(pipeline.id) if pipeline else []
+        run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id), default=None)
+    if run is None:
         return {}
-    run = max(runs, key=lambda c: c.create_time_since_epoch)
     executions = store.get_executions_by_context(run.id)
     nodes = {}
     for execution in executions:
@@ -147,17 +169,17 @@ class Outcome(NamedTuple):
     served_path: str | None  # the version directory serving this run's model, if any
 
 
-def print_summary(config: Config, tfx_pipeline, started: float, error: BaseException | None,
+def print_summary(config: Config, tfx_pipeline, started: float, error: BaseException | None, run_id: str,
                   out=sys.stdout) -> Outcome:
-    """Prints the summary of the run that started at `started` (epoch seconds)."""
+    """Prints the summary of the pipeline run `run_id`, which started at `started` (epoch seconds)."""
     store = open_store(config)
-    nodes = latest_run(store, config, since=started)
+    nodes = latest_run(store, config, run_id)
 
     def p(*parts):
         print(*parts, file=out)
 
     p("\n" + "=" * 72)
-    p(f"Run summary: pipeline '{config.pipeline_name}', profile '{config.profile}', "
+    p(f"Run summary: pipeline '{config.pipeline_name}', profile '{config.profile}', run {run_id}, "
       f"{time.time() - started:.1f} s")
     p("=" * 72)
     for component in tfx_pipeline.components:

@@ -69,15 +69,13 @@ def save_state(config: Config, state: dict) -> None:
 def done_spans(config: Config) -> set[int]:
     """The spans that a completed run read (ExampleGen's Examples `span` property, in a pipeline run whose last
     node completed), from ML Metadata; empty when there is no store yet."""
-    if config.metadata != "sqlite" or not os.path.exists(config.metadata_path):
+    from pipeline import metadata
+
+    if not metadata.exists(config):
         return set()
-    import ml_metadata as mlmd
     from ml_metadata.proto import metadata_store_pb2
 
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = mlmd.MetadataStore(connection)
+    store = metadata.open_store(config, readonly=True)
 
     def node_executions(node: str) -> dict[int, metadata_store_pb2.Execution]:
         context = store.get_context_by_type_and_name("node", f"{config.pipeline_name}.{node}")

@@ -50,41 +50,17 @@ def why_line(config: Config, reason: str) -> str:
     return f"Why: {REASONS.get(reason, reason)} ({where})"
 
 
-def _store(config: Config):
-    import ml_metadata as mlmd
-    from ml_metadata.proto import metadata_store_pb2
-
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    return mlmd.MetadataStore(connection)
-
-
-def run_context(store, config: Config, since: float):
-    """The `pipeline_run` context of this pipeline's newest run created after `since` (epoch seconds), or None."""
+def record(config: Config, run_id: str, reason: str) -> bool:
+    """Writes the reason and the spans into the `pipeline_run` context of the run `run_id`; False when there is
+    none (the orchestrator never started)."""
     from tfx.dsl.compiler import constants
 
-    pipelines = store.get_contexts_by_type(constants.PIPELINE_CONTEXT_TYPE_NAME)
-    pipeline_ids = {c.id for c in pipelines if c.name == config.pipeline_name}
-    runs = []
-    for context in store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME):
-        if context.create_time_since_epoch < since * 1000 - 1000:
-            continue
-        parents = store.get_parent_contexts_by_context(context.id)
-        if not parents or pipeline_ids & {p.id for p in parents}:
-            runs.append(context)
-    return max(runs, key=lambda c: c.create_time_since_epoch) if runs else None
+    from pipeline import metadata
 
-
-def record(config: Config, since: float, reason: str) -> bool:
-    """Writes the reason and the spans into the run context of the run that started at `since`; False when there
-    is none (the orchestrator never started)."""
-    import os
-
-    if config.metadata != "sqlite" or not os.path.exists(config.metadata_path):
+    if not metadata.exists(config):
         return False
-    store = _store(config)
-    context = run_context(store, config, since)
+    store = metadata.open_store(config)
+    context = store.get_context_by_type_and_name(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, run_id)
     if context is None:
         return False
     write(store, context, config, reason)
