@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve rollout predict serving-config bench-pipeline bench-serving monitor bench-monitor
+.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve rollout predict serving-config bench-pipeline bench-serving monitor bench-monitor prune
 
 setup: $(STAMP)
 
@@ -112,6 +112,12 @@ serving-config: setup
 # (docs/monitoring.md): reports under <output_root>/monitoring/<model>/; exit 3 on an alert (ARGS="--logs PATH").
 monitor: setup
 	$(PY) -m monitoring.monitor $(ARGS)
+
+# Retention (pipeline/retention.py): pushed versions beyond retention.keep_versions and the artifacts of runs older
+# than the newest retention.keep_runs (marked DELETED in ML Metadata); a successful run does it too.
+# ARGS=--dry-run prints what would go.
+prune: setup
+	$(PY) -m pipeline.retention $(ARGS)
 
 bench-monitor: setup
 	$(PY) bench/bench_monitor.py

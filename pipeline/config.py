@@ -237,6 +237,13 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """What a successful run and `make prune` remove (pipeline/retention.py); 0 keeps everything."""
+    keep_versions: int    # pushed versions kept; stable, canary and the version serving always stay
+    keep_runs: int        # pipeline runs whose artifacts are kept; what a kept version or the next run needs stays
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     pipeline_name: str
@@ -263,6 +270,7 @@ class Config:
     rollout: RolloutConfig
     continuous: ContinuousConfig
     monitoring: MonitoringConfig
+    retention: RetentionConfig
     # The span this run reads: from --span/--date (TFX_E2E_SPAN/TFX_E2E_DATE); None = the newest complete span,
     # which runners.harness.run resolves before the pipeline is built (resolve_span). 0 = a flat data root.
     span: int | None = None
@@ -440,6 +448,9 @@ def _validate(config: Config) -> None:
     _validate_rollout(config.rollout)
     _validate_continuous(config)
     _validate_monitoring(config.monitoring)
+    for key in ("keep_versions", "keep_runs"):
+        if getattr(config.retention, key) < 0:
+            raise ConfigError(f"retention.{key}: must be >= 0 (0 keeps all), got {getattr(config.retention, key)}")
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
 

@@ -249,6 +249,10 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     print(text.getvalue(), end="")
     if outcome.ok and fingerprint:
         _write_record(config, fingerprint, text.getvalue(), outcome.served_path)
+    if outcome.ok:
+        from pipeline.retention import prune_after_run
+
+        prune_after_run(config)  # retention.keep_versions / keep_runs, under this run's lock
     if error is not None and gate_error_of(error) is None:
         # The whole chain: Beam and TFX wrap the error that matters.
         print("\n" + "".join(traceback.format_exception(error)), file=sys.stderr)
