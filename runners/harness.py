@@ -215,7 +215,11 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     tfx_pipeline = create_pipeline(config)
     progress = _Progress([c.id for c in tfx_pipeline.components])
     absl_logger = logging.getLogger("absl")
-    absl_logger.setLevel(logging.INFO)
+    # Through absl's verbosity, not the logger's level: TensorFlow saving a SavedModel sets the verbosity to FATAL
+    # and back to what absl.logging.get_verbosity() said, which would end the progress lines at Transform.
+    import absl.logging
+    verbosity = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.INFO)
     absl_logger.addHandler(progress)
     # TFX logs every step at INFO; the progress handler shows what a person follows.
     absl_logger.propagate = False
@@ -231,6 +235,7 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     finally:
         absl_logger.removeHandler(progress)
         absl_logger.propagate = True
+        absl.logging.set_verbosity(verbosity)
     try:
         why.record(config, run_id, reason)
     except Exception as e:  # the run's outcome stands; say what could not be recorded
