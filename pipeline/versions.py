@@ -109,15 +109,18 @@ class _BaseLock:
     machine pick their version numbers one after the other."""
 
     def __init__(self, base_directory: str):
+        self.path = base_directory
         self.fd = os.open(base_directory, os.O_RDONLY | os.O_DIRECTORY)
 
     def __enter__(self):
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without flock (some network volumes): the rename check still holds
+            logging.warning("No flock on %s (%s); relying on rename never replacing a version.", self.path, e)
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        os.close(self.fd)  # releases the flock
 
 
 def _make_base(base_directory: str) -> None:

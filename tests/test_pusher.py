@@ -226,3 +226,12 @@ def test_every_file_and_directory_is_fsynced_before_the_rename_and_the_base_afte
     assert sorted(os.path.relpath(path, tmp) for _, path in before) == [
         ".", "saved_model.pb", "variables", os.path.join("variables", "variables.index")]
     assert events[renamed:] == [("rename", final), ("dir", base)]
+
+
+def test_a_file_system_without_flock_still_pushes(tmp_path, monkeypatch):
+    def no_flock(fd, operation):
+        raise OSError(37, "No locks available")
+    monkeypatch.setattr(versions.fcntl, "flock", no_flock)
+    base = str(tmp_path / "serving")
+    version = pusher.push_atomically(_model(str(tmp_path / "model")), base)
+    assert os.listdir(base) == [str(version)]
