@@ -18,7 +18,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from pipeline.versions import (  # noqa: F401 - the push's file-system side, used from here by its callers
+from pipeline.versions import (  # noqa: F401 - the push's file-system side, also imported from here
     PRUNE_PREFIX,
     TMP_PREFIX,
     clean_leftovers,
@@ -53,6 +53,7 @@ class AtomicPushExecutor(tfx_pusher.Executor):
             return
         model_path = self.GetModelPath(input_dict)
 
+        clean_leftovers(base)  # what killed pushes left, also when nothing is copied this time
         identical = identical_versions(base, model_path)
         rejected = set(identical) & rejected_versions(base)
         if rejected:

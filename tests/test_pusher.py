@@ -120,11 +120,12 @@ def test_a_canary_rollback_to_the_stable_model_is_not_pushed_again(tmp_path):
     b = pusher.push_atomically(_model(str(tmp_path / "b"), b"model of B"), base)
     write_record(base, RolloutRecord(stable=a, rejected={str(b): {"time": "t", "reason": "errors"}}))
     assert pusher.serving_version(base) == a
+    os.mkdir(os.path.join(base, f".tmp-1700000000-{_dead_pid()}"))  # a push killed mid-copy
     pushed = _push_through_executor(tmp_path, _model(str(tmp_path / "run" / "Format-Serving"), b"model of A"),
                                     base, "again")
     assert pushed.get_int_custom_property(pusher.ALREADY_SERVED) == 1
     assert pushed.get_string_custom_property("pushed_version") == str(a)
-    assert pusher.served_versions(base) == [a, b]
+    assert sorted(os.listdir(base)) == sorted([str(a), str(b), "rollout.json"])  # leftover gone too
 
 
 def _dead_pid() -> int:
