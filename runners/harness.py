@@ -164,25 +164,26 @@ def run(make_runner, default_profile: str, argv=()) -> None:
         # The data a run needs is not there (yet): nothing runs and nothing is pushed.
         print(f"error: data: {e}; nothing was run or pushed", file=sys.stderr)
         sys.exit(1)
-    from runners import runlock, why
+    from runners import recovery, runlock, why
     reason = env.get(ENV_RUN_REASON) or why.DEFAULT_REASON
     if reason not in why.REASONS:
         print(f"error: configuration: {ENV_RUN_REASON}: expected one of {', '.join(why.REASONS)}, got {reason!r}",
               file=sys.stderr)
         sys.exit(2)
-    # One run at a time per output root (runners/runlock.py); a second one is refused, not queued.
-    try:
-        lock = runlock.acquire_run_lock(config, span=config.span, reason=reason, by=" ".join(["run", *argv]))
-    except runlock.LockHeld as e:
-        print(f"error: another run is in progress on this output root: {e}; nothing was run. Try again when it has "
-              "finished (a killed run releases the lock at once).", file=sys.stderr)
-        sys.exit(1)
-    with lock:
-        _run_locked(make_runner, config, reason)
+    with recovery.stop_when_disk_full(config):  # one line, not a traceback, wherever the disk fills up
+        # One run at a time per output root (runners/runlock.py); a second one is refused, not queued.
+        try:
+            lock = runlock.acquire_run_lock(config, span=config.span, reason=reason, by=" ".join(["run", *argv]))
+        except runlock.LockHeld as e:
+            print(f"error: another run is in progress on this output root: {e}; nothing was run. Try again when it "
+                  "has finished (a killed run releases the lock at once).", file=sys.stderr)
+            sys.exit(1)
+        with lock:
+            _run_locked(make_runner, config, reason)
 
 
 def _run_locked(make_runner, config: Config, reason: str) -> None:
-    from runners import why
+    from runners import recovery, why
 
     fingerprint = inputs_fingerprint(config)
     if metadata.exists(config):
@@ -193,6 +194,7 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
         except metadata.MetadataError as e:
             print(f"error: {e}; nothing was run or pushed", file=sys.stderr)
             sys.exit(1)
+    recovery.recover(config)  # what a run that died left: unfinished executions in ML Metadata, partial outputs, pushes
     record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)
     if record:
         print(f"Unchanged since the run that finished {record['finished']}: same data, schema, code, configuration "
@@ -259,6 +261,7 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
 
         prune_after_run(config)  # retention.keep_versions / keep_runs, under this run's lock
     if error is not None and gate_error_of(error) is None:
+        recovery.exit_if_disk_full(config, error)
         # The whole chain: Beam and TFX wrap the error that matters.
         print("\n" + "".join(traceback.format_exception(error)), file=sys.stderr)
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
