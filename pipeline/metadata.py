@@ -6,6 +6,7 @@ keeps it in MySQL and Composer's workers need one store. Every place that opens 
 The server's password comes only from $TFX_E2E_METADATA_PASSWORD: it is in no file, and the errors here name the
 host, port, database and user, never the password. ML Metadata creates the database and its tables when missing.
 """
+import logging
 import os
 import random
 import socket
@@ -17,6 +18,26 @@ MYSQL_PORT = 3306
 # Runs that open a new, empty database at once race to create ML Metadata's tables; the losers are told to retry.
 _OPEN_ATTEMPTS = 6
 _RACE = "concurrent connection"
+
+
+class _Redact(logging.Filter):
+    """Masks the password in log records: TFX's runners log their connection config (password included) at INFO."""
+
+    def __init__(self, secret: str):
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = message.replace(self.secret, "****"), None
+        return True
+
+
+def _redact(secret: str) -> None:
+    absl_logger = logging.getLogger("absl")  # absl.logging's records, TFX's included, are logged here
+    if secret and not any(isinstance(f, _Redact) and f.secret == secret for f in absl_logger.filters):
+        absl_logger.addFilter(_Redact(secret))
 
 
 class MetadataError(RuntimeError):
@@ -52,6 +73,7 @@ def connection_config(config: Config, readonly: bool = False):
         connection.mysql.database = server.database
         connection.mysql.user = server.user
         connection.mysql.password = os.environ.get(ENV_METADATA_PASSWORD, "")
+        _redact(connection.mysql.password)
     elif config.metadata == "sqlite":
         if not readonly:  # SQLite creates the file, not its folder (TFX's sqlite_metadata_connection_config does too)
             os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)

@@ -8,6 +8,7 @@ both runs complete, and an unchanged re-run is a cache hit in every component. T
 store that cannot be opened (a closed port, a file that is not SQLite) stops the run at once with one line naming
 it, and the summary and the `why` record find their own run in a store that holds another, newer one.
 """
+import logging
 import os
 import re
 import socket
@@ -58,7 +59,7 @@ def _closed_port() -> int:
 # --- configuration --------------------------------------------------------------------------------------------
 
 
-def test_a_server_needs_its_user_and_takes_the_password_only_from_the_environment(tmp_path, monkeypatch):
+def test_a_server_needs_its_user_and_takes_the_password_only_from_the_environment(tmp_path, monkeypatch, caplog):
     env = {"TFX_E2E_OUTPUT_ROOT": str(tmp_path), "TFX_E2E_DATA_ROOT": str(SMALL_DATA)}
     (tmp_path / "nouser.yaml").write_text("metadata: mysql\n")
     with pytest.raises(ConfigError, match=r"metadata_server.user: required by metadata: mysql"):
@@ -82,6 +83,9 @@ def test_a_server_needs_its_user_and_takes_the_password_only_from_the_environmen
     assert (server.host, server.port, server.database, server.user, server.password) == (
         "127.0.0.1", 3306, "mlmd", "tfx", "s3cret-pw")
     assert metadata.describe(config) == "MySQL database 'mlmd' on 127.0.0.1:3306 (user 'tfx')"
+    # TFX's runners log their connection config (LocalDagRunner at INFO): the password is masked.
+    logging.getLogger("absl").warning("Using connection config:\n %s", metadata.connection_config(config).mysql)
+    assert 'password: "****"' in caplog.text and "s3cret-pw" not in caplog.text
 
 
 # --- a store that cannot be opened ----------------------------------------------------------------------------
