@@ -20,7 +20,10 @@ dead pushes, pipeline/versions.py).
 
 Only with the SQLite store (metadata: sqlite): it lives under the output root the run lock covers, so no other run
 can be running there. A database server is shared with runs on other output roots and machines the lock does not
-reach: a RUNNING execution there may be alive, so it is left as it is (it blocks nothing, see above).
+reach: a RUNNING execution there may be alive, so it is left as it is (it blocks nothing, see above). Only the
+executions of TFX's portable orchestrator (LocalDagRunner, BeamDagRunner: those with a `node` context), which
+runners.harness runs under the lock; Airflow's tasks take no run lock, so an Airflow deployment must not share
+an output root with runs started here.
 
 A full disk (disk_full, stop_when_disk_full): the run stops with exit status 1 and one line naming the file being
 written and the output root's free space, not the traceback TFX, Beam or SQLite wrap it in.
@@ -78,11 +81,16 @@ def _recover_store(config: Config) -> tuple[list[tuple[str, int]], list[str]]:
     prefix = f"{config.pipeline_name}."
     nodes = {c.id: c.name[len(prefix):] for c in store.get_contexts_by_type(constants.NODE_CONTEXT_TYPE_NAME)
              if c.name.startswith(prefix)}
-    unfinished = [e for e in store.get_executions_by_context(pipeline.id)
-                  if e.last_known_state not in (state.COMPLETE, state.CACHED)]
+    unfinished = {}  # execution id -> (node, execution)
+    for execution in store.get_executions_by_context(pipeline.id):
+        if execution.last_known_state in (state.COMPLETE, state.CACHED):
+            continue
+        node = next((nodes[c.id] for c in store.get_contexts_by_execution(execution.id) if c.id in nodes), None)
+        if node is not None:  # TFX's portable orchestrator (the runs the lock covers), not Airflow's launcher
+            unfinished[execution.id] = (node, execution)
     abandoned = []
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    for execution in unfinished:
+    for _, execution in unfinished.values():
         if execution.last_known_state in (state.NEW, state.RUNNING, state.UNKNOWN):
             execution.last_known_state = state.CANCELED
             execution.custom_properties[ABANDONED].string_value = (
@@ -91,29 +99,28 @@ def _recover_store(config: Config) -> tuple[list[tuple[str, int]], list[str]]:
             abandoned.append(execution)
     if abandoned:
         store.put_executions(abandoned)
-    node_of = {}
-    for execution in unfinished:
-        node_of[execution.id] = next((nodes[c.id] for c in store.get_contexts_by_execution(execution.id)
-                                      if c.id in nodes), None)
-    removed = [] if is_uri(config.pipeline_root) else _remove_leftovers(store, config, pipeline.id, node_of)
-    return [(node_of[e.id] or "?", e.id) for e in abandoned], removed
+    node_of = {i: node for i, (node, _) in unfinished.items()}
+    removed = ([] if is_uri(config.pipeline_root)
+               else _remove_leftovers(store, config, pipeline.id, node_of, set(nodes.values())))
+    return [(node_of[e.id], e.id) for e in abandoned], removed
 
 
-def _remove_leftovers(store, config: Config, pipeline_id: int, node_of: dict[int, str | None]) -> list[str]:
-    """Removes the directories of the executions in `node_of` (none that an artifact points into) and every
-    stateful working directory of the pipeline's nodes (TFX removes one when its execution succeeds; under the
-    run lock none is in use)."""
+def _remove_leftovers(store, config: Config, pipeline_id: int, node_of: dict[int, str], nodes: set[str]
+                      ) -> list[str]:
+    """Removes the directories of the executions in `node_of` (execution id -> node; none that an artifact points
+    into) and every stateful working directory of the `nodes` (TFX removes one when its execution succeeds; under
+    the run lock none is in use)."""
     candidates = []
     for execution_id, node in node_of.items():
-        node_dir = os.path.join(config.pipeline_root, node or "")
-        if not node or not os.path.isdir(node_dir):
+        node_dir = os.path.join(config.pipeline_root, node)
+        if not os.path.isdir(node_dir):
             continue
         candidates += [os.path.join(node_dir, name, str(execution_id)) for name in os.listdir(node_dir)
                        if name != ".system"]
         candidates.append(os.path.join(node_dir, ".system", "executor_execution", str(execution_id)))
-    for node in set(node_of.values()) | _node_dirs(config):
-        working = os.path.join(config.pipeline_root, node or "", ".system", "stateful_working_dir")
-        if node and os.path.isdir(working):
+    for node in nodes:
+        working = os.path.join(config.pipeline_root, node, ".system", "stateful_working_dir")
+        if os.path.isdir(working):
             candidates += [os.path.join(working, name) for name in os.listdir(working)]
     uris = [os.path.normpath(a.uri) for a in store.get_artifacts_by_context(pipeline_id) if a.uri]
     removed = []
@@ -126,13 +133,6 @@ def _remove_leftovers(store, config: Config, pipeline_id: int, node_of: dict[int
             os.remove(path)
         removed.append(os.path.relpath(path, config.output_root))
     return removed
-
-
-def _node_dirs(config: Config) -> set[str]:
-    try:
-        return {n for n in os.listdir(config.pipeline_root) if os.path.isdir(os.path.join(config.pipeline_root, n))}
-    except FileNotFoundError:
-        return set()
 
 
 # How a full disk reads once TensorFlow, Beam or SQLite have wrapped the OS's error.

@@ -117,6 +117,18 @@ def test_recovery_keeps_a_directory_an_artifact_points_into(tmp_path):
     assert os.path.isdir(kept)
 
 
+def test_recovery_leaves_executions_of_airflows_launcher_alone(tmp_path):
+    config = sqlite_config(tmp_path)
+    store, _ = store_with(config, {})
+    # TFX's Airflow launcher files an execution under `pipeline`, `run` and `component_run` contexts, no `node`.
+    pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+    running = metadata_store_pb2.Execution(last_known_state=State.RUNNING, type_id=store.put_execution_type(
+        metadata_store_pb2.ExecutionType(name="Trainer")))
+    execution_id, _, _ = store.put_execution(running, [], [pipeline])
+    assert recovery.recover(config) == ([], [])
+    assert store.get_executions_by_id([execution_id])[0].last_known_state == State.RUNNING
+
+
 def test_recovery_leaves_a_shared_database_server_alone(tmp_path):
     config = dataclasses.replace(sqlite_config(tmp_path), metadata="mysql")
     assert recovery.recover(config) == ([], [])  # no connection attempted: a RUNNING execution there may be alive
