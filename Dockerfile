@@ -28,6 +28,7 @@ COPY runners runners
 COPY reports reports
 COPY serving serving
 COPY monitoring monitoring
+COPY registry registry
 COPY schema schema
 # Editable, as `make setup` does: the package is /pipeline itself, so REPO_ROOT is /pipeline in the image.
 RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation -e . \

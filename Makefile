@@ -119,6 +119,19 @@ monitor: setup
 prune: setup
 	$(PY) -m pipeline.retention $(ARGS)
 
+# The model registry (docs/registry.md): every pushed version, newest first, with its run and why, spans,
+# hyperparameters, metrics against its baseline, blessing, serving and monitoring state; JSON=1 for JSON.
+.PHONY: models lineage
+models: setup
+	$(PY) -m registry.models $(if $(JSON),--json) $(ARGS)
+
+# Lineage from ML Metadata: make lineage VERSION=<v> (back to the input files and their digests), SPAN=<n> or
+# FILE=<path> (forward to every model trained or evaluated on it, pushed and served or not); JSON=1 for JSON.
+lineage: setup
+	@[ -n "$(VERSION)$(SPAN)$(FILE)" ] || { echo "error: lineage: VERSION=<v>, SPAN=<n> or FILE=<path> is required, e.g. make lineage VERSION=1796014457" >&2; exit 2; }
+	$(PY) -m registry.lineage $(if $(VERSION),--version $(VERSION)) $(if $(SPAN),--span $(SPAN)) \
+	  $(if $(FILE),--file $(FILE)) $(if $(JSON),--json) $(ARGS)
+
 bench-monitor: setup
 	$(PY) bench/bench_monitor.py
 
