@@ -63,6 +63,9 @@ class AtomicPushExecutor(tfx_pusher.Executor):
                          max(rejected))
             self._MarkNotPushed(model_push)
             return
+        # The artifact's own copy first, as TFX's Pusher does: if it fails (a full disk), nothing new serves
+        # while the execution fails with no PushedModel for the baseline and retention to follow.
+        io_utils.copy_dir(model_path, model_push.uri)
         serving = serving_version(base)
         if serving in identical:
             logging.info("Model already served as version %d in %s; not pushing a duplicate.", serving, base)
@@ -74,6 +77,5 @@ class AtomicPushExecutor(tfx_pusher.Executor):
             version = push_atomically(model_path, base)
             logging.info("Model pushed atomically to %s%s.", os.path.join(base, str(version)),
                          f" (identical to older version {identical[-1]})" if identical else "")
-        io_utils.copy_dir(model_path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=os.path.join(base, str(version)),
                          pushed_version=str(version))

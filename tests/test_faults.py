@@ -428,10 +428,11 @@ def test_a_full_disk_stops_the_run_with_one_line_and_pushes_nothing(tmp_path, sm
     assert_served(base, previous)
     (small_disk / "filler").unlink()
 
-    # Full as the Pusher starts, with half the model's size left: the copy into .tmp-* fails half-way.
+    # Full as the Pusher starts, with one and a half times the model's size left: the PushedModel artifact's copy
+    # (made first, as TFX's Pusher does) fits, the copy into .tmp-* fails half-way.
     child = spawn(runner)
     child.wait_started("Pusher")
-    fill(child, small_disk, leave=model_bytes(config) // 2)
+    fill(child, small_disk, leave=model_bytes(config) * 3 // 2)
     assert f"writing {base}/{versions.TMP_PREFIX}" in disk_full_line(child, config)
     *_, last = runs(config)
     assert last["Trainer"].last_known_state == State.COMPLETE
