@@ -185,7 +185,6 @@ def run(make_runner, default_profile: str, argv=()) -> None:
 def _run_locked(make_runner, config: Config, reason: str) -> None:
     from runners import recovery, why
 
-    fingerprint = inputs_fingerprint(config)
     if metadata.exists(config):
         # A store that cannot be opened (a server down, a corrupt file) fails here, before TensorFlow is imported,
         # with one line naming it; opening also creates a server's database and ML Metadata's tables.
@@ -195,6 +194,7 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
             print(f"error: {e}; nothing was run or pushed", file=sys.stderr)
             sys.exit(1)
     recovery.recover(config)  # what a run that died left: unfinished executions in ML Metadata, partial outputs, pushes
+    fingerprint = inputs_fingerprint(config)
     record = None if os.environ.get(ENV_ALWAYS_RUN) == "1" else _unchanged_since_last_run(config, fingerprint)
     if record:
         print(f"Unchanged since the run that finished {record['finished']}: same data, schema, code, configuration "
