@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import math
 import os
 import sys
 
@@ -110,8 +111,8 @@ def monitoring_status(config: Config) -> dict[int, dict]:
         for version, info in window.get("versions", {}).items():
             if not version.isdigit() or int(version) in found:
                 continue
-            alerts = [f"{f['check']}: {f['feature']} {f['measure']} {f['value']:.3f} > {f['threshold']:g}"
-                      for f in info.get("skew", []) + info.get("score", []) if f.get("alert")]
+            alerts = [f"{f.get('check')}: {f.get('feature')} {f.get('measure')} {f.get('value', 0):.3f} > "
+                      f"{f.get('threshold', 0):g}" for f in info.get("skew", []) + info.get("score", []) if f.get("alert")]
             found[int(version)] = {
                 "window": window.get("window", {}).get("start"), "requests": info.get("requests"),
                 "status": "ALERT" if alerts else window.get("status"), "window_status": window.get("status"),
@@ -139,10 +140,15 @@ def evaluation_of(config: Config, graph: g.Graph, push: g.Push) -> dict:
     except Exception as e:  # noqa: BLE001 - a deleted or unreadable evaluation: the rest of the record stands
         result["failures"].append(f"evaluation not readable at {graph.artifacts[evaluation].uri}: {e}")
         return result
-    result.update(metrics=report.metrics, baseline_metrics=report.baseline_metrics,
+    result.update(metrics=_finite(report.metrics), baseline_metrics=_finite(report.baseline_metrics),
                   checks=[{"check": c.description, "passed": c.passed} for c in report.checks],
                   failures=list(report.failures))
     return result
+
+
+def _finite(metrics: dict) -> dict:
+    """NaN and infinities as null: JSON has no such numbers (TFMA gives NaN for a metric a slice cannot have)."""
+    return {k: v if math.isfinite(v) else None for k, v in metrics.items()}
 
 
 def hyperparameters_of(graph: g.Graph, trainer: g.Step | None) -> tuple[dict, str]:

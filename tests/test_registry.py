@@ -214,3 +214,9 @@ def test_lineage_forward_from_a_span_or_a_file_reaches_the_version(span_pipeline
     code, _, err = _run(lineage.main, ["--file", str(span_pipeline.root / "data" / "span-3" / "data.csv")],
                         span_pipeline, monkeypatch, capsys)
     assert code == 1 and "no ExampleGen execution read it" in err
+
+
+def test_metrics_json_has_no_nan():
+    """TFMA gives NaN for a metric a slice cannot have; the JSON says null (NaN is no JSON number)."""
+    assert models._finite({"auc": float("nan"), "recall": 0.5, "calibration": float("inf")}) == {
+        "auc": None, "recall": 0.5, "calibration": None}
