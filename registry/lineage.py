@@ -62,12 +62,15 @@ def input_files(step: g.Step) -> dict:
     """ExampleGen's input now: each file its patterns match (bytes, SHA-256 of its content), and the digest of
     them all the way CsvExampleGen's driver takes it (pipeline/example_gen_driver.py: each file's
     `<split>/<path under input_base>` and bytes, NUL-separated, in glob order), to compare with the one recorded."""
+    from pipeline.components import example_gen_files
+
     base = g.prop(step.execution, "input_base") or ""
     files, digest = [], hashlib.sha256()
     for split, pattern in _splits(step):
-        for path in sorted(glob.glob(os.path.join(base, pattern), include_hidden=True)):
-            if os.path.isdir(path):
-                continue
+        folder, name = os.path.split(pattern)
+        # The file names as tf.io.gfile.glob matches them (a leading dot too): pipeline/components.py.
+        folders = sorted(glob.glob(os.path.join(base, folder))) if folder else [base]
+        for path in [p for d in folders if os.path.isdir(d) for p in example_gen_files(d, name)]:
             digest.update(f"{split}/{os.path.relpath(path, base)}".encode() + b"\0")
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
