@@ -59,8 +59,8 @@ def test_every_copied_path_exists():
     assert {"requirements/image-lock.txt", "requirements/tfx.txt", "setup.py", "pipeline", "modules",
             "schema"} <= set(sources)
     # Every package setup.py installs is in the image (the editable install there finds it in /pipeline).
-    packages = re.search(r"find_packages\(include=\[(.*?)\]", (REPO / "setup.py").read_text()).group(1)
-    assert {p.strip(' "*') for p in packages.split(",")} <= set(sources)
+    packages = re.search(r"find_packages\(include=\[(.*?)\]", (REPO / "setup.py").read_text(), re.S).group(1)
+    assert {p.strip(' "*\n') for p in packages.split(",")} <= set(sources)
     for source in sources:
         assert (REPO / source).exists(), source
     # What the vertex profile reads inside the image is copied to that path.
