@@ -45,17 +45,22 @@ def _record_run(config):
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     open(config.metadata_path, "a").close()  # the store the recorded run wrote
     harness._write_record(config, harness.inputs_fingerprint(config), "summary", None)
-    assert _shortcut_taken(config)
 
 
-@pytest.mark.parametrize("name", ["new.CSV", "part-00001", ".late"])
-def test_a_file_example_gen_reads_under_any_name_is_a_new_input(tmp_path, name):
+def _recorded_flat_root(tmp_path):
+    """A flat data root of 40 rows and the record of a successful run on it: (data root, config, fingerprint)."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "data.csv").write_text("".join(ROWS[:41]))
     config = _config(tmp_path, data)
     _record_run(config)
-    before = harness.inputs_fingerprint(config)
+    return data, config, harness.inputs_fingerprint(config)
+    assert _shortcut_taken(config)
+
+
+@pytest.mark.parametrize("name", ["new.CSV", "part-00001", ".late"])
+def test_a_file_example_gen_reads_under_any_name_is_a_new_input(tmp_path, name):
+    data, config, before = _recorded_flat_root(tmp_path)
     (data / name).write_text("".join(ROWS[:1] + ROWS[41:61]))
     assert str(data / name) in harness.spans_read_files(config)
     assert harness.inputs_fingerprint(config) != before
@@ -63,12 +68,7 @@ def test_a_file_example_gen_reads_under_any_name_is_a_new_input(tmp_path, name):
 
 
 def test_a_same_size_edit_that_keeps_the_mtime_is_a_new_input(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "data.csv").write_text("".join(ROWS[:41]))
-    config = _config(tmp_path, data)
-    _record_run(config)
-    before = harness.inputs_fingerprint(config)
+    data, config, before = _recorded_flat_root(tmp_path)
     _same_size_edit(data / "data.csv")  # in place, os.utime back
     edited = harness.inputs_fingerprint(config)
     assert edited != before
