@@ -93,8 +93,8 @@ class PreprocessingTest(tft_unit.TransformTestCase):
                 for i in range(100)]
 
         def buckets_fn(inputs):
-            return {"pickup_latitude_xf": preprocessing_fn(inputs)["pickup_latitude_xf"],
-                    "fare_bucket_xf": preprocessing_fn(inputs)["fare_bucket_xf"]}
+            outputs = preprocessing_fn(inputs)
+            return {"pickup_latitude_xf": outputs["pickup_latitude_xf"], "fare_bucket_xf": outputs["fare_bucket_xf"]}
 
         with tft_beam.Context(temp_dir=self.get_temp_dir()):
             (transformed, _), _ = ((rows, tft.DatasetMetadata.from_feature_spec(_feature_spec()))
