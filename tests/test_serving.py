@@ -43,6 +43,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from pipeline.config import REPO_ROOT
 from pipeline.pusher import push_atomically
 from serving.client import GrpcClient, RestClient
+from serving.client import main as client_main
 from serving.tensors import to_numpy, to_proto
 
 MODEL = "chicago_taxi"
@@ -256,28 +257,32 @@ def test_tensor_content_only_when_asked(own_server):
     assert not output.float_val and np.allclose(to_numpy(output), EXPECTED, atol=1e-6)
 
 
-def test_make_predict_prints_probabilities_and_names_errors(server, tmp_path):
+def test_make_predict_prints_probabilities_and_names_errors(server, tmp_path, monkeypatch, capsys):
     rows_csv = str(REPO_ROOT / "tests" / "data" / "taxi_small" / "data.csv")
     with open(rows_csv) as f:
         import csv
         rows = [row for _, row in zip(range(3), csv.DictReader(f), strict=False)]
     expected = taxi_probabilities(rows)
-    env = {**os.environ, "TFX_E2E_OUTPUT_ROOT": str(tmp_path)}
-    for transport in (["--url", server.url], ["--grpc", "--target", server.target]):
-        result = subprocess.run([sys.executable, "-m", "serving.client", rows_csv, "--rows", "3", *transport],
-                                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        lines = result.stdout.strip().splitlines()
+
+    def printed_probabilities(stdout):
+        lines = stdout.strip().splitlines()
         assert lines[0].split() == ["row", "P(big", "tipper)"]
-        assert [float(line.split()[1]) for line in lines[1:]] == pytest.approx(expected[:, 0].tolist(), abs=1e-4)
-    result = subprocess.run([sys.executable, "-m", "serving.client", rows_csv, "--url", server.url, "--label", "nope"],
+        return [float(line.split()[1]) for line in lines[1:]]
+
+    # `make predict` runs the module as a process once; the other cases call its main() here (TF imports once).
+    env = {**os.environ, "TFX_E2E_OUTPUT_ROOT": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "serving.client", rows_csv, "--rows", "3", "--url", server.url],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 0, result.stderr
+    assert printed_probabilities(result.stdout) == pytest.approx(expected[:, 0].tolist(), abs=1e-4)
+    monkeypatch.setenv("TFX_E2E_OUTPUT_ROOT", str(tmp_path))
+    assert client_main([rows_csv, "--rows", "3", "--grpc", "--target", server.target]) == 0
+    assert printed_probabilities(capsys.readouterr().out) == pytest.approx(expected[:, 0].tolist(), abs=1e-4)
+    assert client_main([rows_csv, "--url", server.url, "--label", "nope"]) == 1
     assert f"error: {server.url}/v1/models/{MODEL}/labels/nope:predict: HTTP 404: Unrecognized servable version label: nope" \
-        in result.stderr
-    result = subprocess.run([sys.executable, "-m", "serving.client", str(tmp_path / "missing.csv")],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "missing.csv" in result.stderr
+        in capsys.readouterr().err
+    assert client_main([str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
 
 
 def _toy_examples(*xs):
