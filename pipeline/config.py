@@ -244,6 +244,21 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class ModelCardConfig:
+    """The model card written for every pushed version (registry/model_card.py): the hand-written parts and how a
+    slice is found markedly worse than overall."""
+    owners: list[str]
+    license: str                # an SPDX identifier or a license's name
+    users: list[str]            # who the model is for
+    intended_use: str
+    out_of_scope: list[str]     # uses the model is not for
+    limitations: list[str]      # known limits, beside the worse slices the card finds itself
+    ethical_considerations: list[str]
+    worse_slice_margin: float   # a slice whose AUC is below overall by more than this is listed as markedly worse
+    min_slice_examples: int     # slices with fewer evaluation examples are not judged (too noisy)
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     pipeline_name: str
@@ -271,6 +286,7 @@ class Config:
     continuous: ContinuousConfig
     monitoring: MonitoringConfig
     retention: RetentionConfig
+    model_card: ModelCardConfig
     # The span this run reads: from --span/--date (TFX_E2E_SPAN/TFX_E2E_DATE); None = the newest complete span,
     # which runners.harness.run resolves before the pipeline is built (resolve_span). 0 = a flat data root.
     span: int | None = None
@@ -451,6 +467,10 @@ def _validate(config: Config) -> None:
     for key in ("keep_versions", "keep_runs"):
         if getattr(config.retention, key) < 0:
             raise ConfigError(f"retention.{key}: must be >= 0 (0 keeps all), got {getattr(config.retention, key)}")
+    if not 0.0 <= config.model_card.worse_slice_margin <= 1.0:
+        raise ConfigError(f"model_card.worse_slice_margin: must be within [0, 1], got {config.model_card.worse_slice_margin}")
+    if config.model_card.min_slice_examples < 1:
+        raise ConfigError(f"model_card.min_slice_examples: must be at least 1, got {config.model_card.min_slice_examples}")
     if config.example_gen == "bigquery" and not config.vertex.bigquery_query:
         raise ConfigError("vertex.bigquery_query: required by example_gen: bigquery")
 
