@@ -59,9 +59,11 @@ class TunerConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    train_steps: int
+    train_steps: int      # the fixed steps when epochs is 0
     eval_steps: int
     batch_size: int
+    epochs: int           # > 0: this many passes over the train split (steps from its example count); 0: train_steps
+    max_train_steps: int  # the cap on the steps epochs give
 
 
 @dataclass(frozen=True)
@@ -417,6 +419,10 @@ def _validate(config: Config) -> None:
         for key in keys:
             if getattr(getattr(config, section), key) < 1:
                 raise ConfigError(f"{section}.{key}: must be at least 1, got {getattr(getattr(config, section), key)}")
+    if config.trainer.epochs < 0:
+        raise ConfigError(f"trainer.epochs: must be >= 0 (0: trainer.train_steps fixed steps), got {config.trainer.epochs}")
+    if config.trainer.max_train_steps < 1:
+        raise ConfigError(f"trainer.max_train_steps: must be at least 1, got {config.trainer.max_train_steps}")
     if not 0.0 <= config.evaluator.auc_lower_bound <= 1.0:
         raise ConfigError(f"evaluator.auc_lower_bound: must be within [0, 1], got {config.evaluator.auc_lower_bound}")
     if config.evaluator.auc_max_drop < 0:
