@@ -261,6 +261,13 @@ class ModelCardConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """make console: the read-only web page over ML Metadata, the registry, serving and monitoring (console/)."""
+    host: str                   # 127.0.0.1: it shows paths and metrics to whoever reaches it, with no login
+    port: int
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     pipeline_name: str
@@ -289,6 +296,7 @@ class Config:
     monitoring: MonitoringConfig
     retention: RetentionConfig
     model_card: ModelCardConfig
+    console: ConsoleConfig
     # The span this run reads: from --span/--date (TFX_E2E_SPAN/TFX_E2E_DATE); None = the newest complete span,
     # which runners.harness.run resolves before the pipeline is built (resolve_span). 0 = a flat data root.
     span: int | None = None
@@ -473,6 +481,8 @@ def _validate(config: Config) -> None:
     for key in ("keep_versions", "keep_runs"):
         if getattr(config.retention, key) < 0:
             raise ConfigError(f"retention.{key}: must be >= 0 (0 keeps all), got {getattr(config.retention, key)}")
+    if not 1 <= config.console.port <= 65535:
+        raise ConfigError(f"console.port: must be a port number within [1, 65535], got {config.console.port}")
     if not 0.0 <= config.model_card.worse_slice_margin <= 1.0:
         raise ConfigError(f"model_card.worse_slice_margin: must be within [0, 1], got {config.model_card.worse_slice_margin}")
     if config.model_card.min_slice_examples < 1:
