@@ -211,7 +211,8 @@ class ServingConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     """How a newly pushed version reaches traffic (serving/rollout.py, docs/rollout.md)."""
-    strategy: str                  # immediate (serves at once) | canary (steps, analysed, promoted or rolled back)
+    strategy: str                  # immediate (serves at once) | canary (steps, analysed, promoted or rolled back) |
+                                   # ab (a fixed split for ab_seconds, promoted by a command)
     steps: list[int]               # the canary's share (percent) of requests naming no version or label, per step
     step_seconds: float            # how long each step runs before its analysis
     min_requests: int              # each arm serves at least this many requests in a step
@@ -222,6 +223,10 @@ class RolloutConfig:
     max_failed_analyses: int       # this many failed analyses in a row roll the canary back
     available_timeout_seconds: float  # a canary not AVAILABLE (loaded, warmed up) by then is rolled back
     grace_seconds: float           # the previous stable stays loaded this long after a promotion
+    max_score_js: float            # canary's scores against stable's (Jensen-Shannon, request log) <= this
+    max_anomaly_share_margin: float  # canary's share of examples with a schema anomaly <= stable's + this
+    ab_percent: int                # ab: the new version's (arm B's) percent of requests naming no version or label
+    ab_seconds: float              # ab: how long the split holds
 
 
 @dataclass(frozen=True)
@@ -658,22 +663,24 @@ def _validate_kubernetes(kubernetes: KubernetesConfig) -> None:
 
 
 def _validate_rollout(rollout: RolloutConfig) -> None:
-    if rollout.strategy not in ("immediate", "canary"):
-        raise ConfigError(f"rollout.strategy: must be immediate or canary, got {rollout.strategy!r}")
+    if rollout.strategy not in ("immediate", "canary", "ab"):
+        raise ConfigError(f"rollout.strategy: must be immediate, canary or ab, got {rollout.strategy!r}")
     steps = rollout.steps
     if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
         raise ConfigError(f"rollout.steps: increasing percentages within (0, 100] ending at 100, got {steps}")
-    for key in ("step_seconds", "p99_budget_ms", "p99_factor", "available_timeout_seconds"):
+    for key in ("step_seconds", "p99_budget_ms", "p99_factor", "available_timeout_seconds", "ab_seconds"):
         if getattr(rollout, key) <= 0:
             raise ConfigError(f"rollout.{key}: must be > 0, got {getattr(rollout, key)}")
     for key in ("min_requests", "max_failed_analyses"):
         if getattr(rollout, key) < 1:
             raise ConfigError(f"rollout.{key}: must be at least 1, got {getattr(rollout, key)}")
-    for key in ("max_error_rate", "error_rate_margin"):
+    for key in ("max_error_rate", "error_rate_margin", "max_score_js", "max_anomaly_share_margin"):
         if not 0.0 <= getattr(rollout, key) <= 1.0:
             raise ConfigError(f"rollout.{key}: must be within [0, 1], got {getattr(rollout, key)}")
     if rollout.grace_seconds < 0:
         raise ConfigError(f"rollout.grace_seconds: must be >= 0, got {rollout.grace_seconds}")
+    if not 0 < rollout.ab_percent < 100:
+        raise ConfigError(f"rollout.ab_percent: arm B's percent, within (0, 100), got {rollout.ab_percent}")
 
 
 def _absolute(path: str, base: Path) -> str:
