@@ -7,6 +7,9 @@ Names, labels and buckets are TF Serving's:
   :tensorflow:core:servable_load_events{model_name, model_version, event}                  counter
   :tensorflow:serving:available_versions{model_name}                                        gauge
   :tensorflow:serving:request_log_dropped{model_name}                                       counter (ours, in TF Serving's style)
+  tfx_e2e_monitoring_*{model, ...}                                                          gauges of make monitor's
+      newest window per served model, read at each scrape from <monitoring_dir>/<model>/monitoring.prom (the
+      textfile it writes for node_exporter): the same names either way; an unreadable file leaves them out
 
 prometheus_client formats the exposition and escapes every label value, so a model name taken from a URL cannot
 inject lines. Request metrics are keyed by models the server knows: any other name (a 404, a random URL) is counted
@@ -18,6 +21,7 @@ from those two comment lines again (they hold only our fixed metric names; escap
 newline, so no sample line can start with `#`).
 """
 import logging
+import os
 import re
 import threading
 from collections import defaultdict
@@ -25,6 +29,7 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger("serving.metrics")
 
@@ -39,6 +44,9 @@ LOAD_EVENTS = ":tensorflow:core:servable_load_events"
 AVAILABLE_VERSIONS = ":tensorflow:serving:available_versions"
 REQUEST_LOG_DROPPED = ":tensorflow:serving:request_log_dropped"
 COUNTERS = (REQUEST_COUNT, LOAD_EVENTS, REQUEST_LOG_DROPPED)
+MONITORING_PREFIX = "tfx_e2e_monitoring_"
+MONITORING_FILE = "monitoring.prom"
+MONITORING_MAX_BYTES = 1 << 20  # a textfile of one window's gauges is a few KiB
 
 # Microseconds, as TF Serving's request_latency histogram.
 LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 5000000)
@@ -72,9 +80,12 @@ class Metrics:
     kept (not resolved), anything else becomes UNKNOWN_MODEL.
     """
 
-    def __init__(self, known_models: Callable[[], Iterable[str]], available_versions: Callable[[], dict[str, list[int]]]):
+    def __init__(self, known_models: Callable[[], Iterable[str]], available_versions: Callable[[], dict[str, list[int]]],
+                 monitoring_dir: str | None = None):
         self._known_models = known_models
         self._available_versions = available_versions
+        self._monitoring_dir = monitoring_dir
+        self._monitoring_problems: dict[str, tuple] = {}  # path -> (mtime, size) of the file last reported unreadable
         self._lock = threading.Lock()
         self._request_count: dict[tuple, int] = defaultdict(int)
         self._latency: dict[tuple, _Histogram] = {}
@@ -169,6 +180,39 @@ class Metrics:
         for model, model_versions in sorted(versions.items()):
             available.add_metric((model,), len(model_versions))
         yield available
+        yield from self._monitoring_families()
+
+    def _monitoring_families(self) -> Iterable[Metric]:
+        """make monitor's gauges of every known model, one family per name across models (a name twice in an
+        exposition is invalid). Only tfx_e2e_monitoring_* gauges labelled with the file's own model are taken."""
+        if not self._monitoring_dir:
+            return
+        families: dict[str, Metric] = {}
+        for model in sorted(self._known_models()):
+            path = os.path.join(self._monitoring_dir, model, MONITORING_FILE)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue  # not monitored (yet)
+            try:
+                if stat.st_size > MONITORING_MAX_BYTES:
+                    raise ValueError(f"{stat.st_size} bytes, over {MONITORING_MAX_BYTES}")
+                with open(path, encoding="utf-8") as f:
+                    parsed = [family for family in text_string_to_metric_families(f.read())
+                              if family.name.startswith(MONITORING_PREFIX) and family.type == "gauge"]
+                samples = [(family, sample) for family in parsed for sample in family.samples
+                           if sample.labels.get("model") == model]
+            except Exception as error:  # a malformed file never fails the scrape: reported once per version of it
+                if self._monitoring_problems.get(path) != (stat.st_mtime_ns, stat.st_size):
+                    self._monitoring_problems[path] = (stat.st_mtime_ns, stat.st_size)
+                    log.error("metrics: monitoring gauges of %s left out: %s is unreadable: %s", model, path, error)
+                continue
+            for family, sample in samples:
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, "gauge")
+                merged.add_sample(family.name, sample.labels, sample.value)
+        yield from families.values()
 
 
 class _Collector:
