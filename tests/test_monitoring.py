@@ -161,6 +161,93 @@ def test_configuration_errors_exit_2(tmp_path, monkeypatch, capsys):
     assert main([]) == 2
 
 
+def test_the_servers_request_log_records_the_request_time(tmp_path):
+    """The server's core stamps each logged request's log_metadata.timestamp_secs, and make monitor windows by it,
+    not by the file's time; another logger's record without a stamp falls back to its file's time."""
+    import asyncio
+    import time
+
+    import tensorflow as tf
+    from serving_models import write_taxi_model
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from monitoring import logs
+    from serving.core import CoreOptions, ModelSpec, ServingCore
+    from serving.manager import ModelManager
+    from serving.metrics import Metrics
+    from serving.policy import single_model_config
+    from serving.request_log import RequestLogger
+
+    write_taxi_model(str(tmp_path / "models" / "7"), warmup=False)
+    manager = ModelManager(single_model_config("chicago_taxi", str(tmp_path / "models"), "latest", 1, [], {}))
+    manager.poll_once()
+    core = ServingCore(manager, CoreOptions(1 << 20), RequestLogger(str(tmp_path / "log"), 1.0),
+                       Metrics(manager.model_names, manager.available_versions))
+    before = int(time.time())
+    asyncio.run(core.predict(ModelSpec("chicago_taxi"), "serving_default",
+                             {"examples": np.array([_example(fare=1.0)], dtype=object)}))
+    core.close()
+    after = time.time()
+    (path,) = logs.list_files(str(tmp_path / "log" / "chicago_taxi"))
+    os.utime(path, (1.0, 1.0))  # a file time far from the request's: it must not be used
+    (request,) = logs.read([path], pytest.fail, _schema())
+    assert before <= request.time <= after and (request.version, request.file_time) == (7, False)
+
+    other = tmp_path / "other.tfrecord"
+    record = prediction_log_pb2.PredictionLog()
+    record.predict_log.request.inputs["examples"].CopyFrom(tf.make_tensor_proto([_example(fare=1.0)], tf.string))
+    with tf.io.TFRecordWriter(str(other)) as writer:
+        writer.write(record.SerializeToString())
+    os.utime(other, (T0, T0))
+    (request,) = logs.read([str(other)], pytest.fail, _schema())
+    assert (request.time, request.file_time) == (T0, True)
+
+
+def _window(version="7", value=0.42, alert=True):
+    finding = {"check": "skew", "feature": "fare", "alert": alert, "measure": "jensen_shannon_divergence",
+               "value": value, "threshold": 0.3, "kind": "", "description": "", "share": None}
+    return {"window": {"start": "2026-09-21T14:00Z", "start_seconds": T0}, "status": "ALERT" if alert else "OK",
+            "versions": {version: {"requests": 1500, "skew": [finding], "score": []}},
+            "drift": {"findings": [dict(finding, check="drift")]}, "anomalies": []}
+
+
+def test_servers_metrics_endpoint_shows_the_monitoring_gauges(tmp_path, caplog):
+    """The server's /monitoring/prometheus/metrics exposes make monitor's newest gauges under the textfile's names,
+    for the models it serves; a malformed file leaves them out and never breaks the scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitoring.report import write_gauges
+    from serving.metrics import AVAILABLE_VERSIONS, Metrics
+
+    models = {"chicago_taxi": [7], "other": [1]}
+    metrics = Metrics(models.keys, lambda: models, str(tmp_path))
+
+    def scrape():
+        body, _ = metrics.render()
+        return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+    assert not any(name.startswith("tfx_e2e_monitoring") for name in scrape())  # no monitoring run yet
+    write_gauges(str(tmp_path / "chicago_taxi" / "monitoring.prom"), "chicago_taxi", _window())
+    write_gauges(str(tmp_path / "other" / "monitoring.prom"), "other", _window("1", 0.01, alert=False))
+    write_gauges(str(tmp_path / "unserved" / "monitoring.prom"), "unserved", _window())
+    families = scrape()
+    distance = {(s.labels["model"], s.labels["check"], s.labels["version"]): s.value
+                for s in families["tfx_e2e_monitoring_distance"].samples}
+    assert distance == {("chicago_taxi", "skew", "7"): 0.42, ("chicago_taxi", "drift", "all"): 0.42,
+                        ("other", "skew", "1"): 0.01, ("other", "drift", "all"): 0.01}
+    assert {s.labels["model"]: s.value for s in families["tfx_e2e_monitoring_alert"].samples} == {
+        "chicago_taxi": 1.0, "other": 0.0}
+    assert families["tfx_e2e_monitoring_window_start_seconds"].type == "gauge"
+
+    (tmp_path / "chicago_taxi" / "monitoring.prom").write_text('tfx_e2e_monitoring_alert{model="chicago_taxi" 1\n')
+    with caplog.at_level("ERROR", logger="serving.metrics"):
+        families, _ = scrape(), scrape()
+    assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1  # reported once, not per scrape
+    assert "monitoring.prom" in caplog.records[0].getMessage()
+    assert {s.labels["model"] for s in families["tfx_e2e_monitoring_alert"].samples} == {"other"}
+    assert families[AVAILABLE_VERSIONS].samples  # the server's own metrics answer as before
+
+
 # --- e2e: real PredictionLogs of the model small_pipeline pushed ---------------------------------------------------
 
 def _rows():
