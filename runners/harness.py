@@ -254,6 +254,10 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
     summary_lines.insert(rules[1] + 1 if len(rules) > 1 else 0, why.why_line(config, reason))
     text = io.StringIO("\n".join(summary_lines))
     print(text.getvalue(), end="")
+    if outcome.ok:
+        from registry.model_card import write_after_run
+
+        write_after_run(config, run_id)  # the model cards of the versions this run pushed; a failure is a warning
     if outcome.ok and fingerprint:
         _write_record(config, fingerprint, text.getvalue(), outcome.served_path)
     if outcome.ok:
