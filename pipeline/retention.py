@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import Config, is_uri
 from pipeline.versions import PRUNE_PREFIX, clean_leftovers, fsync_path, serving_version
+from registry.model_card import remove_card
 from serving.registry import read_record, rejected_versions
 from serving.source import list_versions
 
@@ -277,6 +278,7 @@ def prune(config: Config, dry_run: bool = False, out=sys.stdout) -> Plan:
     for version in plan.versions:
         if not dry_run:
             remove_version(base, version)
+            remove_card(config, version)
     if plan.versions:
         kept = ", ".join(f"{v} ({why})" for v, why in sorted(plan.kept_versions.items()))
         print(f"Retention: {verb} version(s) {', '.join(map(str, plan.versions))} of {base}; kept {kept}", file=out)

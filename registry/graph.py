@@ -24,6 +24,7 @@ NOT_LINEAGE = {"baseline_model", "analyzer_cache"}
 STATES = {Execution.COMPLETE: "ran", Execution.CACHED: "cached", Execution.FAILED: "FAILED",
           Execution.RUNNING: "running", Execution.CANCELED: "canceled", Execution.NEW: "new"}
 EXAMPLE_GEN, TRAINER, EVALUATOR, PUSHER, GATE = "ExampleGen", "Trainer", "Evaluator", "Pusher", "DataGate"
+STATISTICS_GEN = "StatisticsGen"
 
 
 def prop(message, key: str):
@@ -160,6 +161,13 @@ class Graph:
         """The ExampleGen outputs (Examples, one per span ingested) the artifact descends from, oldest first."""
         return sorted(a for step in self.ancestry(artifact_id) if step.node == EXAMPLE_GEN
                       for a in step.outputs.get("examples", []))
+
+    def statistics_of(self, examples_id: int) -> int | None:
+        """The statistics StatisticsGen computed of these Examples (the first execution that made them)."""
+        for x, key in self.consumers.get(examples_id, []):
+            if key == "examples" and self.steps[x].node == STATISTICS_GEN and self.steps[x].state in ("ran", "cached"):
+                return self.one(self.steps[x], "statistics", outputs=True)
+        return None
 
     def span(self, examples_id: int) -> int:
         return prop(self.artifacts[examples_id], "span") or 0

@@ -21,6 +21,7 @@ import sys
 
 from pipeline.config import Config, is_uri
 from registry import graph as g
+from registry import model_card
 
 SCHEMA_VERSION = 1  # of the JSON: bumped when a key changes meaning or goes
 
@@ -161,6 +162,25 @@ def hyperparameters_of(graph: g.Graph, trainer: g.Step | None) -> tuple[dict, st
 
 
 # --- the versions -------------------------------------------------------------------------------------------------
+def push_record(config: Config, graph: g.Graph, push: g.Push) -> dict:
+    """What ML Metadata and TFMA hold of one pushed version: when, by which run and why, its data, hyperparameters,
+    training settings and evaluation (also the model card's facts: registry/model_card.py)."""
+    pushed = graph.artifacts[push.pushed]
+    reason, run_spans = g.run_reason(push.pusher.run)
+    hyperparameters, source = hyperparameters_of(graph, push.trainer)
+    data = g.data_of(graph, push)
+    return dict(
+        pushed_at=g.utc(pushed.create_time_since_epoch), run=push.pusher.run_name, reason=reason,
+        run_spans=run_spans, destination=g.prop(pushed, "pushed_destination"),
+        confirmed_by_runs=[graph.producer(a).run_name for a in push.confirmed],
+        model=graph.artifacts[push.model].uri if push.model is not None else None,
+        trained_in_run=push.trainer.run_name if push.trainer else None,
+        trained_on_spans=[d["span"] for d in data["trained_on"]],
+        evaluated_on_span=data["evaluated_on"]["span"] if data["evaluated_on"] else None,
+        data=data, hyperparameters=hyperparameters, hyperparameters_from=source,
+        training=g.training_settings(graph, push.trainer), evaluation=evaluation_of(config, graph, push))
+
+
 def versions(config: Config, graph: g.Graph | None) -> dict:
     """The registry as one JSON-ready dict, versions newest first."""
     pushes = g.pushes(graph) if graph is not None else {}
@@ -171,26 +191,13 @@ def versions(config: Config, graph: g.Graph | None) -> dict:
         push = pushes.get(version)
         row = {"version": version, "serving": states.get(version) or {"state": "PRUNED", "labels": [],
                                                                       "rolled_back": None},
-               "monitoring": monitoring.get(version)}
+               "monitoring": monitoring.get(version), "model_card": model_card.card_path(config, version)}
         if push is None:
             row.update(pushed_at=None, run=None, reason=None, note="not in ML Metadata (not pushed by this "
                        "pipeline's Pusher, or its store was replaced)")
             rows.append(row)
             continue
-        pushed = graph.artifacts[push.pushed]
-        reason, run_spans = g.run_reason(push.pusher.run)
-        hyperparameters, source = hyperparameters_of(graph, push.trainer)
-        data = g.data_of(graph, push)
-        row.update(
-            pushed_at=g.utc(pushed.create_time_since_epoch), run=push.pusher.run_name, reason=reason,
-            run_spans=run_spans, destination=g.prop(pushed, "pushed_destination"),
-            confirmed_by_runs=[graph.producer(a).run_name for a in push.confirmed],
-            model=graph.artifacts[push.model].uri if push.model is not None else None,
-            trained_in_run=push.trainer.run_name if push.trainer else None,
-            trained_on_spans=[d["span"] for d in data["trained_on"]],
-            evaluated_on_span=data["evaluated_on"]["span"] if data["evaluated_on"] else None,
-            data=data, hyperparameters=hyperparameters, hyperparameters_from=source,
-            training=g.training_settings(graph, push.trainer), evaluation=evaluation_of(config, graph, push))
+        row.update(push_record(config, graph, push))
         rows.append(row)
     from pipeline import metadata
 
