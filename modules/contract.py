@@ -26,6 +26,8 @@ MODULE_FINGERPRINT_KEY = "module_fingerprint"  # Transform, Tuner, Trainer: a ch
 BATCH_SIZE_KEY = "batch_size"                  # Tuner, Trainer: trainer.batch_size
 MAX_TRIALS_KEY = "max_trials"                  # Tuner: tuner.max_trials
 SEED_KEY = "seed"                              # Tuner: tuner.seed (which trials the random search tries)
+EPOCHS_KEY = "epochs"                          # Trainer: trainer.epochs (0: TFX's train_args steps, fixed)
+MAX_TRAIN_STEPS_KEY = "max_train_steps"        # Trainer: trainer.max_train_steps, the cap on epoch-based steps
 # What tuner_fn and run_fn read (each required); the fingerprint goes beside them, read by TFX's cache only.
 TUNER_CONFIG_KEYS = (MAX_TRIALS_KEY, SEED_KEY, BATCH_SIZE_KEY)
-TRAINER_CONFIG_KEYS = (BATCH_SIZE_KEY,)
+TRAINER_CONFIG_KEYS = (BATCH_SIZE_KEY, EPOCHS_KEY, MAX_TRAIN_STEPS_KEY)

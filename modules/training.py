@@ -1,4 +1,6 @@
 """Trainer's run_fn (by dotted path): resolve hyperparameters, fit, export. The parts live in model.py."""
+import math
+
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -25,6 +27,27 @@ def dataset(file_pattern, data_accessor: DataAccessor, tf_transform_output: tft.
     ).repeat()
 
 
+def count_examples(file_patterns: list[str]) -> int:
+    """The records in the files the Trainer reads (its train split), counted without parsing them: one streaming
+    pass, so the steps follow what Transform wrote whatever the data source."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    compressed = [f for f in files if f.endswith(".gz")]
+    count = 0
+    for group, compression in ((compressed, "GZIP"), ([f for f in files if not f.endswith(".gz")], "")):
+        if group:
+            records = tf.data.TFRecordDataset(group, compression_type=compression, num_parallel_reads=len(group))
+            count += int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    return count
+
+
+def epoch_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int) -> int:
+    """Steps for `epochs` passes over `num_examples` in batches of `batch_size` (a last, partial batch is a step),
+    at most `max_steps`, at least 1."""
+    if num_examples < 1:
+        raise ValueError(f"the train split has no examples: nothing to train on ({epochs} epoch(s) asked)")
+    return max(1, min(max_steps, epochs * math.ceil(num_examples / batch_size)))
+
+
 class MissingCustomConfig(KeyError):
     """A custom_config key the pipeline must pass (modules/contract.py) is absent."""
 
@@ -44,8 +67,18 @@ def custom_config(fn_args: FnArgs, keys: tuple[str, ...]) -> dict:
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    """custom_config: batch_size (modules/contract.py TRAINER_CONFIG_KEYS, required)."""
-    batch_size = int(custom_config(fn_args, contract.TRAINER_CONFIG_KEYS)[contract.BATCH_SIZE_KEY])
+    """custom_config: batch_size, epochs, max_train_steps (modules/contract.py TRAINER_CONFIG_KEYS, required).
+    epochs 0: TFX's train_args steps; else steps from the train split's example count, capped by max_train_steps."""
+    settings = custom_config(fn_args, contract.TRAINER_CONFIG_KEYS)
+    batch_size = int(settings[contract.BATCH_SIZE_KEY])
+    train_steps = fn_args.train_steps
+    if settings[contract.EPOCHS_KEY]:
+        examples = count_examples(fn_args.train_files)
+        train_steps = epoch_steps(examples, batch_size, int(settings[contract.EPOCHS_KEY]),
+                                  int(settings[contract.MAX_TRAIN_STEPS_KEY]))
+        logging.info("Training %d steps: %d epoch(s) of %d train examples in batches of %d (at most %d steps)",
+                     train_steps, settings[contract.EPOCHS_KEY], examples, batch_size,
+                     settings[contract.MAX_TRAIN_STEPS_KEY])
     hp = H.resolve(fn_args.hyperparameters)
     logging.info("Training with hyperparameters %s", hp.values)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -53,11 +86,11 @@ def run_fn(fn_args: FnArgs) -> None:
     evaluation = dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size)
 
     model = M.build_keras_model(hp)
-    epochs = min(EPOCHS, fn_args.train_steps)
+    epochs = min(EPOCHS, train_steps)
     model.fit(
         train,
         epochs=epochs,
-        steps_per_epoch=max(1, fn_args.train_steps // epochs),
+        steps_per_epoch=max(1, train_steps // epochs),
         validation_data=evaluation,
         validation_steps=fn_args.eval_steps,
         callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],

@@ -169,7 +169,9 @@ def tuner_custom_config(config: Config, module_fingerprint: str) -> dict[str, An
 def trainer_custom_config(config: Config, module_fingerprint: str) -> dict[str, Any]:
     """Every key run_fn requires (modules/contract.py TRAINER_CONFIG_KEYS), from the configuration, and the
     fingerprint of modules/."""
-    return {contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
+    return {contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.EPOCHS_KEY: config.trainer.epochs,
+            contract.MAX_TRAIN_STEPS_KEY: config.trainer.max_train_steps,
+            contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
 
 
 def tuner(config: Config, module_fingerprint: str, **inputs):
@@ -201,7 +203,8 @@ def trainer(config: Config, module_fingerprint: str, hyperparameters: Any | None
     args = dict(
         run_fn="modules.training.run_fn",
         hyperparameters=hyperparameters,
-        train_args=trainer_pb2.TrainArgs(num_steps=config.trainer.train_steps),
+        # With trainer.epochs, no num_steps: run_fn counts the train split and computes them.
+        train_args=trainer_pb2.TrainArgs(num_steps=None if config.trainer.epochs else config.trainer.train_steps),
         eval_args=trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps),
         **inputs)
     if config.training == "vertex":
