@@ -21,6 +21,7 @@ import os
 import sys
 
 from registry import graph as g
+from registry import model_card
 from registry.models import RegistryError, load_config_or_exit, open_graph, serving_states
 
 SCHEMA_VERSION = 1  # of the JSON: bumped when a key changes meaning or goes
@@ -189,6 +190,7 @@ def back(config, graph: g.Graph, version: int) -> dict:
             "version": version, "pushed_at": g.utc(graph.artifacts[push.pushed].create_time_since_epoch),
             "run": push.pusher.run_name, "reason": reason, "run_spans": spans,
             "serving": states.get(version, {"state": "PRUNED", "labels": [], "rolled_back": None}),
+            "model_card": model_card.card_path(config, version),
             "steps": [_step(graph, steps[x]) for x in sorted(steps)]}
 
 
@@ -256,7 +258,9 @@ def back_text(lineage: dict) -> str:
     spans = ",".join(map(str, lineage["run_spans"])) or "-"
     lines = [f"Version {lineage['version']} of '{lineage['model']}': pushed {lineage['pushed_at']} by run "
              f"{lineage['run']} (why: {lineage['reason'] or 'not recorded'}; spans {spans}); serving: "
-             f"{_serving_text(lineage['serving'])}", ""]
+             f"{_serving_text(lineage['serving'])}",
+             f"Model card: {lineage['model_card'] or 'none (python -m registry.model_card writes it)'}",
+             ""]
     for step in reversed(lineage["steps"]):
         lines.append(f"{step['node']:<32} {step['state']:<7} execution {step['execution_id']:<5} run {step['run']}")
         d = step["details"]

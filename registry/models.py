@@ -252,7 +252,7 @@ def _hyperparameters_cell(row: dict) -> str:
 
 
 COLUMNS = ("VERSION", "PUSHED (UTC)", "RUN", "WHY", "TRAINED ON", "EVAL", "AUC", "VS BASELINE", "SERVING",
-           "MONITORING", "BLESSING", "HYPERPARAMETERS")
+           "MONITORING", "BLESSING", "HYPERPARAMETERS", "MODEL CARD")
 
 
 def table(registry: dict) -> str:
@@ -264,7 +264,8 @@ def table(registry: dict) -> str:
         lines.append((str(row["version"]), row.get("pushed_at") or "-", row.get("run") or row.get("note", "-"),
                       row.get("reason") or "-", _spans(row.get("trained_on_spans", [])),
                       "-" if evaluated is None else str(evaluated), auc, against, _serving_cell(row),
-                      _monitoring_cell(row), _blessing_cell(row), _hyperparameters_cell(row)))
+                      _monitoring_cell(row), _blessing_cell(row), _hyperparameters_cell(row),
+                      row.get("model_card") or "-"))
     widths = [max(len(c) for c in column) for column in zip(COLUMNS, *lines, strict=False)]
     text = [f"Model '{registry['model']}' of pipeline '{registry['pipeline']}': {len(lines)} version"
             f"{'' if len(lines) == 1 else 's'} ({registry['serving_base']}; ML Metadata: {registry['metadata']})"]
