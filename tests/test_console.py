@@ -1,0 +1,183 @@
+"""make console (console/): unit tests of the server on a hand-made ML Metadata store (a run of three components,
+one failed), and an e2e test with Debian's Chromium (Playwright) over the small pipeline's outputs: every page
+renders with no console error and no request beyond the console, the DAG shows the run's real components, every
+link resolves. Its screenshots are docs/images/console-*.png."""
+import http.client
+import os
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from pipeline.config import load_config
+
+CHROMIUM = "/usr/bin/chromium"
+PIPELINE = "chicago-taxi"
+
+
+def _context(store, type_name: str, name: str, type_ids: dict):
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    if type_name not in type_ids:
+        type_ids[type_name] = store.put_context_type(pb.ContextType(name=type_name))
+    return store.get_contexts_by_id(store.put_contexts([pb.Context(type_id=type_ids[type_name], name=name)]))[0]
+
+
+def write_store(output_root: Path, run: str = "run-1") -> None:
+    """ML Metadata as TFX's LocalDagRunner files a run, by hand: ExampleGen -> StatisticsGen -> SchemaGen (FAILED),
+    each execution in its node and run contexts, the artifacts linked by events."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    path = output_root / "metadata" / PIPELINE / "metadata.db"
+    path.parent.mkdir(parents=True)
+    connection = pb.ConnectionConfig()
+    connection.sqlite.filename_uri = str(path)
+    store = mlmd.MetadataStore(connection)
+    contexts: dict = {}
+    pipeline = _context(store, "pipeline", PIPELINE, contexts)
+    run_context = _context(store, "pipeline_run", run, contexts)
+    artifact_type = store.put_artifact_type(pb.ArtifactType(name="Examples"))
+    uri = output_root / "pipelines" / PIPELINE / "ExampleGen" / "examples" / "1"
+    uri.mkdir(parents=True)
+    (uri / "notes.txt").write_text("examples")
+    previous = None
+    for node, state in (("ExampleGen", pb.Execution.COMPLETE), ("StatisticsGen", pb.Execution.COMPLETE),
+                        ("SchemaGen", pb.Execution.FAILED)):
+        node_context = _context(store, "node", f"{PIPELINE}.{node}", contexts)
+        type_id = store.put_execution_type(pb.ExecutionType(name=node))
+        output = pb.Artifact(type_id=artifact_type, uri=str(uri), state=pb.Artifact.LIVE)
+        events = []
+        if previous is not None:
+            events.append((store.get_artifacts_by_id([previous])[0], pb.Event(type=pb.Event.INPUT,
+                                                              path=pb.Event.Path(steps=[{"key": "examples"}]))))
+        if state == pb.Execution.COMPLETE:
+            events.append((output, pb.Event(type=pb.Event.OUTPUT, path=pb.Event.Path(steps=[{"key": "out"}]))))
+        _, artifacts, _ = store.put_execution(
+            pb.Execution(type_id=type_id, last_known_state=state), events,
+            [pipeline, run_context, node_context])
+        previous = artifacts[-1] if state == pb.Execution.COMPLETE else previous
+
+
+@pytest.fixture
+def console(tmp_path):
+    """A console server on a free port over tmp_path/output (the hand-made store written by the test when it
+    wants one); yields (config, port)."""
+    from console.server import make_server
+
+    config = load_config(env={"TFX_E2E_OUTPUT_ROOT": str(tmp_path / "output")}, check_data=False)
+    server = make_server(config, port=0)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield config, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    return response, text
+
+
+def test_console_binds_loopback_on_the_configured_port_by_default():
+    from console.server import make_server
+
+    config = load_config(check_data=False)
+    assert (config.console.host, config.console.port) == ("127.0.0.1", 8600)
+    server = make_server(config, port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+
+
+def test_pages_of_a_hand_made_run_and_its_dag(console):
+    config, port = console
+    write_store(Path(config.output_root))
+    response, text = request(port, "GET", "/")
+    assert response.status == 200 and 'href="/runs/run-1"' in text and "FAILED" in text
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    response, text = request(port, "GET", "/runs/run-1")
+    assert response.status == 200
+    for node, kind in (("ExampleGen", "ran"), ("StatisticsGen", "ran"), ("SchemaGen", "FAILED")):
+        assert f'data-node="{node}" data-kind="{kind}"' in text
+    assert text.count('class="edge"') == 2  # ExampleGen -> StatisticsGen -> SchemaGen, from the events
+    # The artifact's folder links its readable file, under the output root.
+    assert 'href="/files/pipelines/chicago-taxi/ExampleGen/examples/1/notes.txt"' in text
+    response, text = request(port, "GET", "/files/pipelines/chicago-taxi/ExampleGen/examples/1/notes.txt")
+    assert (response.status, text, response.headers["Content-Type"]) == (200, "examples", "text/plain; charset=utf-8")
+    response, text = request(port, "HEAD", "/runs/run-1")
+    assert response.status == 200 and text == "" and int(response.headers["Content-Length"]) > 0
+
+
+def test_a_run_or_version_it_does_not_have_is_a_404_naming_what_it_has(console):
+    config, port = console
+    write_store(Path(config.output_root))
+    response, text = request(port, "GET", "/runs/run-9")
+    assert response.status == 404 and "run &#39;run-9&#39; is not in ML Metadata (runs: run-1)" in text
+    response, text = request(port, "GET", "/models/abc")
+    assert response.status == 404 and "a version is a number" in text
+    response, text = request(port, "GET", "/models/123")
+    assert response.status == 404 and "version 123: not pushed" in text and "(versions: none)" in text
+    response, text = request(port, "GET", "/nowhere")
+    assert response.status == 404 and "no such page" in text
+
+
+def test_no_store_yet_says_so(console):
+    _, port = console
+    response, text = request(port, "GET", "/")
+    assert response.status == 200 and "No runs yet" in text
+    for page in ("/models", "/serving", "/monitoring"):
+        assert request(port, "GET", page)[0].status == 200, page
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_only_get_and_head(console, method):
+    _, port = console
+    response, text = request(port, method, "/", body=b"x" if method != "OPTIONS" else None)
+    assert response.status == 405 and response.headers["Allow"] == "GET, HEAD" and "read-only" in text
+
+
+def test_a_request_body_or_a_huge_target_is_refused(console):
+    _, port = console
+    response, text = request(port, "GET", "/", body=b"12345")
+    assert response.status == 413 and "no request body" in text
+    assert request(port, "GET", "/" + "a" * 3000)[0].status == 414
+
+
+@pytest.mark.parametrize("path", ["/files/../overlay.yaml", "/files/%2e%2e/overlay.yaml", "/files//etc/passwd",
+                                  "/files/%2Fetc%2Fpasswd", "/files/outside", "/files/metadata"])
+def test_files_only_from_under_the_output_root(console, path):
+    config, port = console
+    root = Path(config.output_root)
+    (root / "metadata").mkdir(parents=True)
+    (root.parent / "overlay.yaml").write_text("secret: 1")
+    os.symlink(root.parent / "overlay.yaml", root / "outside")  # a link out of the root is refused too
+    response, text = request(port, "GET", path)
+    assert response.status == 404 and "no such file under the output root" in text and "secret" not in text
+
+
+def test_names_from_the_store_are_escaped(console):
+    config, port = console
+    write_store(Path(config.output_root), run="<script>alert(1)</script>")
+    for path in ("/", "/runs/" + quote("<script>alert(1)</script>", safe="")):
+        response, text = request(port, "GET", path)
+        assert response.status == 200 and "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_a_port_in_use_is_exit_2(tmp_path, capsys, monkeypatch):
+    import socket
+
+    from console.__main__ import main
+
+    monkeypatch.setenv("TFX_E2E_OUTPUT_ROOT", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["--port", str(taken.getsockname()[1])]) == 2
+    assert "error: console: cannot listen on 127.0.0.1:" in capsys.readouterr().err
