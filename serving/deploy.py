@@ -509,7 +509,7 @@ def render(config: Config, out_dir: Path | None = None) -> dict[str, str]:
     }
     files["docker-compose.yaml"] = render_compose(config, out_dir)
     files["prometheus-adapter.yaml"] = render_prometheus_adapter(config)
-    canary = config.rollout.strategy == "canary"
+    canary = config.rollout.strategy in ("canary", "ab")  # both split two tracks by the controller's weights
     for track in TRACKS if canary else (None,):
         suffix = "-canary" if track == "canary" else ""
         track_files = {**files, "models.config": render_track_models_config(config, track)} if track else files

@@ -14,6 +14,7 @@ from pipeline.files import write_atomic
 
 RECORD = "rollout.json"
 AUDIT_LOG = "rollout-audit.jsonl"
+AB_STATE = "rollout-ab.json"      # rollout.strategy ab: the test's period and per-arm figures (serving/rollout.py)
 
 
 @dataclass(frozen=True)

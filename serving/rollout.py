@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.config import Config, RolloutConfig
 from pipeline.files import write_atomic
 from serving.metrics import PROMETHEUS_PATH, REQUEST_COUNT, REQUEST_LATENCY
-from serving.registry import AUDIT_LOG, RolloutRecord, read_record, write_record
+from serving.registry import AB_STATE, AUDIT_LOG, RolloutRecord, read_record, write_record
 from serving.source import list_versions
 
 log = logging.getLogger("serving.rollout")
@@ -220,14 +220,19 @@ class IstioTraffic:
 class Controller:
     """One model's rollout. tick() takes at most one decision; run() ticks until stopped."""
 
-    def __init__(self, config: RolloutConfig, base_path: str, server, clock=time.time, traffic=None):
-        """server: Servers or serving.vertex.VertexMetrics; traffic: IstioTraffic, VertexTraffic or None."""
+    def __init__(self, config: RolloutConfig, base_path: str, server, clock=time.time, traffic=None, requests=None):
+        """server: Servers or serving.vertex.VertexMetrics; traffic: IstioTraffic, VertexTraffic or None; requests:
+        serving.rollout_log.RequestLog (the score and anomaly checks) or None (the server logs no requests)."""
         self.config, self.base_path, self.server, self.clock = config, base_path, server, clock
         self.traffic = traffic  # None: the local server routes by the record itself
+        self.requests = requests
         self._waiting_since: float | None = None   # the canary was started, not yet AVAILABLE
         self._step_started: float | None = None
         self._start: dict[str, Figures] = {}       # the scrape the current step's window starts from
         self._previous_stable: Figures | None = None
+        self._previous_stable_log = None           # stable's logged examples in the previous step (ArmLog)
+        self._ab_last: dict[str, Figures] | None = None  # A/B: the scrape the figures were last added up to
+        self._ab_updated = 0.0
 
     # --- the record and the audit log --------------------------------------------------------------------------
     def _write(self, record: RolloutRecord) -> RolloutRecord:
@@ -267,23 +272,34 @@ class Controller:
                 self._waiting_since, self._step_started = now, None
                 self._audit(record, "start", f"version {record.canary} loads beside stable {record.stable}")
             return
+        if self.config.strategy == "ab":
+            self._ab_tick(record, now)
+            return
         if self._step_started is None:
             self._begin_step(record, now)
             return
         if now - self._step_started >= self.config.step_seconds:
             self._analyse(record, now)
 
-    def _begin_step(self, record: RolloutRecord, now: float) -> None:
+    def _available(self, record: RolloutRecord, now: float) -> bool:
+        """Whether the canary is AVAILABLE; rolled back when it has not been for available_timeout_seconds."""
         if not self.server.available(record.canary):
             waiting_since = self._waiting_since if self._waiting_since is not None else now
             self._waiting_since = waiting_since
             if now - waiting_since >= self.config.available_timeout_seconds:
                 self._rollback(record, f"not AVAILABLE within {self.config.available_timeout_seconds:g} s")
-            return
+            return False
         self._waiting_since = None
+        return True
+
+    def _begin_step(self, record: RolloutRecord, now: float) -> None:
+        if not self._available(record, now):
+            return
         percent = self.config.steps[record.step]
         record = self._write(replace(record, canary_percent=percent))
         self._start, self._step_started = self.server.figures(), now
+        if self.requests is not None:
+            self.requests.skip()
         self._audit(record, "step", f"canary {record.canary} at {percent}% for {self.config.step_seconds:g} s")
 
     def _analyse(self, record: RolloutRecord, now: float) -> None:
@@ -296,6 +312,8 @@ class Controller:
         figures = {"canary": canary.summary(), "stable": stable.summary()}
         if full and baseline is not None:
             figures["stable_previous_step"] = baseline.summary()
+        if self.requests is not None:
+            checks += self._log_checks(record, full, figures)
         details = {"figures": figures, "checks": [asdict(c) for c in checks]}
         failed = [c.detail for c in checks if not c.ok]
         if not full:
@@ -317,6 +335,22 @@ class Controller:
             return
         self._start, self._step_started = end, now  # the step runs again on a fresh window
 
+    def _log_checks(self, record: RolloutRecord, full: bool, figures: dict) -> list[Check]:
+        """The checks on the step's logged requests: the canary's scores and schema anomalies against stable's (at
+        100 %, stable's from the previous step, as for the metrics)."""
+        from serving import rollout_log
+
+        arms = self.requests.window()
+        stable = self._previous_stable_log if full else arms.get(record.stable)
+        if not full:
+            self._previous_stable_log = stable
+        elif stable is None:  # restarted during the 100 % step: stable's examples of the previous step are gone
+            return [Check(name, True, "no stable examples to compare with (the controller restarted at 100 %)")
+                    for name in ("score_js", "anomalies")]
+        result = rollout_log.analyse(self.config, self.requests.schema, arms.get(record.canary), stable)
+        figures["log"] = result.figures
+        return [Check(*check) for check in result.checks]
+
     def _promote(self, record: RolloutRecord, now: float, details: dict) -> None:
         old, new = record.stable, record.canary
         keep = self.config.grace_seconds > 0
@@ -326,23 +360,88 @@ class Controller:
                     + (f"unloads in {self.config.grace_seconds:g} s" if keep else "unloads now"), **details)
         self._reset()
 
-    def _rollback(self, record: RolloutRecord, reason: str) -> None:
+    def _rollback(self, record: RolloutRecord, reason: str, **details) -> None:
         version = record.canary
         rejected = {**record.rejected, str(version): {
             "time": datetime.fromtimestamp(self.clock(), timezone.utc).isoformat(timespec="seconds"),
             "reason": reason, "step": record.step + 1}}
         record = self._write(replace(record, canary=None, canary_percent=0, step=0, failures=0, rejected=rejected))
-        self._audit(record, "rollback", f"version {version} rejected: {reason}", version=version)
+        self._audit(record, "rollback", f"version {version} rejected: {reason}", version=version, **details)
         self._reset()
+
+    # --- A/B (rollout.strategy: ab) ------------------------------------------------------------------------------
+    def _ab_tick(self, record: RolloutRecord, now: float) -> None:
+        """Holds ab_percent on the new version (arm B, labelled canary) against stable (arm A) for ab_seconds,
+        adding up each arm's figures in rollout-ab.json every step_seconds; then sends every unnamed request back to
+        stable and waits for `promote` or `reject` (decide())."""
+        state = read_ab(self.base_path)
+        if state is None or (state["stable"], state["canary"]) != (record.stable, record.canary):
+            if not self._available(record, now):
+                return
+            percent = self.config.ab_percent
+            record = self._write(replace(record, canary_percent=percent))
+            self._ab_last, self._ab_updated = self.server.figures(), now
+            until = now + self.config.ab_seconds
+            write_ab(self.base_path, {"stable": record.stable, "canary": record.canary, "percent": percent,
+                                      "started_at": now, "until": until, "ended_at": None, "updated_at": now,
+                                      "figures": {arm: _figures_json(Figures()) for arm in ARMS}})
+            self._audit(record, "ab-start", f"A/B: stable {record.stable} (A) {100 - percent}%, version "
+                        f"{record.canary} (B) {percent}% until {_iso(until)}")
+            return
+        if state["ended_at"] is not None:
+            return
+        if self._ab_last is None:  # a restarted controller: counting resumes from here
+            self._ab_last, self._ab_updated = self.server.figures(), now
+            return
+        ended = now >= state["until"]
+        if not ended and now - self._ab_updated < self.config.step_seconds:
+            return
+        end = self.server.figures()
+        for arm, version in (("stable", record.stable), ("canary", record.canary)):
+            added = window(end.get(str(version), Figures()), self._ab_last.get(str(version), Figures()))
+            state["figures"][arm] = _figures_json(_figures_from_json(state["figures"][arm]) + added)
+        self._ab_last, self._ab_updated, state["updated_at"] = end, now, now
+        if not ended:
+            write_ab(self.base_path, state)
+            return
+        state["ended_at"] = now
+        write_ab(self.base_path, state)
+        record = self._write(replace(record, canary_percent=0))
+        self._audit(record, "ab-end", f"A/B ended after {self.config.ab_seconds:g} s: every unnamed request to "
+                    f"stable {record.stable}; version {record.canary} waits for `promote` or `reject`",
+                    figures=ab_summary(state))
+
+    def decide(self, decision: str) -> str:
+        """`promote` (arm B becomes stable, arm A retires after the grace period) or `reject` (arm B is rolled back
+        and recorded as rejected) of the A/B test in the record; the figures so far go to the audit log."""
+        record = read_record(self.base_path)
+        if record is None or record.canary is None:
+            raise ValueError(f"{self.base_path}: no A/B test to decide (no version beside stable "
+                             f"{record.stable if record else None})")
+        state = read_ab(self.base_path)
+        details = {}
+        if state is not None and (state["stable"], state["canary"]) == (record.stable, record.canary):
+            details["figures"] = ab_summary(state)
+            if state["ended_at"] is None:
+                details["note"] = f"decided before the end of the A/B period ({_iso(state['until'])})"
+            write_ab(self.base_path, {**state, "decision": decision, "decided_at": self.clock()})
+        version = record.canary
+        if decision == "promote":
+            self._promote(record, self.clock(), details)
+            return f"version {version} promoted to stable"
+        self._rollback(record, "A/B: rejected by command", **details)
+        return f"version {version} rejected"
 
     def _reset(self) -> None:
         self._waiting_since = self._step_started = None
-        self._start, self._previous_stable = {}, None
+        self._start, self._previous_stable, self._previous_stable_log = {}, None, None
+        self._ab_last = None
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
         while True:
             try:
-                self.tick()
+                with _Locked(self.base_path):
+                    self.tick()
             except (OSError, ValueError, subprocess.CalledProcessError) as e:  # a server, the record or kubectl:
                 # say so and try again at the next tick
                 log.error("rollout tick failed: %s", e)
@@ -350,13 +449,62 @@ class Controller:
                 return
 
 
+ARMS = ("stable", "canary")
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def _figures_json(figures: Figures) -> dict:
+    return {"requests": figures.requests, "errors": figures.errors,
+            "buckets": [["+Inf" if bound == float("inf") else bound, count] for bound, count in figures.buckets]}
+
+
+def _figures_from_json(data: dict) -> Figures:
+    return Figures(data["requests"], data["errors"], tuple((float(bound), count) for bound, count in data["buckets"]))
+
+
+def read_ab(base_path: str) -> dict | None:
+    """The A/B test's state (rollout-ab.json, written by the controller only): arms, period, per-arm figures."""
+    try:
+        with open(os.path.join(base_path, AB_STATE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def write_ab(base_path: str, state: dict) -> None:
+    write_atomic(os.path.join(base_path, AB_STATE), json.dumps(state, indent=2) + "\n")
+
+
+def ab_summary(state: dict) -> dict:
+    """Per arm: its version, requests, errors, error rate, p50 and p99 over the A/B period so far."""
+    summary = {}
+    for arm in ARMS:
+        figures = _figures_from_json(state["figures"][arm])
+        p50 = quantile(0.5, figures.buckets) / 1000 if figures.requests else None
+        summary[arm] = {"version": state[arm], **figures.summary(),
+                        "p50_ms": round(p50, 2) if p50 is not None else None}
+    return summary
+
+
 def status_lines(base_path: str, last: int = 10) -> list[str]:
     record = read_record(base_path)
     if record is None:
         return [f"{base_path}: no rollout record (the controller has not run)"]
-    lines = [f"stable {record.stable}", "canary " + (f"{record.canary} at {record.canary_percent}% (step "
-             f"{record.step + 1}, {record.failures} failed analyses in a row)" if record.canary is not None
-             else "none")]
+    state = read_ab(base_path)
+    ab = state is not None and (state["stable"], state["canary"]) == (record.stable, record.canary)
+    if ab:
+        progress = (f"ended {_iso(state['ended_at'])}, waiting for promote or reject" if state["ended_at"] else
+                    f"until {_iso(state['until'])}")
+        canary = f"{record.canary} at {record.canary_percent}% (A/B arm B, {progress})"
+    elif record.canary is not None:
+        canary = (f"{record.canary} at {record.canary_percent}% (step {record.step + 1}, {record.failures} failed "
+                  "analyses in a row)")
+    else:
+        canary = "none"
+    lines = [f"stable {record.stable}", f"canary {canary}"]
     if record.retiring is not None:
         lines.append(f"retiring {record.retiring} at "
                      f"{datetime.fromtimestamp(record.retire_at, timezone.utc).isoformat(timespec='seconds')}")
@@ -372,15 +520,53 @@ def status_lines(base_path: str, last: int = 10) -> list[str]:
     for entry in entries:
         figures = entry.get("figures", {})
         shown = "".join(f" | {arm} {f['requests']} req, {f['errors']} err, p99 {f['p99_ms']} ms"
-                        for arm, f in figures.items() if arm in ("canary", "stable"))
+                        for arm, f in figures.items() if arm in ARMS)
+        if "score_js" in figures.get("log", {}):
+            shown += f" | scores JS {figures['log']['score_js']}"
         lines.append(f"  {entry['time']} {entry['decision']:<8} {entry['reason']}{shown}")
     return lines
+
+
+def request_log(config: Config, model: str, location: str | None):
+    """The request log the score and anomaly checks read: --logs, else the local server's own when it logs
+    (serving.request_log.sampling_rate > 0); None: those checks do not run."""
+    if location is None:
+        if config.serving.request_log.sampling_rate <= 0:
+            return None
+        root = config.serving.request_log.path or os.path.join(config.output_root, "request_logs")
+        location = os.path.join(root, model)
+    from serving import rollout_log
+
+    return rollout_log.RequestLog(location, rollout_log.load_schema(config.schema_path),
+                                  config.monitoring.batch_size)
+
+
+class _Locked:
+    """<model_base_path>/rollout.lock held around each tick and each command's decision: the controller and a
+    `promote`/`reject` never interleave their read-modify-write of the record. Where the file system has no
+    flock (some FUSE mounts), each goes unlocked."""
+
+    def __init__(self, base_path: str):
+        self.path = os.path.join(base_path, "rollout.lock")
+
+    def __enter__(self):
+        import fcntl
+
+        self.file = open(self.path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+        except OSError as e:
+            log.warning("%s: no lock (%s)", self.path, e)
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.rollout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "status"])
+    parser.add_argument("command", choices=["run", "status", "ab-report", "promote", "reject"])
     parser.add_argument("--url", action="append", help="a server's REST API, once per Kubernetes track (default "
                         "http://<serving.host>:<serving.rest_port>)")
     parser.add_argument("--istio", type=Path, help="Kubernetes: write each track's ConfigMap and the VirtualService "
@@ -388,6 +574,11 @@ def main(argv=None) -> int:
     parser.add_argument("--kubectl", default="", help="with --istio: apply them with this kubectl")
     parser.add_argument("--vertex", action="store_true", help="roll out on the Vertex AI endpoint <model_name> "
                         "(gcp.project, gcp.region, vertex.machine_type and accelerator)")
+    parser.add_argument("--logs", help="PredictionLog files (a folder, local or gs://) for the score and anomaly "
+                        "checks and ab-report (default: the local server's request log when it logs)")
+    parser.add_argument("--labelled", help="ab-report: a labelled span (CSV file or folder of CSV files) of the "
+                        "A/B period: each arm's accuracy and AUC on the requests it answered")
+    parser.add_argument("--json", action="store_true", help="ab-report: as JSON")
     parser.add_argument("--model_base_path", help="default: <output_root>/serving/<model_name>")
     parser.add_argument("--model_name", help="default: model_name")
     parser.add_argument("--poll_seconds", type=float, help="default: serving.poll_seconds")
@@ -402,12 +593,27 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     base_path = os.path.abspath(args.model_base_path or config.serving_model_dir)
+    model = args.model_name or config.model_name
     if args.command == "status":
         print("\n".join(status_lines(base_path)))
         return 0
-    if config.rollout.strategy != "canary":
+    if args.command == "ab-report":
+        from serving import rollout_log
+
+        try:
+            report = rollout_log.ab_report(base_path, request_log(config, model, args.logs), args.labelled)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(report, indent=2) if args.json else "\n".join(rollout_log.ab_report_lines(report)))
+        return 0
+    if config.rollout.strategy == "immediate":
         print("error: rollout.strategy is immediate: a push serves at once, there is nothing to roll out "
-              "(set rollout.strategy: canary)", file=sys.stderr)
+              "(set rollout.strategy: canary or ab)", file=sys.stderr)
+        return 2
+    if args.command in ("promote", "reject") and config.rollout.strategy != "ab":
+        print(f"error: {args.command} decides an A/B test (rollout.strategy: ab); a canary is promoted or rolled "
+              "back by its analysis", file=sys.stderr)
         return 2
     if args.kubectl and not args.istio:
         print("error: --kubectl applies the files --istio writes: give --istio DIR", file=sys.stderr)
@@ -420,8 +626,19 @@ def main(argv=None) -> int:
     else:
         urls = args.url or [f"http://{config.serving.host}:{config.serving.rest_port}"]
         traffic = IstioTraffic(config, args.istio, args.kubectl) if args.istio else None
-        servers = Servers(urls, args.model_name or config.model_name)
-    controller = Controller(config.rollout, base_path, servers, traffic=traffic)
+        servers = Servers(urls, model)
+    if args.command in ("promote", "reject"):
+        controller = Controller(config.rollout, base_path, servers, traffic=traffic)
+        try:
+            with _Locked(base_path):
+                print(controller.decide(args.command))
+        except (OSError, ValueError, subprocess.CalledProcessError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    # TFDV's statistics for the request-log checks: loaded before the first decision, not inside one.
+    requests = request_log(config, model, args.logs) if config.rollout.strategy == "canary" else None
+    controller = Controller(config.rollout, base_path, servers, traffic=traffic, requests=requests)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -142,8 +142,8 @@ def build(config: Config, args: argparse.Namespace) -> tuple[ServingCore, Listen
     if config_poll is None:
         config_poll = 0.0 if tf_serving_style else serving.poll_seconds
     polling = Polling(files, config_poll, args.load_retry_interval_micros / 1e6, args.max_num_load_retries)
-    # The canary strategy: the rollout record beside each model's versions routes its traffic (serving/rollout.py).
-    manager = ModelManager(model_config, polling, config_file, canary=config.rollout.strategy == "canary")
+    # The canary and A/B strategies: the rollout record beside each model's versions routes its traffic (serving/rollout.py).
+    manager = ModelManager(model_config, polling, config_file, canary=config.rollout.strategy in ("canary", "ab"))
     # make monitor's newest gauges per model are read at each scrape (serving/metrics.py).
     metrics = Metrics(manager.model_names, manager.available_versions, os.path.join(config.output_root, "monitoring"))
     log_dir = serving.request_log.path or os.path.join(config.output_root, "request_logs")

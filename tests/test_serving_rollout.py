@@ -513,3 +513,106 @@ def test_vertex_figures_from_cloud_monitoring(tmp_path):
                                      'resource.labels.endpoint_id="8125"')
     for request in requests:
         inspect.signature(monitoring_v3.MetricServiceClient.list_time_series).bind(None, **request)
+
+
+# --- the request-log checks (score distribution, schema anomalies) on PredictionLogs made by hand -------------------
+
+def _taxi_rows(count, start=0):
+    import csv
+
+    with open(REPO_ROOT / "tests" / "data" / "taxi_small" / "data.csv") as f:
+        rows = list(csv.DictReader(f))[start:start + count]
+    return rows
+
+
+def _prediction_logs(rows, version, bias=0.0, when=1_800_000_000, per_request=4):
+    """PredictionLogs as the server writes them: serving_default requests of `per_request` examples each, the
+    taxi test model's probabilities (bias shifts them), the version and time in log_metadata."""
+    import numpy as np
+    import tensorflow as tf
+    from serving_models import taxi_probabilities
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.examples import load_schema, to_example
+
+    schema = load_schema(str(REPO_ROOT / "schema" / "schema.pbtxt"))
+    records = []
+    for i in range(0, len(rows), per_request):
+        chunk = rows[i:i + per_request]
+        record = prediction_log_pb2.PredictionLog()
+        record.log_metadata.model_spec.version.value = version
+        record.log_metadata.timestamp_secs = when + i
+        examples = np.array([to_example(r, schema).SerializeToString() for r in chunk], dtype=object)
+        record.predict_log.request.inputs["examples"].CopyFrom(tf.make_tensor_proto(examples))
+        record.predict_log.response.outputs["probabilities"].CopyFrom(
+            tf.make_tensor_proto(taxi_probabilities([{**r, "fare": r["fare"] or 0} for r in chunk], bias)))
+        records.append(record.SerializeToString())
+    return records
+
+
+def _write_log(path, records):
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def test_log_cursor_reads_what_was_appended_since(tmp_path):
+    from serving.rollout_log import LogCursor
+
+    records = _prediction_logs(_taxi_rows(12), 1)  # 3 records
+    _write_log(tmp_path / "prediction_log-1-000000.tfrecord", records[:2])
+    cursor = LogCursor(str(tmp_path))
+    cursor.skip()
+    assert cursor.read() == []
+    _write_log(tmp_path / "prediction_log-1-000001.tfrecord", records[2:])
+    # A record cut short (still being written) waits for the next read.
+    with open(tmp_path / "prediction_log-1-000000.tfrecord", "ab") as f:
+        framed = (tmp_path / "prediction_log-1-000001.tfrecord").read_bytes()
+        f.write(framed[:20])
+    assert cursor.read() == records[2:]
+    with open(tmp_path / "prediction_log-1-000000.tfrecord", "ab") as f:
+        f.write(framed[20:])
+    assert cursor.read() == records[2:]
+    (tmp_path / "prediction_log-1-000001.tfrecord").unlink()  # pruned by the logger's rotation: forgotten
+    assert cursor.read() == [] and len(cursor.offsets) == 1
+
+
+def test_log_analysis_scores_and_anomalies(tmp_path):
+    """A canary whose scores moved fails score_js; one whose traffic holds a payment type the schema does not know
+    in 30 % of its examples (stable's none) fails anomalies; the same traffic and model passes both."""
+    from serving.rollout_log import analyse, load_schema, summarize
+
+    schema = load_schema(str(REPO_ROOT / "schema" / "schema.pbtxt"))
+    rollout = _config(tmp_path).rollout  # max_score_js 0.1, max_anomaly_share_margin 0.01, min_requests 10
+    stable_rows, canary_rows = _taxi_rows(400), _taxi_rows(400, start=400)
+    odd = [{**r, "payment_type": "Bitcoin"} if i % 10 < 3 else r for i, r in enumerate(canary_rows)]
+    arms = summarize(_prediction_logs(stable_rows, 1) + _prediction_logs(canary_rows, 2)
+                     + _prediction_logs(canary_rows, 3, bias=2.0) + _prediction_logs(odd, 4), schema)
+    assert {v: a.examples for v, a in arms.items()} == {1: 400, 2: 400, 3: 400, 4: 400}
+
+    same = analyse(rollout, schema, arms[2], arms[1])
+    assert [(name, ok) for name, ok, _ in same.checks] == [("score_js", True), ("anomalies", True)], same.checks
+    assert same.figures["score_js"] <= 0.1
+    assert same.figures["canary"] == {"logged_examples": 400, "score_mean": round(arms[2].score_mean(), 4)}
+
+    shifted = analyse(rollout, schema, arms[3], arms[1])
+    score = dict((name, (ok, detail)) for name, ok, detail in shifted.checks)["score_js"]
+    assert not score[0] and shifted.figures["score_js"] > 0.1
+    assert score[1] == f"canary scores against stable's: Jensen-Shannon {shifted.figures['score_js']:.4f} (limit 0.1)"
+    assert shifted.figures["canary"]["score_mean"] > shifted.figures["stable"]["score_mean"] + 0.2
+
+    anomalous = analyse(rollout, schema, arms[4], arms[1])
+    checks = {name: (ok, detail) for name, ok, detail in anomalous.checks}
+    assert checks["score_js"][0] and not checks["anomalies"][0]
+    assert checks["anomalies"][1] == ("canary payment_type ENUM_TYPE_UNEXPECTED_STRING_VALUES in 30.0% of examples "
+                                      "(stable 0.0%) (margin 1.0%)")
+    assert {"feature": "payment_type", "kind": "ENUM_TYPE_UNEXPECTED_STRING_VALUES", "canary_share": 0.3,
+            "stable_share": 0.0} in anomalous.figures["anomalies"]
+    # The same anomaly in stable's traffic too: no worse than stable, so it passes.
+    assert dict((n, ok) for n, ok, _ in analyse(rollout, schema, arms[4], arms[4]).checks)["anomalies"]
+
+    few = analyse(rollout, schema, summarize(_prediction_logs(canary_rows[:8], 2), schema)[2], arms[1])
+    assert few.checks == [(name, False, "request log: canary 8 logged examples (minimum 10)")
+                          for name in ("score_js", "anomalies")]
