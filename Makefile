@@ -132,6 +132,12 @@ lineage: setup
 	$(PY) -m registry.lineage $(if $(VERSION),--version $(VERSION)) $(if $(SPAN),--span $(SPAN)) \
 	  $(if $(FILE),--file $(FILE)) $(if $(JSON),--json) $(ARGS)
 
+# Model cards (docs/registry.md#model-cards): a run writes the card of each version it pushes; this writes VERSION's
+# again, or the card of every pushed version on disk that has none (Airflow runs, a card a run could not write).
+.PHONY: model-card
+model-card: setup
+	$(PY) -m registry.model_card $(if $(VERSION),--version $(VERSION))
+
 bench-monitor: setup
 	$(PY) bench/bench_monitor.py
 
