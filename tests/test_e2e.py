@@ -9,6 +9,7 @@ from conftest import SMALL_DATA
 from ml_metadata.proto import metadata_store_pb2
 
 from pipeline import pusher
+from registry import model_card
 from runners import summary
 from serving import examples
 
@@ -96,6 +97,9 @@ def test_evaluation_reports_every_metric(first_run):
 
 def test_unchanged_rerun_is_all_cached_and_pushes_nothing(first_run, small_pipeline):
     config, _, versions_before = first_run
+    cards = os.path.dirname(model_card.card_dir(config, 0))
+    cards_before = {n: os.path.getmtime(os.path.join(cards, n)) for n in os.listdir(cards)}
+    assert str(max(versions_before)) in cards_before  # the first run wrote the card of the version it pushed
     assert small_pipeline() == 0
     executions = _executions_by_node(config)
     for node in COMPONENTS:
@@ -103,6 +107,8 @@ def test_unchanged_rerun_is_all_cached_and_pushes_nothing(first_run, small_pipel
             continue
         assert executions[node] == [metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED], node
     assert _served(config) == versions_before
+    # Nothing pushed, nothing written: the same cards, untouched.
+    assert {n: os.path.getmtime(os.path.join(cards, n)) for n in os.listdir(cards)} == cards_before
 
 
 def test_changed_training_config_is_compared_with_the_blessed_baseline(first_run, small_pipeline, capsys):

@@ -23,6 +23,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from pipeline import metadata, versions
 from pipeline.fingerprint import tree_digest
+from registry import model_card
 from runners import recovery, summary
 from serving.source import list_versions
 
@@ -362,6 +363,7 @@ def test_runs_killed_in_transform_trainer_and_push_resume_and_leave_nothing(tmp_
                              "Evaluator": State.COMPLETE, "Pusher": State.RUNNING}
     assert [n for n in os.listdir(base) if n.startswith(versions.TMP_PREFIX)]  # invisible to the server
     assert_served(base, previous)
+    assert not os.path.exists(os.path.dirname(model_card.card_dir(config, 0)))  # no push, no model card
 
     # The next run completes: everything but the Pusher is a cache hit, the model is pushed as a new version.
     child = spawn(runner)
@@ -373,6 +375,7 @@ def test_runs_killed_in_transform_trainer_and_push_resume_and_leave_nothing(tmp_
                               **dict.fromkeys(RESOLVERS, State.COMPLETE), "Pusher": State.COMPLETE}
     assert_pushed(config, fourth["Pusher"], previous)
     assert_consistent(config)
+    assert os.listdir(os.path.dirname(model_card.card_dir(config, 0))) == [str(max(versions.served_versions(base)))]
 
 
 def model_bytes(config) -> int:
@@ -439,6 +442,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_pushes_nothing(tmp_path, sm
     assert last["Pusher"].last_known_state == State.FAILED
     assert_served(base, previous)
     assert not [n for n in os.listdir(base) if n.startswith(versions.TMP_PREFIX)]
+    assert not os.path.exists(os.path.dirname(model_card.card_dir(config, 0)))  # the failed push wrote no card
     (small_disk / "filler").unlink()
 
     # With space again, the next run pushes the model, reusing the rest.
@@ -448,3 +452,4 @@ def test_a_full_disk_stops_the_run_with_one_line_and_pushes_nothing(tmp_path, sm
     assert states(last)["Trainer"] == State.CACHED and states(last)["Pusher"] == State.COMPLETE
     assert_pushed(config, last["Pusher"], previous)
     assert_consistent(config)
+    assert os.listdir(os.path.dirname(model_card.card_dir(config, 0))) == [str(max(versions.served_versions(base)))]
