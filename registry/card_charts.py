@@ -19,8 +19,9 @@ def slice_bars(feature: str, slices: list[dict], overall: float, margin: float) 
     ax.axvline(overall, color=OVERALL, linewidth=1)
     ax.axvline(overall - margin, color=OVERALL, linewidth=1, linestyle="--")
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"AUC by {feature} (line: overall {overall:.3f}; dashed: overall - {margin:g}; "
-                  "red: markedly worse; grey: not judged)", fontsize=7)
+    ax.set_title(f"AUC by {feature}", fontsize=9)
+    ax.set_xlabel(f"line: overall {overall:.3f}; dashed: overall - {margin:g}\n"
+                  "red: markedly worse; grey: not judged (too few examples, one class)", fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
     return to_svg(fig)
 
