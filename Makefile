@@ -146,3 +146,9 @@ bench-serving: setup
 
 bench-pipeline: setup
 	$(PY) bench/bench_pipeline.py
+
+# A read-only web page over the runs (DAGs), models and cards, lineage, serving and monitoring (docs/console.md):
+# http://127.0.0.1:8600/ (console.host and console.port; ARGS="--port N").
+.PHONY: console
+console: setup
+	$(PY) -m console $(ARGS)
