@@ -29,6 +29,7 @@ COPY reports reports
 COPY serving serving
 COPY monitoring monitoring
 COPY registry registry
+COPY console console
 COPY schema schema
 # Editable, as `make setup` does: the package is /pipeline itself, so REPO_ROOT is /pipeline in the image.
 RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation -e . \

@@ -11,6 +11,6 @@ setup(
     # 3.11 on a developer machine (requirements/lock.txt), 3.10 in the TFX image (requirements/image-lock.txt).
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["pipeline*", "modules*", "runners*", "reports*", "schema*", "serving*", "monitoring*",
-                                    "registry*"]),
-    package_data={"": ["*.pbtxt", "*.yaml"]},
+                                    "registry*", "console*"]),
+    package_data={"": ["*.pbtxt", "*.yaml"], "console": ["templates/*.html"]},
 )
