@@ -12,5 +12,6 @@ setup(
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["pipeline*", "modules*", "runners*", "reports*", "schema*", "serving*", "monitoring*",
                                     "registry*", "console*"]),
-    package_data={"": ["*.pbtxt", "*.yaml"], "console": ["templates/*.html"]},
+    package_data={"": ["*.pbtxt", "*.yaml"], "console": ["templates/*.html"],
+                  "reports": ["templates/*.j2"]},
 )
