@@ -101,35 +101,22 @@ def slice_metrics(evaluation_uri: str) -> list[dict]:
 
 
 def overall_curves(evaluation_uri: str) -> dict:
-    """The overall slice's ROC points (false positive rate, true positive rate) and calibration buckets (mean
-    prediction, mean label, examples), re-binned into tenths, from TFMA's plots."""
+    """The overall slice's plots as TFMA wrote them: `matrices` (ConfusionMatrixPlot's matrices at thresholds) and
+    `buckets` (CalibrationPlot's histogram buckets), for reports/charts.py."""
     import tensorflow_model_analysis as tfma
 
-    roc, calibration = [], []
+    curves = {"matrices": [], "buckets": []}
     for per_slice in tfma.load_plots(evaluation_uri):
         if per_slice.slice_key.single_slice_keys:
             continue
         for plot in per_slice.plot_keys_and_values:
             if plot.key.model_name not in ("", "candidate"):
                 continue
-            value = plot.value
-            if value.HasField("confusion_matrix_at_thresholds"):
-                for m in value.confusion_matrix_at_thresholds.matrices:
-                    positives, negatives = m.true_positives + m.false_negatives, m.false_positives + m.true_negatives
-                    if positives and negatives:
-                        roc.append((m.false_positives / negatives, m.true_positives / positives))
-            if value.HasField("calibration_histogram_buckets"):
-                tenths = [[0.0, 0.0, 0.0] for _ in range(10)]
-                for b in value.calibration_histogram_buckets.buckets:
-                    if b.num_weighted_examples.value <= 0:
-                        continue
-                    low = min(max(b.lower_threshold_inclusive, 0.0), 0.999)
-                    tenth = tenths[int(low * 10)]
-                    tenth[0] += b.total_weighted_refined_prediction.value
-                    tenth[1] += b.total_weighted_label.value
-                    tenth[2] += b.num_weighted_examples.value
-                calibration = [{"prediction": p / n, "label": y / n, "count": n} for p, y, n in tenths if n > 0]
-    return {"roc": roc, "calibration": calibration}
+            if plot.value.HasField("confusion_matrix_at_thresholds"):
+                curves["matrices"] = list(plot.value.confusion_matrix_at_thresholds.matrices)
+            if plot.value.HasField("calibration_histogram_buckets"):
+                curves["buckets"] = list(plot.value.calibration_histogram_buckets.buckets)
+    return curves
 
 
 def feature_summary(statistics_uri: str, split: str) -> dict:
@@ -353,23 +340,30 @@ def _metric_rows(card: dict) -> list[dict]:
 
 
 def make_charts(slices: list[dict], curves: dict, settings: ModelCardConfig) -> dict[str, str]:
-    """name -> SVG: AUC per slicing feature, the ROC curve and the calibration of all examples."""
-    from registry import card_charts
+    """name -> SVG (reports/charts.py): AUC per slice of each slicing feature against overall, and the ROC curve,
+    precision-recall curve and calibration of all examples (TFMA's binary metrics decide at 0.5)."""
+    from reports import charts as c
 
-    charts = {}
+    found = {}
     overall = next((s for s in slices if not s["features"]), None)
     base = overall["metrics"].get(JUDGED_METRIC) if overall else None
     judged = worse_slices(slices, settings.worse_slice_margin, settings.min_slice_examples)
     if base is not None and math.isfinite(base):
+        lines = [c.Threshold(f"overall {base:.3f}", base),
+                 c.Threshold(f"overall - {settings.worse_slice_margin:g}", base - settings.worse_slice_margin)]
         for feature in sorted({s["feature"] for s in judged}):
-            rows = [{"label": s["label"], "auc": s["value"], "count": s["count"], "worse": s["worse"],
-                     "judged": s["judged"]} for s in judged if s["feature"] == feature]
-            charts[f"auc_by_{feature}"] = card_charts.slice_bars(feature, rows, base, settings.worse_slice_margin)
-    if curves.get("roc"):
-        charts["roc"] = card_charts.roc_curve(curves["roc"], base)
-    if curves.get("calibration"):
-        charts["calibration"] = card_charts.calibration(curves["calibration"])
-    return charts
+            rows = [s for s in judged if s["feature"] == feature]
+            labels = [s["label"] + (" (markedly worse)" if s["worse"] else "" if s["judged"] else " (not judged)")
+                      for s in rows]
+            found[f"auc_by_{feature}"] = c.to_svg(c.slice_bars(
+                labels, {"AUC": [s["value"] for s in rows]}, [s["count"] for s in rows], {"AUC": lines},
+                title=f"AUC by {feature}"))
+    if curves.get("matrices"):
+        found["roc"] = c.to_svg(c.roc_curve(curves["matrices"], auc=base, threshold=0.5))
+        found["precision_recall"] = c.to_svg(c.precision_recall_curve(curves["matrices"], threshold=0.5))
+    if curves.get("buckets"):
+        found["calibration"] = c.to_svg(c.calibration_plot(curves["buckets"], threshold=0.5))
+    return found
 
 
 # --- writing ----------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 from ml_metadata import metadata_store
@@ -61,10 +62,24 @@ def _facts(version=1796000000):
         {"name": "payment_type", "type": "STRING", "mean": None, "std_dev": None, "min": None, "max": None,
          "unique": 5, "top": "Cash", "missing": 0.0}]}
     return {"model_name": "chicago_taxi", "pipeline": "chicago-taxi", "version": version, "record": record,
-            "slices": SLICES, "curves": {"roc": [(0.0, 0.0), (0.1, 0.6), (0.3, 0.9), (1.0, 1.0)],
-                                         "calibration": [{"prediction": 0.1, "label": 0.08, "count": 600},
-                                                         {"prediction": 0.8, "label": 0.85, "count": 400}]},
+            "slices": SLICES, "curves": CURVES,
             "training_data": summary, "evaluation_data": {**summary, "split": "eval", "examples": 1020}}
+
+
+def _matrix(threshold, fpr, recall, precision):
+    return SimpleNamespace(threshold=threshold, false_positive_rate=fpr, recall=recall, precision=precision,
+                           true_positives=recall * 300, false_positives=fpr * 700)
+
+
+def _bucket(low, examples, predictions, labels):
+    return SimpleNamespace(lower_threshold_inclusive=low, num_weighted_examples=SimpleNamespace(value=examples),
+                           total_weighted_refined_prediction=SimpleNamespace(value=predictions),
+                           total_weighted_label=SimpleNamespace(value=labels))
+
+
+# TFMA's plot protos of the overall slice, as far as reports/charts.py reads them.
+CURVES = {"matrices": [_matrix(0.0, 1.0, 1.0, 0.3), _matrix(0.5, 0.1, 0.6, 0.72), _matrix(1.0, 0.0, 0.0, 1.0)],
+          "buckets": [_bucket(0.1, 600, 60, 48), _bucket(0.8, 400, 320, 340)]}
 
 
 def test_slices_markedly_worse_than_overall_are_found_with_the_margin_and_enough_examples():
@@ -82,6 +97,7 @@ def test_slices_markedly_worse_than_overall_are_found_with_the_margin_and_enough
 
 
 def test_the_card_has_the_papers_sections_and_the_toolkits_json_fields(tmp_path):
+    """The one unit test that draws the five charts (about 1 s of matplotlib)."""
     config = _config(tmp_path)
     directory = model_card.card_dir(config, 1796000000)
     assert directory == os.path.join(config.output_root, "model_cards", "chicago_taxi", "1796000000")
@@ -89,7 +105,7 @@ def test_the_card_has_the_papers_sections_and_the_toolkits_json_fields(tmp_path)
     assert html_path == model_card.card_path(config, 1796000000)
     assert sorted(os.listdir(directory)) == ["auc_by_payment_type.svg", "auc_by_trip_start_hour.svg",
                                              "calibration.svg", "model_card.html", "model_card.json",
-                                             "model_card.md", "roc.svg"]
+                                             "model_card.md", "precision_recall.svg", "roc.svg"]
     with open(model_card.card_path(config, 1796000000, "json")) as f:
         card = json.load(f)
     # The Model Card Toolkit's schema, by its field names and types.
@@ -114,7 +130,8 @@ def test_the_card_has_the_papers_sections_and_the_toolkits_json_fields(tmp_path)
     assert ("all examples", "recall") not in by_key  # TFMA's NaN: no value to state
     assert float(by_key["payment_type = Credit Card", "auc"]["value"]) == 0.66
     graphics = card["quantitative_analysis"]["graphics"]["collection"]
-    assert [c["name"] for c in graphics] == ["auc_by_payment_type", "auc_by_trip_start_hour", "roc", "calibration"]
+    assert [c["name"] for c in graphics] == ["auc_by_payment_type", "auc_by_trip_start_hour", "roc",
+                                             "precision_recall", "calibration"]
     assert all(base64.b64decode(c["image"]).startswith(b"<svg") for c in graphics)
     considerations = card["considerations"]
     assert set(considerations) == {"users", "use_cases", "limitations", "tradeoffs", "ethical_considerations"}
@@ -136,11 +153,12 @@ def test_the_card_has_the_papers_sections_and_the_toolkits_json_fields(tmp_path)
     assert "- payment_type = Credit Card: AUC 0.6600 (-0.2400 against overall), 348 examples" in markdown
     assert "![roc](roc.svg)" in markdown
     # Self-contained: the charts inline, nothing fetched from anywhere (SVG's own references are #fragments).
-    assert page.count("<svg") == 4
+    assert page.count("<svg") == 5
     assert not re.search(r"<(script|img|link|iframe)\b|\b(src|href)=\"(?!#)|url\((?!#)", page)
 
 
-def test_hostile_text_from_the_configuration_is_text_in_html_and_markdown(tmp_path):
+def test_hostile_text_from_the_configuration_is_text_in_html_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_card, "make_charts", lambda slices, curves, settings: {})  # no configuration text
     config = _config(tmp_path, owners=["</td><script>alert(1)</script>"],
                      intended_use="# Use <img src=x onerror=alert(1)> [here](javascript:alert(1)) | *now*",
                      out_of_scope=["1. <b>all</b> & more"])
@@ -221,6 +239,7 @@ def test_a_card_that_cannot_be_written_leaves_nothing_and_says_so(tmp_path, monk
     config = _config(tmp_path)
     monkeypatch.setattr(models, "open_graph", lambda config: graph)
     monkeypatch.setattr(model_card, "collect", lambda config, graph, push: _facts(7))
+    monkeypatch.setattr(model_card, "make_charts", lambda slices, curves, settings: {})  # charts: another test
 
     def render(card, charts):
         raise OSError(28, "No space left on device")
@@ -234,7 +253,8 @@ def test_a_card_that_cannot_be_written_leaves_nothing_and_says_so(tmp_path, monk
     assert not os.path.exists(cards) or os.listdir(cards) == []  # no card, no hidden half of one
 
 
-def test_a_card_is_replaced_whole_and_pruned_with_its_version(tmp_path):
+def test_a_card_is_replaced_whole_and_pruned_with_its_version(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_card, "make_charts", lambda slices, curves, settings: {})  # charts: another test
     config = _config(tmp_path)
     config = dataclasses.replace(config, retention=dataclasses.replace(config.retention, keep_versions=1))
     base = config.serving_model_dir
