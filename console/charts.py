@@ -40,7 +40,7 @@ def metric_over_time(evaluations: list[dict], metric: str, threshold_metric: str
     ax.set_xlabel("evaluated (UTC); filled: blessed, hollow: not, star: pushed as a version")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
-    fig.autofmt_xdate()
+    ax.tick_params(axis="x", labelrotation=20)
     return to_svg(fig)
 
 
@@ -68,5 +68,5 @@ def monitoring_over_time(windows: list[dict]) -> str:
                                                                           else "#5c7cba" for w in windows])
     bottom.set_ylabel("requests")
     bottom.set_xlabel("window start (UTC); red: ALERT")
-    fig.autofmt_xdate()
+    bottom.tick_params(axis="x", labelrotation=20)
     return to_svg(fig)

@@ -173,6 +173,16 @@ def relative(root: str, path: str | None) -> str | None:
     return os.path.relpath(full, base) if os.path.commonpath([base, full]) == base and os.path.isfile(full) else None
 
 
+def readable_file(root: str, uri: str) -> str | None:
+    """An artifact's file a person can read in a browser (a report, JSON, text, a text proto), relative to the output
+    root; the first by name in its folder, None when there is none (TFRecords, protos, SavedModels)."""
+    if not uri or not os.path.isdir(uri):
+        return relative(root, uri)
+    found = sorted(os.path.join(d, f) for d, _, files in os.walk(uri) for f in files
+                   if f.endswith((".html", ".json", ".txt", ".pbtxt")))
+    return relative(root, found[0]) if found else None
+
+
 def report_files(config: Config, pipeline_name: str) -> list[str]:
     """The run reports of a pipeline (<output_root>/reports/<pipeline>/, whatever reports/ wrote there), relative
     to the output root."""

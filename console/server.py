@@ -23,9 +23,11 @@ from registry import graph as g
 log = logging.getLogger("console")
 MAX_URL = 2048                  # characters of a request's target
 TIMEOUT_SECONDS = 30            # a client that sends nothing for this long is dropped
-PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+# The model card is a page of its own, framed (sandboxed: no script) on its version's page.
+PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-src 'self'; base-uri 'none'; "
+            "form-action 'none'")
 # Files (reports) may carry their own inline styles and scripts; still nothing from elsewhere.
-FILE_CSP = "default-src 'self' 'unsafe-inline' data:; base-uri 'none'; form-action 'none'"
+FILE_CSP = "default-src 'self' 'unsafe-inline' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
 VERSION = re.compile(r"\d{1,20}")
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("console", "templates"),
                                autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
@@ -124,12 +126,7 @@ class Console:
 
     def _artifact(self, graph: g.Graph, artifact_id: int) -> dict:
         a = graph.artifacts[artifact_id]
-        link = None
-        if a.uri and os.path.isdir(a.uri):
-            # An artifact folder: link its first file a person reads (a report, a JSON, a text file).
-            readable = sorted(os.path.join(d, f) for d, _, files in os.walk(a.uri) for f in files
-                              if f.endswith((".html", ".json", ".txt", ".pbtxt")))
-            link = data.relative(self.config.output_root, readable[0]) if readable else None
+        link = data.readable_file(self.config.output_root, a.uri)
         return {"id": artifact_id, "type": graph.type_of(artifact_id), "uri": a.uri, "state": a.State.Name(a.state),
                 "on_disk": bool(a.uri) and os.path.exists(a.uri), "link": link,
                 "version": g.prop(a, "pushed_version"), "span": g.prop(a, "span")}
@@ -174,15 +171,20 @@ class Console:
                             seen.add(akey)
                             label = (f"version {a['pushed_version']}" if "pushed_version" in a else
                                      f"span {a['span']}" if "span" in a else f"artifact {a['id']}")
-                            link = data.relative(self.config.output_root, a["uri"]) if a["on_disk"] else None
+                            link = data.readable_file(self.config.output_root, a["uri"]) if a["on_disk"] else None
                             nodes.append(svg.Node(akey, a["type"], label if a["state"] == "LIVE" else
                                                   f"{label} {a['state']}", "artifact" if a["on_disk"] else "deleted",
                                                   f"/files/{quote(link)}" if link else None))
                         edges.append((akey, key) if direction == "inputs" else (key, akey))
         return svg.render(nodes, edges, f"lineage of version {back['version']}")
 
-    def card(self, version: int) -> str | None:
-        return None
+    def card(self, version: int) -> dict[str, str]:
+        """The version's model card files (registry/model_card.py) by kind, relative to the output root."""
+        from registry import model_card
+
+        found = {kind: data.relative(self.config.output_root, model_card.card_path(self.config, version, kind))
+                 for kind in model_card.FILES}
+        return {kind: path for kind, path in found.items() if path}
 
     def serving(self) -> dict:
         from registry.models import serving_states

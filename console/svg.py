@@ -5,7 +5,7 @@ from html import escape
 
 COLORS = {"ran": "#2e7d32", "cached": "#5c7cba", "FAILED": "#c62828", "running": "#ef8f00", "canceled": "#757575",
           "new": "#757575", "artifact": "#8d6e63", "deleted": "#bdbdbd"}
-WIDTH, HEIGHT, GAP_X, GAP_Y = 160, 48, 46, 16
+WIDTH, HEIGHT, GAP_X, GAP_Y = 190, 48, 46, 16
 
 
 @dataclass
@@ -73,8 +73,8 @@ def render(nodes: list[Node], edges: list[tuple[str, str]], label: str) -> str:
                f'<rect x="{x:.0f}" y="{y:.0f}" width="{WIDTH}" height="{HEIGHT}" rx="6" fill="#fff" '
                f'stroke="{color}" stroke-width="2.5"/>'
                f'<rect x="{x:.0f}" y="{y:.0f}" width="8" height="{HEIGHT}" rx="3" fill="{color}"/>'
-               f'<text x="{x + 16:.0f}" y="{y + 20:.0f}" font-weight="bold">{escape(n.title[:22])}</text>'
-               f'<text x="{x + 16:.0f}" y="{y + 38:.0f}" fill="#444">{escape(n.subtitle[:26])}</text>'
+               f'<text x="{x + 16:.0f}" y="{y + 20:.0f}" font-weight="bold">{escape(n.title[:26])}</text>'
+               f'<text x="{x + 16:.0f}" y="{y + 38:.0f}" fill="#444">{escape(n.subtitle[:30])}</text>'
                f'<title>{escape(n.title)}: {escape(n.subtitle)}</title></g>')
         parts.append(f'<a href="{escape(n.href)}">{box}</a>' if n.href else box)
     return "".join(parts) + "</svg>"

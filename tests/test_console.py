@@ -181,3 +181,91 @@ def test_a_port_in_use_is_exit_2(tmp_path, capsys, monkeypatch):
         taken.listen()
         assert main(["--port", str(taken.getsockname()[1])]) == 2
     assert "error: console: cannot listen on 127.0.0.1:" in capsys.readouterr().err
+
+
+COMPONENTS = {"ExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", "Transform", "Tuner",
+              "Trainer", "Evaluator", "Pusher"}
+
+
+@pytest.mark.e2e
+def test_console_in_chromium_over_a_real_run(small_pipeline, tmp_path):
+    """Debian's Chromium (Playwright) over the session run's outputs: every console page it links renders with no
+    console error and loads nothing but the console; the run's DAG shows its components as ML Metadata recorded
+    them; the version page frames its model card; every link on every page resolves. Screenshots in tmp_path."""
+    from playwright.sync_api import sync_playwright
+
+    from console import data
+    from console.server import make_server
+    from pipeline.evaluation import THRESHOLD_METRIC
+    from registry import graph as g
+    from registry.models import open_graph
+
+    assert small_pipeline.first_exit_code == 0
+    assert data.BLESSING_METRIC == THRESHOLD_METRIC
+    config = small_pipeline.config()
+    graph = open_graph(config)
+    version, push = min(g.pushes(graph).items())   # the session run's push (later tests may run again)
+    run = push.pusher.run_name
+    recorded = {s.node for s in data.find_run({config.pipeline_name: graph}, run)[1].steps}
+    assert COMPONENTS <= recorded
+
+    server = make_server(config, port=0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    outside, errors, checked = [], [], {}
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+
+        def route(r):
+            if r.request.url.startswith(base + "/"):
+                r.continue_()
+            else:
+                outside.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+        page.on("console", lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
+        shots = {"overview": "/", "run": f"/runs/{quote(run, safe='')}", "models": "/models",
+                 "version": f"/models/{version}", "serving": "/serving", "monitoring": "/monitoring"}
+        todo, visited = list(shots.values()), set()
+        while todo:
+            path = todo.pop(0)
+            if path in visited:
+                continue
+            visited.add(path)
+            response = page.goto(base + path)
+            assert response.status == 200, (path, response.status)
+            name = next((n for n, p in shots.items() if p == path), None)
+            if name == "run":
+                nodes = page.locator("#dag g.node")
+                assert {nodes.nth(i).get_attribute("data-node") for i in range(nodes.count())} == recorded
+                assert page.locator('#dag g.node[data-node="Pusher"]').get_attribute("data-kind") == "ran"
+                assert page.locator("#dag path.edge").count() >= len(COMPONENTS) - 1
+            if name == "version":
+                card = page.frame_locator("#card iframe").locator("h1")
+                assert f"version {version}" in card.inner_text()
+                assert page.locator("#lineage g.node").count() > len(COMPONENTS)
+            if name:
+                page.screenshot(path=tmp_path / f"console-{name}.png", full_page=True)
+            links = page.eval_on_selector_all(
+                "a[href]", "els => els.map(e => new URL(e.getAttribute('href'), location.href).href)")
+            for link in links:
+                target, _, fragment = link.partition("#")
+                assert target.startswith(base + "/"), (path, link)
+                if fragment and target == page.url.partition("#")[0]:
+                    assert page.locator(f"[id='{fragment}']").count() == 1, (path, link)
+                elif target not in checked:
+                    checked[target] = page.request.get(target).status
+                    if not target.startswith(base + "/files/"):
+                        todo.append(target[len(base):])
+        browser.close()
+    finally:
+        playwright.stop()
+        server.shutdown()
+        server.server_close()
+    assert outside == [] and errors == []
+    assert {link: status for link, status in checked.items() if status >= 400} == {}
+    assert any("/files/model_cards/" in link for link in checked) and any("/files/reports/" in link for link in checked)
