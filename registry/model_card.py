@@ -170,12 +170,13 @@ def worse_slices(slices: list[dict], margin: float, min_examples: int, metric: s
         count = round(s["metrics"].get("example_count", 0))
         row = {"slice": s["slice"], "feature": ", ".join(s["features"]),
                "label": ", ".join(str(v) for v in s["features"].values()), "value": value, "count": count,
-               "judged": False, "worse": False, "gap": None, "why": None}
+               "judged": False, "worse": False, "gap": None, "why": None,
+               "one_class": 0 in (s.get("positives"), s.get("negatives"))}
         if base is None or value is None:
             row["why"] = f"no {metric}"
         elif count < min_examples:
             row["why"] = f"{count} examples, fewer than {min_examples}"
-        elif 0 in (s.get("positives"), s.get("negatives")):
+        elif row["one_class"]:
             row["why"] = f"one class only ({s['positives']} positive, {s['negatives']} negative)"
         else:
             row.update(judged=True, gap=value - base, worse=value < base - margin)
@@ -356,7 +357,9 @@ def make_charts(slices: list[dict], curves: dict, settings: ModelCardConfig) -> 
             labels = [s["label"] + (" (markedly worse)" if s["worse"] else "" if s["judged"] else " (not judged)")
                       for s in rows]
             found[f"auc_by_{feature}"] = c.to_svg(c.slice_bars(
-                labels, {"AUC": [s["value"] for s in rows]}, [s["count"] for s in rows], {"AUC": lines},
+                # One class only: TFMA's AUC (0) means nothing; n/a on the chart, TFMA's number in the tables.
+                labels, {"AUC": [None if s["one_class"] else s["value"] for s in rows]},
+                [s["count"] for s in rows], {"AUC": lines},
                 title=f"AUC by {feature}"))
     if curves.get("matrices"):
         found["roc"] = c.to_svg(c.roc_curve(curves["matrices"], auc=base, threshold=0.5))
