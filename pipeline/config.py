@@ -123,6 +123,20 @@ class DataflowConfig:
 
 
 @dataclass(frozen=True)
+class PortableConfig:
+    """Beam's portability framework for the Beam-based components (profiles portable, flink, spark): a job service
+    runs each Beam job, SDK worker pools run its code (environment EXTERNAL) (docs/orchestrators.md#portable)."""
+    runner: str           # "" (off) | portable (Beam's job service) | flink | spark (their job servers)
+    services: str         # portable: start (runners/portable_runner.py starts and stops them on loopback) | external
+    job_endpoint: str     # portable: the job service, host:port
+    worker_pools: list[str]  # host:port of SDK worker pools (EXTERNAL); Beam jobs take them in turn, one each
+    flink_master: str     # flink: the JobManager's REST address, host:port
+    flink_version: str    # flink: the job server's Flink version (Beam 2.59 publishes 1.15-1.18)
+    spark_master_url: str  # spark: spark://host:port
+    job_server_jar: str   # flink, spark: the Beam job server jar, a file the operator supplies (never downloaded)
+
+
+@dataclass(frozen=True)
 class VertexConfig:
     bigquery_query: str
     machine_type: str
@@ -293,6 +307,7 @@ class Config:
     training: str         # local | vertex (Trainer and Tuner as Vertex AI custom jobs)
     gcp: GcpConfig
     dataflow: DataflowConfig
+    portable: PortableConfig
     vertex: VertexConfig
     airflow: AirflowConfig
     serving: ServingConfig
@@ -335,12 +350,36 @@ class Config:
             ]
             if self.gcp.service_account:
                 args.append(f"--service_account_email={self.gcp.service_account}")
-        return args
+        return args + portable_args(self.portable, self.image)
 
     @property
     def serving_model_dir(self) -> str:
         """TF Serving's model_base_path: <output_root>/serving/<model_name>/<version>/."""
         return os.path.join(self.output_root, "serving", self.model_name)
+
+
+# Beam 2.59's FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS (tests/test_portable_config.py checks the two agree).
+FLINK_VERSIONS = ("1.15", "1.16", "1.17", "1.18")
+_ADDRESS = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9a-fA-F:]+\]:[0-9]{1,5}")
+
+
+def portable_args(portable: PortableConfig, image: str) -> list[str]:
+    """The Beam arguments of the portable, flink or spark runner; worker pools as environment EXTERNAL (the first
+    pool here; pipeline/pipeline.py gives each Beam-based component its pool in turn), else the project's image
+    (DOCKER)."""
+    if not portable.runner:
+        return []
+    if portable.runner == "portable":
+        args = ["--runner=PortableRunner", f"--job_endpoint={portable.job_endpoint}"]
+    elif portable.runner == "flink":
+        args = ["--runner=FlinkRunner", f"--flink_master={portable.flink_master}",
+                f"--flink_version={portable.flink_version}", f"--flink_job_server_jar={portable.job_server_jar}"]
+    else:
+        args = ["--runner=SparkRunner", f"--spark_master_url={portable.spark_master_url}",
+                f"--spark_job_server_jar={portable.job_server_jar}"]
+    if portable.worker_pools:
+        return args + ["--environment_type=EXTERNAL", f"--environment_config={portable.worker_pools[0]}"]
+    return args + ["--environment_type=DOCKER", f"--environment_config={image}"]
 
 
 def is_uri(path: str) -> bool:
@@ -483,6 +522,7 @@ def _validate(config: Config) -> None:
     _validate_rollout(config.rollout)
     _validate_continuous(config)
     _validate_monitoring(config.monitoring)
+    _validate_portable(config)
     for key in ("keep_versions", "keep_runs"):
         if getattr(config.retention, key) < 0:
             raise ConfigError(f"retention.{key}: must be >= 0 (0 keeps all), got {getattr(config.retention, key)}")
@@ -527,6 +567,53 @@ def _validate_continuous(config: Config) -> None:
             raise ConfigError(f"continuous.retries.{name}: must be >= 0, got {getattr(retries, name)}")
     if config.span is not None and config.span < 0:
         raise ConfigError(f"{ENV_SPAN}: a span number is >= 0, got {config.span}")
+
+
+def _validate_portable(config: Config) -> None:
+    portable = config.portable
+    if portable.runner not in ("", "portable", "flink", "spark"):
+        raise ConfigError(f"portable.runner: must be '', 'portable', 'flink' or 'spark', got {portable.runner!r}")
+    if not portable.runner:
+        return
+    if config.dataflow.enabled:
+        raise ConfigError(f"portable.runner: {portable.runner} and dataflow.enabled both choose the Beam runner: "
+                          "use one of the profiles")
+    if portable.services not in ("start", "external"):
+        raise ConfigError(f"portable.services: must be 'start' or 'external', got {portable.services!r}")
+    for i, pool in enumerate(portable.worker_pools):
+        if not _ADDRESS.fullmatch(pool):
+            raise ConfigError(f"portable.worker_pools[{i}]: a worker pool's host:port, got {pool!r}")
+    if portable.runner == "portable":
+        if not _ADDRESS.fullmatch(portable.job_endpoint):
+            raise ConfigError(f"portable.job_endpoint: the job service's host:port, got {portable.job_endpoint!r}")
+        if not portable.worker_pools:
+            raise ConfigError("portable.worker_pools: the portable runner needs at least one worker pool (host:port)")
+        if portable.services == "start" and any(
+                a.rsplit(":", 1)[0] not in ("localhost", "127.0.0.1")
+                for a in [portable.job_endpoint, *portable.worker_pools]):
+            raise ConfigError("portable.services: start runs the job service and worker pools on this machine's "
+                              "loopback (localhost or 127.0.0.1 addresses); for services elsewhere set external")
+        return
+    # flink, spark: Beam's job server for them is a jar that Beam would fetch from Maven; the operator supplies it.
+    if portable.runner == "flink":
+        if not _ADDRESS.fullmatch(re.sub(r"^https?://", "", portable.flink_master)):
+            raise ConfigError(f"portable.flink_master: the Flink JobManager's REST address host:port (e.g. "
+                              f"flink-jobmanager:8081), got {portable.flink_master!r}")
+        if portable.flink_version not in FLINK_VERSIONS:
+            raise ConfigError(f"portable.flink_version: Beam 2.59's Flink job servers are for Flink "
+                              f"{', '.join(FLINK_VERSIONS)}, got {portable.flink_version!r}")
+    elif not re.fullmatch(r"spark://[A-Za-z0-9.-]+:[0-9]{1,5}", portable.spark_master_url):
+        raise ConfigError(f"portable.spark_master_url: spark://host:port, got {portable.spark_master_url!r}")
+    jar = portable.job_server_jar
+    name = f"beam-runners-{portable.runner}-" + (f"{portable.flink_version}-" if portable.runner == "flink" else "3-")
+    if not jar:
+        raise ConfigError(f"portable.job_server_jar: required by the {portable.runner} runner: the path of Beam's "
+                          f"job server jar ({name}job-server-2.59.0.jar), which this project does not download")
+    if not is_uri(jar) and not (jar.endswith(".jar") and os.path.isfile(jar)):
+        raise ConfigError(f"portable.job_server_jar: not a .jar file: {jar}")
+    if not portable.worker_pools and not config.image:
+        raise ConfigError(f"portable.worker_pools: the {portable.runner} runner's SDK workers need worker pools "
+                          "(environment EXTERNAL) or the project's image (DOCKER, the image key); neither is set")
 
 
 def _validate_monitoring(monitoring: MonitoringConfig) -> None:
