@@ -64,7 +64,8 @@ def monitoring_over_time(windows: list[dict]) -> str:
     top.set_ylabel("largest distance / threshold")
     top.grid(alpha=0.3)
     top.legend(fontsize="small", loc="best")
-    bottom.bar(times, [w["requests"] for w in windows], width=0.02, color=["#c62828" if w["status"] == "ALERT"
+    days = windows[-1]["window"].get("minutes", 60) / 1440 * 0.8  # bar width: a bar per window, in days
+    bottom.bar(times, [w["requests"] for w in windows], width=days, color=["#c62828" if w["status"] == "ALERT"
                                                                           else "#5c7cba" for w in windows])
     bottom.set_ylabel("requests")
     bottom.set_xlabel("window start (UTC); red: ALERT")

@@ -269,3 +269,40 @@ def test_console_in_chromium_over_a_real_run(small_pipeline, tmp_path):
     assert outside == [] and errors == []
     assert {link: status for link, status in checked.items() if status >= 400} == {}
     assert any("/files/model_cards/" in link for link in checked) and any("/files/reports/" in link for link in checked)
+
+
+def _window(start: str, seconds: int, status: str, skew: float) -> dict:
+    finding = {"check": "skew", "feature": "fare", "measure": "jensen_shannon_divergence", "value": skew,
+               "threshold": 0.3, "alert": skew > 0.3}
+    return {"model": "chicago_taxi", "window": {"start": start, "end": "-", "start_seconds": seconds, "minutes": 60},
+            "status": status, "requests": 1500, "versions": {"1796009471": {"requests": 1500, "skew": [finding],
+                                                                            "score": []}},
+            "drift": {"findings": [dict(finding, check="drift", value=skew / 2)]},
+            "alerts": ["skew: fare jensen_shannon_divergence 0.53 > 0.3"] if skew > 0.3 else []}
+
+
+def test_serving_and_monitoring_pages_show_the_record_decisions_and_windows(console):
+    import json
+
+    config, port = console
+    base = Path(config.serving_model_dir)
+    base.mkdir(parents=True)
+    (base / "rollout.json").write_text(json.dumps({"stable": 1796009180, "rejected": {
+        "1796009188": {"time": "2026-11-30T03:26:32+00:00", "reason": "canary error rate 0.4620 (limit 0.0100)"}}}))
+    (base / "rollout-audit.jsonl").write_text(
+        json.dumps({"time": "2026-11-30T03:26:26+00:00", "decision": "promote", "stable": 1796009180, "canary": None,
+                    "step": 3, "percent": 100, "reason": "version 1796009180 is stable"}) + "\n{half-written\n")
+    response, text = request(port, "GET", "/serving")
+    assert response.status == 200
+    assert "promote" in text and "version 1796009180 is stable" in text and "canary error rate 0.4620" in text
+    reports = Path(config.output_root) / "monitoring" / "chicago_taxi"
+    reports.mkdir(parents=True)
+    for window in (_window("2026-09-21T14:00Z", 1790000000, "OK", 0.1),
+                   _window("2026-09-21T15:00Z", 1790003600, "ALERT", 0.53)):
+        name = "window-" + window["window"]["start"].replace(":", "")
+        (reports / f"{name}.json").write_text(json.dumps(window))
+        (reports / f"{name}.html").write_text("<p>charts</p>")
+    response, text = request(port, "GET", "/monitoring")
+    assert response.status == 200 and "2 windows" in text and "<svg" in text and 'class="ALERT"' in text
+    assert 'href="/files/monitoring/chicago_taxi/window-2026-09-21T1500Z.html"' in text
+    assert text.index("2026-09-21T15:00Z to") < text.index("2026-09-21T14:00Z to")  # newest first
