@@ -6,8 +6,16 @@ divergence for numeric features, L-infinity distance for categorical ones):
   anomaly  the schema's other checks on a window's serving data (environment SERVING: the label's absence is no
            anomaly), with the share of the window's requests they concern
   score    a window's scores against the Evaluator's on the eval split (a one-feature schema with a JS comparator)
+
+Numeric features are compared on common buckets (`aligned`): TFDV measures Jensen-Shannon divergence on each side's
+STANDARD histogram, 10 equal-width buckets from that side's minimum to its maximum, spreading a bucket evenly when
+the other side's buckets differ. One outlier (a 700-dollar fare) makes the training side's first bucket [0, 70)
+hold 99.9 % of the fares, spread evenly against a window's [0, 10), [10, 20) ...: 0.35-0.5 between random samples
+of the same data. Both sides are given instead the same buckets, the reference's deciles (from its QUANTILES
+histogram) plus one below and one above, filled from each side's quantiles; TFDV then compares like with like.
 """
 import dataclasses
+import math
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
@@ -36,6 +44,100 @@ class Finding:
     kind: str = ""             # TFDV's anomaly type (anomaly)
     description: str = ""
     share: float | None = None  # anomaly: the share of the window's requests concerned (None: not measurable)
+
+
+DECILES = 10  # equal-depth buckets of the reference: their counts are large at any window size
+
+
+def _cdf_points(histogram) -> list[tuple[float, float, float]]:
+    """A QUANTILES histogram's buckets (low, high, count), non-empty ones."""
+    return [(b.low_value, b.high_value, b.sample_count) for b in histogram.buckets if b.sample_count > 0]
+
+
+def _quantile(buckets, p: float) -> float:
+    total = sum(c for _, _, c in buckets)
+    target, seen = p * total, 0.0
+    for low, high, count in buckets:
+        if seen + count >= target:
+            return low + (high - low) * ((target - seen) / count)
+        seen += count
+    return buckets[-1][1]
+
+
+def _at_most(buckets, x: float, integer: bool, strictly: bool = False) -> float:
+    """The count of values <= x (< x when strictly). TFDV's quantile buckets hold the values in (low, high], the
+    first [low, high]; a bucket's count is spread evenly over it: over its width, or for an integer feature over
+    the integers it holds; a zero-width bucket is a point."""
+    total = 0.0
+    for i, (low, high, count) in enumerate(buckets):
+        if high <= low:
+            total += count if (low < x if strictly else low <= x) else 0.0
+        elif integer:
+            first, last = (math.ceil(low) if i == 0 else math.floor(low) + 1), math.floor(high)
+            top = math.ceil(x) - 1 if strictly else math.floor(x)
+            if last >= first:
+                total += count * min(max(top - first + 1, 0), last - first + 1) / (last - first + 1)
+        else:
+            total += count * min(max((x - low) / (high - low), 0.0), 1.0)
+    return total
+
+
+def _quantiles_histogram(feature):
+    return next((h for h in feature.num_stats.histograms if h.type == statistics_pb2.Histogram.QUANTILES), None)
+
+
+def _common_buckets(reference, current) -> tuple[list, list] | None:
+    """The STANDARD histograms of both sides on the reference's deciles (with a bucket below and one above them
+    for values outside), or None when a side has no quantiles or the reference no spread."""
+    ref_q, cur_q = _quantiles_histogram(reference), _quantiles_histogram(current)
+    if ref_q is None or cur_q is None:
+        return None
+    ref, cur = _cdf_points(ref_q), _cdf_points(cur_q)
+    if not ref or not cur:
+        return None
+    edges = sorted({_quantile(ref, i / DECILES) for i in range(DECILES + 1)})
+    if len(edges) < 2:
+        return None
+    integer = reference.type == statistics_pb2.FeatureNameStatistics.INT
+    lowest, highest = min(edges[0], cur[0][0]), max(edges[-1], cur[-1][1])
+    sides = []
+    for buckets in (ref, cur):
+        total = sum(c for _, _, c in buckets)
+        below = _at_most(buckets, edges[0], integer, strictly=True)
+        cumulative = [_at_most(buckets, e, integer) for e in edges[1:]]
+        counts = [cumulative[0] - below] + [b - a for a, b in zip(cumulative, cumulative[1:], strict=False)]
+        side = [(lo, hi, max(0.0, c)) for lo, hi, c in zip(edges, edges[1:], counts, strict=False)]
+        if lowest < edges[0]:
+            side.insert(0, (lowest, edges[0], below))
+        if highest > edges[-1]:
+            side.append((edges[-1], highest, max(0.0, total - cumulative[-1])))
+        sides.append(side)
+    return sides[0], sides[1]
+
+
+def aligned(reference: statistics_pb2.DatasetFeatureStatisticsList,
+            current: statistics_pb2.DatasetFeatureStatisticsList) -> tuple:
+    """Copies of both statistics whose numeric features' STANDARD histograms are replaced by histograms on the
+    same buckets (_common_buckets); everything else is unchanged."""
+    ref_copy, cur_copy = type(reference)(), type(current)()
+    ref_copy.CopyFrom(reference)
+    cur_copy.CopyFrom(current)
+    current_features = {tuple(f.path.step) or (f.name,): f for f in cur_copy.datasets[0].features}
+    for ref_feature in ref_copy.datasets[0].features:
+        cur_feature = current_features.get(tuple(ref_feature.path.step) or (ref_feature.name,))
+        if cur_feature is None or not ref_feature.HasField("num_stats") or not cur_feature.HasField("num_stats"):
+            continue
+        common = _common_buckets(ref_feature, cur_feature)
+        if common is None:
+            continue
+        for feature, buckets in zip((ref_feature, cur_feature), common, strict=True):
+            kept = [h for h in feature.num_stats.histograms if h.type != statistics_pb2.Histogram.STANDARD]
+            del feature.num_stats.histograms[:]
+            feature.num_stats.histograms.extend(kept)
+            standard = feature.num_stats.histograms.add(type=statistics_pb2.Histogram.STANDARD)
+            for low, high, count in buckets:
+                standard.buckets.add(low_value=low, high_value=high, sample_count=count)
+    return ref_copy, cur_copy
 
 
 def _categorical(feature: schema_pb2.Feature) -> bool:
@@ -131,6 +233,8 @@ def drift_and_anomalies(current, previous, schema: schema_pb2.Schema, max_share:
     """The window against the schema (environment SERVING) and, when there is one, against the previous window."""
     import tensorflow_data_validation as tfdv
 
+    if previous is not None:
+        previous, current = aligned(previous, current)
     result = tfdv.validate_statistics(current, schema, environment=SERVING, previous_statistics=previous)
     findings = _comparator_findings("drift", result, "drift_measurements") if previous is not None else []
     for feature, info in sorted(result.anomaly_info.items()):
@@ -149,6 +253,7 @@ def skew(training, serving, schema: schema_pb2.Schema) -> list[Finding]:
     takes the training statistics as `statistics`; only its comparators are kept here)."""
     import tensorflow_data_validation as tfdv
 
+    training, serving = aligned(training, serving)
     result = tfdv.validate_statistics(training, schema, serving_statistics=serving)
     return _comparator_findings("skew", result, "skew_measurements")
 

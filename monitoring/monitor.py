@@ -115,11 +115,14 @@ class Monitor:
             if compared:
                 for version, slot in slots.items():
                     ref = self.reference(version)
-                    skew = compare.skew(ref.training, stats[version], self.schema) if ref and ref.training else []
+                    # min_requests holds per comparison: a version's few requests in a busy window are not compared
+                    enough = slot.requests >= settings.min_requests
+                    skew = (compare.skew(ref.training, stats[version], self.schema)
+                            if enough and ref and ref.training else [])
                     scored = (compare.scores(ref.scores, score_stats[version], settings.score_threshold)
-                              if ref and ref.scores and score_stats[version] else [])
+                              if enough and ref and ref.scores and score_stats[version] else [])
                     window["versions"][str(version)] = {
-                        "requests": slot.requests, "examples": slot.features.examples,
+                        "requests": slot.requests, "examples": slot.features.examples, "compared": enough,
                         "training_run": ref.run if ref else None,
                         "training_statistics": ref.training_uri if ref else None,
                         "score_reference": ref.evaluation_uri if ref else None,

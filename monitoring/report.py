@@ -112,9 +112,11 @@ def write_window(directory: str, window: dict, charts: list[tuple[str, str]]) ->
     name = "window-" + window["window"]["start"].replace(":", "")
     json_path = write_atomic(os.path.join(directory, name + ".json"), json.dumps(window, indent=2) + "\n")
     status = window["status"]
+    not_compared = ": under monitoring.min_requests, not compared"
     versions = "".join(
-        f"<h3>version {v} ({info['requests']} requests)</h3><p>trained in run {html.escape(str(info['training_run']))}"
-        f"</p>{_rows(info['skew'] + info['score'], ['check', 'feature', 'measure', 'value', 'threshold', 'alert'])}"
+        f"<h3>version {v} ({info['requests']} requests{'' if info.get('compared', True) else not_compared})</h3>"
+        f"<p>trained in run {html.escape(str(info['training_run']))}</p>"
+        f"{_rows(info['skew'] + info['score'], ['check', 'feature', 'measure', 'value', 'threshold', 'alert'])}"
         for v, info in window["versions"].items())
     figures = "".join(f"<h3>{html.escape(title)}</h3>{svg}" for title, svg in charts)
     alerts = "".join(f"<li>{html.escape(a)}</li>" for a in window["alerts"])

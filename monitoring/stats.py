@@ -6,6 +6,7 @@ import dataclasses
 import pyarrow as pa
 
 SCORE_FEATURE = "score"  # the model's output, summarized as one numeric feature
+QUANTILE_BUCKETS = 100  # a window's quantiles histogram: its CDF at 1 % steps
 
 
 class StreamingStatistics:
@@ -60,9 +61,9 @@ class WindowedStatistics:
         from tfx_bsl.coders import example_coder
 
         self._schema = schema
-        # TFDV's default histograms (10 buckets), as StatisticsGen's: the Jensen-Shannon divergence is computed on
-        # them, rebucketed, and finer serving histograms against training's measured more, not less, skew.
-        self._feature_options = tfdv.StatsOptions(schema=schema)
+        # Fine quantiles: the comparisons rebucket a window onto the reference's deciles from them
+        # (monitoring/compare.py aligned); the STANDARD histograms (10 buckets, as StatisticsGen's) are the charts'.
+        self._feature_options = tfdv.StatsOptions(schema=schema, num_quantiles_histogram_buckets=QUANTILE_BUCKETS)
         self._score_options = tfdv.StatsOptions()
         # Features the schema keeps out of SERVING (the label's source) are left out of the decoded batches: a
         # column of them, even empty, would read as present there.
