@@ -18,7 +18,7 @@ def metric_over_time(evaluations: list[dict], metric: str, threshold_metric: str
     points = [e for e in evaluations if e["metrics"].get(metric) is not None]
     if not points:
         return ""
-    fig = figure(7.0, 2.8)
+    fig = figure(6.0, 2.6)
     ax = fig.add_subplot()
     for i, experiment in enumerate(dict.fromkeys(e["experiment"] for e in points)):
         color = PALETTE[i % len(PALETTE)]

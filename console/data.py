@@ -71,7 +71,9 @@ def experiments(config: Config) -> dict[str, g.Graph]:
         try:
             store = metadata.open_store(other, readonly=True)
         except metadata.MetadataError:
-            continue  # a file that is no store: the configured pipeline's error shows through open_graph
+            if name == config.pipeline_name:
+                raise  # the page says which store cannot be read (503)
+            continue  # another pipeline's file that is no store: its experiment is left out
         if config.metadata == "mysql":
             found.update({c.name: g.Graph(store, c.name) for c in store.get_contexts_by_type("pipeline")})
             break

@@ -136,6 +136,15 @@ def test_no_store_yet_says_so(console):
         assert request(port, "GET", page)[0].status == 200, page
 
 
+def test_a_store_that_cannot_be_read_is_a_503_naming_it(console):
+    config, port = console
+    Path(config.metadata_path).parent.mkdir(parents=True)
+    Path(config.metadata_path).write_text("not a database")
+    for page in ("/", "/models"):
+        response, text = request(port, "GET", page)
+        assert response.status == 503 and f"cannot open the SQLite file {config.metadata_path}" in text, page
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
 def test_only_get_and_head(console, method):
     _, port = console
