@@ -53,7 +53,8 @@ def card_path(config: Config, version: int | str, kind: str = "html") -> str | N
 
 def remove_card(config: Config, version: int) -> None:
     """Retention: the card goes with its version."""
-    shutil.rmtree(card_dir(config, version), ignore_errors=True)
+    if os.path.isdir(card_dir(config, version)):
+        shutil.rmtree(card_dir(config, version), ignore_errors=True)
 
 
 # --- the facts: TFMA's result and the statistics ------------------------------------------------------------------
