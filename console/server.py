@@ -62,7 +62,7 @@ class Console:
     def respond(self, target: str) -> tuple[HTTPStatus, str, bytes, str]:
         """(status, content type, body, CSP) for a GET of `target`."""
         path = urlsplit(target).path
-        parts = [unquote(p) for p in path.split("/")[1:]]
+        parts = [unquote(p) for p in path.split("/")[1:]] or [""]  # "//x" parses as a host: no path
         try:
             if path == "/":
                 return self._page("overview.html", **self.overview())

@@ -124,8 +124,9 @@ def test_a_run_or_version_it_does_not_have_is_a_404_naming_what_it_has(console):
     assert response.status == 404 and "a version is a number" in text
     response, text = request(port, "GET", "/models/123")
     assert response.status == 404 and "version 123: not pushed" in text and "(versions: none)" in text
-    response, text = request(port, "GET", "/nowhere")
-    assert response.status == 404 and "no such page" in text
+    for page in ("/nowhere", "//nowhere", "/runs/"):
+        response, text = request(port, "GET", page)
+        assert response.status == 404 and "no such page" in text, page
 
 
 def test_no_store_yet_says_so(console):
