@@ -49,26 +49,25 @@ Blessing: {{ "BLESSED" if x.blessed else "NOT BLESSED" }}.
 - FAIL: {{ f|t }}
 {% endfor %}
 
-## Training data
+{% for title, prefix, summary in (("Training data", "training", x.training_data),
+                                  ("Evaluation data", "evaluation", x.evaluation_data)) %}
+## {{ title }}
 
-| data | description |
-|---|---|
-{% for ds in card.model_parameters.data %}
-| {{ ds.name|t }} | {{ ds.description|t }} |
+{% for ds in card.model_parameters.data if ds.name.startswith(prefix) %}
+- {{ ds.name|t }}: {{ ds.description|t }}
+{% else %}
+- not found in ML Metadata
 {% endfor %}
+{% if summary %}
 
-{% for title, summary in (("Training data", x.training_data), ("Evaluation data", x.evaluation_data)) if summary %}
-{% if title == "Evaluation data" %}
-## Evaluation data
-
-{% endif %}
-{{ title }}, {{ summary.split|t }} split: {{ summary.examples }} examples.
+The {{ summary.split|t }} split's features ({{ summary.examples }} examples; TFDV's statistics):
 
 | feature | type | missing | mean | std dev | min | max | distinct | most frequent |
 |---|---|---|---|---|---|---|---|---|
 {% for ft in summary.features %}
 | {{ ft.name|t }} | {{ ft.type|t }} | {{ "%.1f%%"|format(100 * ft.missing) }} | {{ ft.mean|f }} | {{ ft.std_dev|f }} | {{ ft.min|f }} | {{ ft.max|f }} | {{ ft.unique|f }} | {{ ft.top|t if ft.top is not none else "-" }} |
 {% endfor %}
+{% endif %}
 
 {% endfor %}
 ## Quantitative analysis
@@ -147,16 +146,16 @@ td:first-child,th:first-child{text-align:left}.text td{text-align:left}.worse{ba
 <ul>{% for c in x.checks %}<li>{{ "pass" if c.passed else "FAIL" }}: {{ c.check|t }}</li>{% endfor %}
 {% for f in x.failures %}<li>FAIL: {{ f|t }}</li>{% endfor %}</ul>
 
-<h2>Training data</h2>
-<table class="text"><tr><th>data</th><th>description</th></tr>
-{% for ds in card.model_parameters.data %}<tr><td>{{ ds.name|t }}</td><td>{{ ds.description|t }}</td></tr>
-{% endfor %}</table>
-{% for title, summary in (("Training data", x.training_data), ("Evaluation data", x.evaluation_data)) if summary %}
-{% if title == "Evaluation data" %}<h2>Evaluation data</h2>{% endif %}
-<p>{{ title }}, {{ summary.split|t }} split: {{ summary.examples }} examples.</p>
+{% for title, prefix, summary in (("Training data", "training", x.training_data),
+                                  ("Evaluation data", "evaluation", x.evaluation_data)) %}
+<h2>{{ title }}</h2>
+<ul>{% for ds in card.model_parameters.data if ds.name.startswith(prefix) %}<li>{{ ds.name|t }}: {{ ds.description|t }}</li>{% else %}<li>not found in ML Metadata</li>{% endfor %}</ul>
+{% if summary %}
+<p>The {{ summary.split|t }} split's features ({{ summary.examples }} examples; TFDV's statistics):</p>
 <table><tr><th>feature</th><th>type</th><th>missing</th><th>mean</th><th>std dev</th><th>min</th><th>max</th><th>distinct</th><th>most frequent</th></tr>
 {% for ft in summary.features %}<tr><td>{{ ft.name|t }}</td><td>{{ ft.type|t }}</td><td>{{ "%.1f%%"|format(100 * ft.missing) }}</td><td>{{ ft.mean|f }}</td><td>{{ ft.std_dev|f }}</td><td>{{ ft.min|f }}</td><td>{{ ft.max|f }}</td><td>{{ ft.unique|f }}</td><td>{{ ft.top|t if ft.top is not none else "-" }}</td></tr>
 {% endfor %}</table>
+{% endif %}
 {% endfor %}
 
 <h2>Quantitative analysis</h2>

@@ -176,7 +176,7 @@ def worse_slices(slices: list[dict], margin: float, min_examples: int, metric: s
         if base is None or value is None:
             row["why"] = f"no {metric}"
         elif count < min_examples:
-            row["why"] = f"{count} examples, fewer than {min_examples}"
+            row["why"] = f"{count} example{'' if count == 1 else 's'}, fewer than {min_examples}"
         elif row["one_class"]:
             row["why"] = f"one class only ({s['positives']} positive, {s['negatives']} negative)"
         else:
@@ -219,11 +219,11 @@ def build_card(facts: dict, settings: ModelCardConfig, charts: dict[str, str]) -
             performance.append(metric)
     data = record.get("data") or {}
     datasets = [{"name": f"training: span {d['span']}", "path": d.get("examples"),
-                 "description": _data_line(d, "trained on")} for d in data.get("trained_on", [])]
+                 "description": _data_line(d)} for d in data.get("trained_on", [])]
     if data.get("evaluated_on"):
         d = data["evaluated_on"]
         datasets.append({"name": f"evaluation: span {d['span']}, eval split", "path": d.get("examples"),
-                         "description": _data_line(d, "evaluated on")})
+                         "description": _data_line(d)})
     limitations = [f"Markedly worse on {s['slice']}: AUC {s['value']:.4f} against {base:.4f} overall "
                    f"({s['gap']:+.4f}, {s['count']} examples)" for s in worse]
     limitations += [f"Not judged on {s['slice']}: {s['why']}" for s in judged if not s["judged"]]
@@ -280,9 +280,9 @@ def build_card(facts: dict, settings: ModelCardConfig, charts: dict[str, str]) -
     }
 
 
-def _data_line(d: dict, verb: str) -> str:
+def _data_line(d: dict) -> str:
     rows = f"{d['csv_rows']} CSV rows" if d.get("csv_rows") is not None else "CSV rows not recorded"
-    return f"{verb} span {d['span']}: {rows}, input {d.get('input_base') or '-'}, sha256 {d.get('sha256') or '-'}"
+    return f"{rows}, input {d.get('input_base') or '-'}, sha256 {d.get('sha256') or '-'}"
 
 
 def _baseline_line(evaluation: dict) -> str:
