@@ -8,6 +8,10 @@ from modules import contract
 from pipeline.config import EvaluatorConfig
 
 THRESHOLD_METRIC = "auc"
+# The score above which a trip is predicted a big tip: TFMA's default for BinaryAccuracy, Precision and Recall; the
+# reports show the confusion matrix at it (ConfusionMatrixAtThresholds, named CONFUSION_MATRIX_METRIC in the output).
+DECISION_THRESHOLD = 0.5
+CONFUSION_MATRIX_METRIC = "confusion_matrix_at_thresholds"
 
 
 def eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
@@ -36,7 +40,9 @@ def eval_config(config: EvaluatorConfig) -> tfma.EvalConfig:
             tfma.MetricConfig(class_name="Recall"),
             tfma.MetricConfig(class_name="Calibration"),
             tfma.MetricConfig(class_name="CalibrationPlot"),
-            tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
+            tfma.MetricConfig(class_name="ConfusionMatrixPlot"),  # the ROC and precision-recall curves
+            tfma.MetricConfig(class_name="ConfusionMatrixAtThresholds",
+                              config=json.dumps({"name": CONFUSION_MATRIX_METRIC, "thresholds": [DECISION_THRESHOLD]})),
         ])],
     )
 
