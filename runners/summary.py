@@ -13,6 +13,7 @@ from tfx.dsl.compiler import constants
 from tfx.types import artifact_utils
 
 import reports
+from monitoring.monitor import report_directory as monitoring_directory
 from pipeline import drift, evaluation, gate
 from pipeline import metadata as metadata_store
 from pipeline.config import Config
@@ -187,10 +188,15 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
         p(f"  {component.id:<32} {node.status:<8} {node.seconds:7.1f} s" if node else f"  {component.id:<32} not run")
     ok = error is None and bool(nodes) and all(n.status in ("ran", "cached") for n in nodes.values())
 
-    written = []
+    written, reports_started = [], time.monotonic()
     statistics = nodes.get("StatisticsGen")
+    validator = nodes.get("ExampleValidator")
+    anomalies = (gate.read_anomalies(tfx_artifact(store, validator.outputs["anomalies"][0]))
+                 if validator and validator.outputs.get("anomalies") else None)
     if statistics and statistics.outputs.get("statistics"):
-        written.append(write_statistics(statistics.outputs["statistics"][0].uri, report_dir(config)))
+        written.append(write_statistics(statistics.outputs["statistics"][0].uri, report_dir(config),
+                                        config.pipeline_name, anomalies, monitoring_directory(config)))
+    reports_seconds = time.monotonic() - reports_started
 
     too_few, data_printed = "", False
     example_gen = nodes.get("ExampleGen")
@@ -206,9 +212,7 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
             trained = sorted({gate.span_of(tfx_artifact(store, a)) for a in transform.inputs["examples"]})
             p(window_line(config, trained, span, counts.get("eval")))
 
-    validator = nodes.get("ExampleValidator")
-    if validator and validator.outputs.get("anomalies"):
-        anomalies = gate.read_anomalies(tfx_artifact(store, validator.outputs["anomalies"][0]))
+    if anomalies is not None:
         p(("" if data_printed else "\n") + (gate.format_anomalies(anomalies) if anomalies
           else f"Data: no anomalies against the schema ({config.schema_path})."))
     if too_few:
@@ -230,7 +234,10 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
             p(f"  [{'pass' if check.passed else 'FAIL'}] {check.description}")
         for failure in report.failures:
             p(f"  [FAIL] {failure}")
-        written.append(write_evaluation(evaluator.outputs["evaluation"][0].uri, blessed, report, report_dir(config)))
+        reports_started = time.monotonic()
+        written.append(write_evaluation(evaluator.outputs["evaluation"][0].uri, blessed, report, report_dir(config),
+                                        config.pipeline_name))
+        reports_seconds += time.monotonic() - reports_started
 
     served_path = None
     pusher = nodes.get("Pusher")
@@ -250,7 +257,7 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
 
     written = [r for r in written if r]
     if written:
-        p("\nReports: " + "\n         ".join(written))
+        p("\nReports: " + "\n         ".join(written) + f"\n         (written in {reports_seconds:.1f} s)")
 
     failed = [n.node_id for n in nodes.values() if n.status == "FAILED"]
     p("\nResult: " + ("OK" if ok else "FAILED" + (f" in {', '.join(failed)}" if failed else "")))
