@@ -1,7 +1,7 @@
 # ruff: noqa: E501 - markup lines, as long as the rows they render
 """The model card's Markdown and HTML (jinja2; registry/model_card.py renders them). The sections follow Mitchell
 et al. 2019: model details, intended use, factors, metrics, evaluation and training data, quantitative analyses,
-ethical considerations, caveats and recommendations. `t` is the format's escaping filter for text, `f` a number."""
+ethical considerations, caveats and recommendations. `t` is the format's escaping filter for text, `f` a metric, `n` a feature statistic."""
 
 MARKDOWN = """\
 {% set d = card.model_details %}
@@ -65,7 +65,7 @@ The {{ summary.split|t }} split's features ({{ summary.examples }} examples; TFD
 | feature | type | missing | mean | std dev | min | max | distinct | most frequent |
 |---|---|---|---|---|---|---|---|---|
 {% for ft in summary.features %}
-| {{ ft.name|t }} | {{ ft.type|t }} | {{ "%.1f%%"|format(100 * ft.missing) }} | {{ ft.mean|f }} | {{ ft.std_dev|f }} | {{ ft.min|f }} | {{ ft.max|f }} | {{ ft.unique|f }} | {{ ft.top|t if ft.top is not none else "-" }} |
+| {{ ft.name|t }} | {{ ft.type|t }} | {{ "%.1f%%"|format(100 * ft.missing) }} | {{ ft.mean|n }} | {{ ft.std_dev|n }} | {{ ft.min|n }} | {{ ft.max|n }} | {{ ft.unique|f }} | {{ ft.top|t if ft.top is not none else "-" }} |
 {% endfor %}
 {% endif %}
 
@@ -153,7 +153,7 @@ td:first-child,th:first-child{text-align:left}.text td{text-align:left}.worse{ba
 {% if summary %}
 <p>The {{ summary.split|t }} split's features ({{ summary.examples }} examples; TFDV's statistics):</p>
 <table><tr><th>feature</th><th>type</th><th>missing</th><th>mean</th><th>std dev</th><th>min</th><th>max</th><th>distinct</th><th>most frequent</th></tr>
-{% for ft in summary.features %}<tr><td>{{ ft.name|t }}</td><td>{{ ft.type|t }}</td><td>{{ "%.1f%%"|format(100 * ft.missing) }}</td><td>{{ ft.mean|f }}</td><td>{{ ft.std_dev|f }}</td><td>{{ ft.min|f }}</td><td>{{ ft.max|f }}</td><td>{{ ft.unique|f }}</td><td>{{ ft.top|t if ft.top is not none else "-" }}</td></tr>
+{% for ft in summary.features %}<tr><td>{{ ft.name|t }}</td><td>{{ ft.type|t }}</td><td>{{ "%.1f%%"|format(100 * ft.missing) }}</td><td>{{ ft.mean|n }}</td><td>{{ ft.std_dev|n }}</td><td>{{ ft.min|n }}</td><td>{{ ft.max|n }}</td><td>{{ ft.unique|f }}</td><td>{{ ft.top|t if ft.top is not none else "-" }}</td></tr>
 {% endfor %}</table>
 {% endif %}
 {% endfor %}

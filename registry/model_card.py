@@ -304,6 +304,13 @@ def _markdown_text(value) -> str:
     return re.sub(r"^([#+=-])", r"\\\1", text)
 
 
+def _statistic(value) -> str:
+    """A feature statistic: whole beyond 1,000 (a census tract, a timestamp), else to 4 decimals."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4f}"
+
+
 def _format(value, name: str = "") -> str:
     """A metric as the card prints it: counts whole, rates to 4 decimals, '-' where TFMA has no value (NaN)."""
     if value is None or isinstance(value, float) and not math.isfinite(value):
@@ -325,11 +332,11 @@ def render(card: dict, charts: dict[str, str]) -> tuple[str, str]:
               "columns": [c for c in METRIC_NAMES if any(c in r["metrics"] for r in rows)]}
     markdown_env = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True,
                                       undefined=jinja2.StrictUndefined)
-    markdown_env.filters.update(t=_markdown_text, f=_format)
+    markdown_env.filters.update(t=_markdown_text, f=_format, n=_statistic)
     markdown = markdown_env.from_string(card_templates.MARKDOWN).render(**common, charts=list(charts))
     html_env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
                                   undefined=jinja2.StrictUndefined)
-    html_env.filters.update(t=lambda v: " ".join(str(v).split()), f=_format)
+    html_env.filters.update(t=lambda v: " ".join(str(v).split()), f=_format, n=_statistic)
     page = html_env.from_string(card_templates.HTML).render(
         **common, charts={name: jinja2.utils.markupsafe.Markup(svg) for name, svg in charts.items()})
     return markdown, page
