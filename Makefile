@@ -147,6 +147,17 @@ bench-serving: setup
 bench-pipeline: setup
 	$(PY) bench/bench_pipeline.py
 
+# The whole pipeline (tuning off) at SIZES rows (default 15000,150000,1500000; data/taxi_<n>/ from make data), local
+# and beam profiles and TFX's reference, one after the other: times, memory, row counts (docs/benchmarks.md).
+.PHONY: bench-scale run-portable
+bench-scale: setup
+	$(PY) bench/bench_scale.py $(if $(SIZES),--sizes $(SIZES)) $(ARGS)
+
+# The pipeline with its Beam-based components on Beam's job service and two SDK worker pools (environment EXTERNAL),
+# which the runner starts on loopback and stops (profile portable; docs/orchestrators.md#portable).
+run-portable: setup
+	TFX_E2E_PROFILE=$${TFX_E2E_PROFILE:-portable} $(PY) -m runners.portable_runner
+
 # A read-only web page over the runs (DAGs), models and cards, lineage, serving and monitoring (docs/console.md):
 # http://127.0.0.1:8600/ (console.host and console.port; ARGS="--port N").
 .PHONY: console
