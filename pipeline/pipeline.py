@@ -5,6 +5,7 @@ from pathlib import Path
 from tfx.components import Evaluator, ExampleValidator, Pusher, StatisticsGen, Transform
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base.base_beam_component import BaseBeamComponent
 from tfx.orchestration import pipeline
 from tfx.proto import pusher_pb2
 
@@ -27,6 +28,15 @@ def module_fingerprint() -> str:
     """SHA-256 of modules/*.py. Passed in custom_config: with a dotted path instead of a
     module_file, TFX's cache would otherwise not notice a change to the training code."""
     return files_digest(Path(modules.__file__).parent.glob("*.py"))
+
+
+def _spread_over_worker_pools(config: Config, nodes: list) -> None:
+    """An EXTERNAL environment names one worker pool per Beam job, so with several pools each Beam-based component
+    gets the next one (its own --environment_config, after the pipeline's): the jobs of one run use every pool."""
+    pools = config.portable.worker_pools if config.portable.runner else []
+    beam_nodes = [node for node in nodes if isinstance(node, BaseBeamComponent)]
+    for i, node in enumerate(beam_nodes if len(pools) > 1 else []):
+        node.with_beam_pipeline_args([f"--environment_config={pools[i % len(pools)]}"])
 
 
 def create_pipeline(config: Config) -> pipeline.Pipeline:
@@ -101,6 +111,7 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     nodes = [*([range_task] if range_task else []), example_gen, statistics_gen, schema_gen, example_validator,
              *([previous_statistics] if previous_statistics else []), data_gate, *window, transform,
              *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
+    _spread_over_worker_pools(config, nodes)
     return pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

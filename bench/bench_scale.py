@@ -1,0 +1,308 @@
+"""make bench-scale: the whole pipeline (tuning off) at growing sizes, local and beam profiles and TFX's reference
+taxi pipeline, one after the other on the same generated data (not a test).
+
+    python bench/bench_scale.py [--sizes 15000,150000,1500000] [--epochs 2] [--no-reference]
+    make bench-scale SIZES=15000,150000
+
+Per size: the data is `make data ROWS=<n>`'s (data/taxi_<n>/, generated when missing, kept for the next time). Each
+pipeline runs fresh in a temporary output root; measured: wall time and peak memory of the whole process tree
+(psutil, RSS summed over the process and every child, sampled every 0.1 s), each component's time from ML Metadata
+(its execution's create to last update), rows/s, and the row counts that show no row was lost: the CSV rows in,
+ExampleGen's examples out (records of every split), StatisticsGen's num_examples, Transform's records out against
+its records in, TFMA's example_count against the eval split. The data gate stops a whole run or lets every row
+through, so there are no row-level rejects to subtract. A mismatch fails the benchmark (exit 1) after the tables.
+Ours trains trainer.epochs passes over its train split (--epochs); the reference keeps its own 1,000 steps.
+The tables go to stdout and to docs/benchmarks.md, the chart to docs/images/bench-scale.svg.
+"""
+import argparse
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import write_section  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PYTHON = sys.executable
+RUNNERS = {"local": "runners.local_runner", "beam": "runners.beam_runner"}
+# Per-component rows: (label, our component id, the reference's); None where one pipeline has no such component.
+COMPONENTS = (("ExampleGen", "ExampleGen", "CsvExampleGen"), ("StatisticsGen", "StatisticsGen", "StatisticsGen"),
+              ("SchemaGen", None, "SchemaGen"), ("ExampleValidator", "ExampleValidator", "ExampleValidator"),
+              ("DataGate", "DataGate", None), ("Transform", "Transform", "Transform"), ("Trainer", "Trainer", "Trainer"),
+              ("Evaluator", "Evaluator", "Evaluator"), ("Pusher", "Pusher", "Pusher"))
+OURS = {label: ours for label, ours, _ in COMPONENTS if ours}
+REFERENCE = {label: theirs for label, _, theirs in COMPONENTS if theirs}
+REFERENCE_NAME = "chicago_taxi_native_keras"
+SECTION = "## Scale: `make bench-scale`"
+CHART = REPO / "docs" / "images" / "bench-scale.svg"
+
+
+def measure(command, env, cwd, log_path, timeout):
+    """(wall seconds, peak RSS GiB of the process tree, exit status or None when killed at `timeout`)."""
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = psutil.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        peak = 0
+        while process.poll() is None:
+            if time.monotonic() - started > timeout:
+                for child in process.children(recursive=True) + [process]:
+                    child.kill()
+                process.wait()
+                return time.monotonic() - started, peak / 2**30, None
+            try:
+                tree = [process] + process.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+    return time.monotonic() - started, peak / 2**30, process.returncode
+
+
+def data_root(rows: int) -> Path:
+    """data/taxi_<rows>/ as `make data ROWS=<rows>` writes it; generated when missing."""
+    root = REPO / "data" / f"taxi_{rows}"
+    if not root.is_dir():
+        subprocess.run([PYTHON, "-m", "pipeline.datagen", "--rows", str(rows), "--out", str(root)], cwd=REPO,
+                       check=True)
+    return root
+
+
+def csv_rows(root: Path) -> int:
+    """Data rows (lines after each file's header) of every CSV file of a flat data root, read in 16 MiB blocks."""
+    total = 0
+    for path in sorted(root.glob("*.csv")):
+        with open(path, "rb") as f:
+            total += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b"")) - 1
+    return total
+
+
+def records(uri: str) -> dict[str, int]:
+    """split -> TFRecords in an Examples artifact (Split-<name>/ folders), counted as the Trainer counts its split."""
+    from modules.training import count_examples
+
+    return {os.path.basename(split)[len("Split-"):]: count_examples([f"{split}/*"])
+            for split in sorted(glob.glob(f"{uri}/Split-*"))}
+
+
+def example_count(evaluation_uri: str) -> int | None:
+    """TFMA's example_count on the overall slice (the candidate model's)."""
+    import tensorflow_model_analysis as tfma
+
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for entry in per_slice.metric_keys_and_values:
+            if entry.key.name == "example_count" and entry.key.model_name != "baseline" and not entry.key.is_diff:
+                return int(entry.value.double_value.value)
+    return None
+
+
+def read_run(store, pipeline_name: str, ids: dict[str, str]) -> dict:
+    """Component seconds and row counts of the newest run of `pipeline_name` in `store`."""
+    from pipeline.gate import read_example_counts
+    from runners.summary import latest_run, tfx_artifact
+
+    nodes = latest_run(store, types.SimpleNamespace(pipeline_name=pipeline_name))
+    seconds = {ours: nodes[theirs].seconds for ours, theirs in ids.items() if theirs in nodes}
+    gen, stats = nodes[ids["ExampleGen"]], nodes[ids["StatisticsGen"]]
+    transform, evaluator = nodes[ids["Transform"]], nodes[ids["Evaluator"]]
+    counts = {
+        "example_gen": records(gen.outputs["examples"][0].uri),
+        "statistics": read_example_counts(tfx_artifact(store, stats.outputs["statistics"][0])),
+        "transform_in": records(transform.inputs["examples"][0].uri),
+        "transform_out": records(transform.outputs["transformed_examples"][0].uri),
+        "tfma": example_count(evaluator.outputs["evaluation"][0].uri),
+    }
+    return {"seconds": seconds, "counts": counts}
+
+
+def run_ours(profile: str, root: Path, work: Path, epochs: int, timeout: float) -> dict:
+    from pipeline.config import load_config
+    from pipeline.metadata import open_store
+
+    overlay = work / "overlay.yaml"
+    overlay.write_text(f"tuner: {{enabled: false}}\ntrainer: {{epochs: {epochs}}}\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFX_E2E_PROFILE=profile, TFX_E2E_CONFIG=str(overlay),
+               TFX_E2E_DATA_ROOT=str(root), TFX_E2E_OUTPUT_ROOT=str(work / "output"), TFX_E2E_ALWAYS_RUN="1")
+    wall, peak, status = measure([PYTHON, "-m", RUNNERS[profile]], env, REPO, work / "run.log", timeout)
+    result = {"wall": wall, "peak": peak, "status": status, "log": work / "run.log"}
+    if status == 0:
+        config = load_config(env={k: v for k, v in env.items() if k.startswith("TFX_E2E_")})
+        result.update(read_run(open_store(config, readonly=True), config.pipeline_name, OURS))
+    return result
+
+
+def run_reference(root: Path, work: Path, timeout: float) -> dict:
+    """TFX's taxi_pipeline_native_keras from the installed tfx, its own settings, in a HOME as it expects."""
+    import ml_metadata as mlmd
+    import tfx
+    from ml_metadata.proto import metadata_store_pb2
+
+    example_dir = Path(tfx.__file__).parent / "examples" / "chicago_taxi_pipeline"
+    home = work / "home"
+    data = home / "taxi" / "data" / "simple"
+    data.mkdir(parents=True)
+    for path in root.glob("*.csv"):
+        shutil.copy(path, data)
+    shutil.copy(example_dir / "taxi_utils_native_keras.py", home / "taxi")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HOME=str(home))
+    wall, peak, status = measure([PYTHON, str(example_dir / "taxi_pipeline_native_keras.py")], env, home,
+                                 work / "run.log", timeout)
+    result = {"wall": wall, "peak": peak, "status": status, "log": work / "run.log"}
+    if status == 0:
+        connection = metadata_store_pb2.ConnectionConfig()
+        connection.sqlite.filename_uri = str(home / "tfx" / "metadata" / REFERENCE_NAME / "metadata.db")
+        result.update(read_run(mlmd.MetadataStore(connection), REFERENCE_NAME, REFERENCE))
+    return result
+
+
+def lost_rows(rows_in: int, counts: dict) -> list[str]:
+    """What does not add up, in words; [] when no row was lost."""
+    problems = []
+    out = sum(counts["example_gen"].values())
+    if out != rows_in:
+        problems.append(f"ExampleGen wrote {out} examples from {rows_in} CSV rows")
+    if counts["statistics"] != counts["example_gen"]:
+        problems.append(f"statistics num_examples {counts['statistics']} != ExampleGen's {counts['example_gen']}")
+    if counts["transform_out"] != counts["transform_in"]:
+        problems.append(f"Transform wrote {counts['transform_out']} from {counts['transform_in']}")
+    if counts["tfma"] is not None and counts["tfma"] != counts["example_gen"].get("eval"):
+        problems.append(f"TFMA example_count {counts['tfma']} != eval split {counts['example_gen'].get('eval')}")
+    return problems
+
+
+def chart(results: dict) -> str:
+    """Wall time and peak memory against rows, one line per pipeline, log-log."""
+    from reports.charts import figure, to_svg
+
+    fig = figure(8.0, 3.2)
+    time_axis, memory_axis = fig.subplots(1, 2)
+    for name, per_size in results.items():
+        sizes = sorted(n for n, r in per_size.items() if r["status"] == 0)
+        if sizes:
+            time_axis.plot(sizes, [per_size[n]["wall"] for n in sizes], marker="o", label=name)
+            memory_axis.plot(sizes, [per_size[n]["peak"] for n in sizes], marker="o", label=name)
+    for axis, label in ((time_axis, "wall time (s)"), (memory_axis, "peak memory, process tree (GiB)")):
+        axis.set_xscale("log")
+        axis.set_xlabel("rows")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+    time_axis.set_yscale("log")
+    memory_axis.set_ylim(bottom=0)
+    time_axis.legend(fontsize=8)
+    return to_svg(fig)
+
+
+def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
+    sizes = sorted(rows_in)
+    names = list(results)
+
+    def row(cells):
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    def status(r):
+        return "" if r["status"] == 0 else (" (did not finish in time)" if r["status"] is None
+                                             else f" (FAILED, exit {r['status']})")
+
+    runs = [row(["rows", "pipeline", "wall", "rows/s", "peak memory (tree)"]), row(["---"] * 5)]
+    for n in sizes:
+        for name in names:
+            r = results[name][n]
+            runs.append(row([f"{n:,}", name + status(r), f"{r['wall']:.1f} s", f"{n / r['wall']:,.0f}",
+                             f"{r['peak']:.2f} GiB"]))
+    columns = [(name, n) for n in sizes for name in names]
+    per_component = [row(["component (s; rows/s)", *(f"{name} {n:,}" for name, n in columns)]),
+                     row(["---"] * (1 + len(columns)))]
+    for label, _, _ in COMPONENTS:
+        cells = []
+        for name, n in columns:
+            seconds = results[name][n].get("seconds", {}).get(label)
+            cells.append("" if seconds is None else f"{seconds:.1f} ({n / max(seconds, 0.05):,.0f})")
+        per_component.append(row([label, *cells]))
+    counts = [row(["rows", "pipeline", "CSV rows in", "ExampleGen out (train + eval)", "statistics num_examples",
+                   "Transform in → out", "TFMA example_count / eval split", "no row lost"]), row(["---"] * 8)]
+    problems = []
+    for n in sizes:
+        for name in names:
+            r = results[name][n]
+            if r["status"] != 0:
+                counts.append(row([f"{n:,}", name, f"{rows_in[n]:,}", "", "", "", "", "not run to the end"]))
+                continue
+            c = r["counts"]
+            lost = lost_rows(rows_in[n], c)
+            problems += [f"{name} at {n:,} rows: {p}" for p in lost]
+            gen = c["example_gen"]
+            counts.append(row([
+                f"{n:,}", name, f"{rows_in[n]:,}", f"{sum(gen.values()):,} ({gen.get('train', 0):,} + {gen.get('eval', 0):,})",
+                f"{sum(c['statistics'].values()):,}",
+                f"{sum(c['transform_in'].values()):,} → {sum(c['transform_out'].values()):,}",
+                f"{c['tfma'] if c['tfma'] is not None else 'n/a'} / {gen.get('eval', 0):,}",
+                "yes" if not lost else "NO: " + "; ".join(lost)]))
+    return "\n".join(runs) + "\n\n" + "\n".join(per_component) + "\n\n" + "\n".join(counts), problems
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="The pipeline at growing sizes against TFX's reference.")
+    parser.add_argument("--sizes", default="15000,150000,1500000", help="rows, comma-separated")
+    parser.add_argument("--epochs", type=int, default=2, help="trainer.epochs for our runs (default 2)")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="leave out TFX's reference pipeline")
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds a run may take (default 2 hours)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
+    except ValueError:
+        parser.error(f"--sizes: row counts separated by commas, got {args.sizes!r}")
+    if not sizes or min(sizes) < 1000 or args.epochs < 1:
+        parser.error("--sizes: each at least 1,000 rows; --epochs: at least 1")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    names = ["local", "beam", *(["TFX reference"] if args.reference else [])]
+    results = {name: {} for name in names}
+    rows_in = {}
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for n in sizes:
+        root = data_root(n)
+        rows_in[n] = csv_rows(root)
+        for name in names:
+            print(f"{n:,} rows: {name} ...", flush=True)
+            run_dir = work / f"{name.split()[-1]}-{n}"
+            run_dir.mkdir()
+            results[name][n] = (run_reference(root, run_dir, args.timeout) if name == "TFX reference"
+                                else run_ours(name, root, run_dir, args.epochs, args.timeout))
+            r = results[name][n]
+            print(f"  {r['wall']:.1f} s, peak {r['peak']:.2f} GiB, exit {r['status']}", flush=True)
+            if r["status"] not in (0, None):
+                print(r["log"].read_text()[-3000:], file=sys.stderr)
+    text, problems = tables(results, rows_in)
+    machine = (f"{platform.node()}: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+               f"Python {platform.python_version()}")
+    print("\n" + text + "\n\n" + machine)
+    CHART.parent.mkdir(parents=True, exist_ok=True)
+    CHART.write_text(chart(results))
+    sizes_text = ", ".join(f"{n:,}" for n in sizes)
+    section = (f"{SECTION}\n\nMeasured {started} on {machine}; command: `python bench/bench_scale.py --sizes "
+               f"{','.join(map(str, sizes))} --epochs {args.epochs}{'' if args.reference else ' --no-reference'}` "
+               f"(`make bench-scale`). Data: `make data ROWS=<n>` (data/taxi_<n>/) at {sizes_text} rows; tuning off; "
+               f"ours trains {args.epochs} epoch(s) of its train split (trainer.epochs), the reference its own 1,000 "
+               f"steps. Times per component from ML Metadata (rows/s: the run's rows over the component's time); "
+               f"peak memory: the process tree's RSS summed, sampled every 0.1 s.\n\n{text}\n\n"
+               f"![wall time and peak memory against rows](images/bench-scale.svg)\n")
+    write_section(REPO / "docs" / "benchmarks.md", SECTION, section)
+    shutil.rmtree(work, ignore_errors=True)
+    if problems:
+        sys.exit("rows lost:\n  " + "\n  ".join(problems))
+
+
+if __name__ == "__main__":
+    main()
