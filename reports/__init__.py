@@ -1,5 +1,6 @@
-"""What a person opens after a run, written to <output_root>/reports/<pipeline>/: html.py (TFDV statistics,
-the evaluation with its blessing decision)."""
+"""What a person opens after a run, written to <output_root>/reports/<pipeline>/ (docs/reports.md): html.py writes
+statistics.html and evaluation.html from templates/; charts.py draws their charts (and the model cards' and the
+console's); results.py and statistics.py read TFMA's and TFDV's outputs for them."""
 import os
 
 

@@ -69,12 +69,12 @@ def write_statistics(statistics_uri: str, directory: str, pipeline: str = "", an
     return write_atomic(os.path.join(directory, "statistics.html"), page)
 
 
-def _fmt(value) -> str:
+def _fmt(value, metric: str) -> str:
     if value is None:
         return ""
     if not math.isfinite(value):
         return "n/a"
-    return f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
+    return f"{value:.0f}" if metric == "example_count" else f"{value:.4f}"
 
 
 def _describe(bound: MetricBound) -> str:

@@ -104,7 +104,8 @@ def _dataset(label, *features):
 def statistics_page():
     datasets = [_dataset("training", _feature("fare"), _feature(HOSTILE, numeric=False)),
                 _dataset("evaluation", _feature("fare", missing=25, present=75), _feature(HOSTILE, numeric=False))]
-    anomalies = [Anomaly("eval", "fare", "FEATURE_TYPE_LOW_FRACTION_PRESENT", f"Fraction 0.75 < 0.9 {HOSTILE}")]
+    anomalies = [Anomaly("eval", "fare", "FEATURE_TYPE_LOW_FRACTION_PRESENT", f"Fraction 0.75 < 0.9 {HOSTILE}"),
+                 Anomaly("eval", "(dataset)", "DATASET_LOW_NUM_EXAMPLES", "Low num examples in dataset.")]
     return html.statistics_page("chicago-taxi", datasets, anomalies)
 
 
@@ -178,6 +179,8 @@ def test_anomalies_are_highlighted(statistics_page):
     assert "<td>25</td><td>25.00%</td>" in section.group(0)  # evaluation: 25 missing of 100
     assert statistics_page.count('class="feature has-anomaly"') == 1
     assert '<tr class="anomaly"><td>eval</td><td class="text"><a href="#feature-fare">fare</a>' in statistics_page
+    assert '<td class="text">(dataset)</td><td class="text">DATASET_LOW_NUM_EXAMPLES</td>' in statistics_page
+    assert "2 anomalies against the schema" in statistics_page
 
 
 def test_hostile_names_are_escaped(statistics_page, evaluation_page):
