@@ -251,8 +251,8 @@ def build_card(facts: dict, settings: ModelCardConfig, charts: dict[str, str]) -
         },
         "quantitative_analysis": {
             "performance_metrics": performance,
-            "graphics": {"description": "TFMA's result on the evaluation split: AUC per slice, the ROC curve and "
-                                        "the calibration of all examples",
+            "graphics": {"description": "TFMA's result on the evaluation split: AUC per slice, and the ROC curve, "
+                                        "precision-recall curve and calibration of all examples",
                          "collection": [_svg_graphic(name, svg) for name, svg in charts.items()]},
         },
         "considerations": {
