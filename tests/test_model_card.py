@@ -324,3 +324,27 @@ def test_the_runs_push_wrote_a_card_whose_numbers_are_tfmas(small_pipeline):
         markdown = f.read()
     assert f"# Model card: chicago_taxi, version {first}\n" in markdown
     assert model_card.card_path(config, first) in models.table(models.versions(config, graph))
+
+
+def test_the_command_writes_a_named_or_every_missing_card_and_refuses_an_unknown_version(tmp_path, monkeypatch,
+                                                                                         capsys):
+    graph = _store_with_pushes(tmp_path)
+    config = _config(tmp_path)
+    monkeypatch.setattr(models, "load_config_or_exit", lambda: config)
+    monkeypatch.setattr(models, "open_graph", lambda config: graph)
+    written = []
+    monkeypatch.setattr(model_card, "write_version", lambda config, graph, v: written.append(v) or f"card {v}")
+    assert model_card.main(["--version", "8"]) == 1
+    assert capsys.readouterr().err == "error: version 8 was not pushed by pipeline 'chicago-taxi' (pushed: 7)\n"
+    # Version 7 is pushed but not on disk (pruned): nothing to write until its folder is there.
+    assert model_card.main([]) == 0 and written == []
+    os.makedirs(os.path.join(config.serving_model_dir, "7", "variables"))
+    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        with open(os.path.join(config.serving_model_dir, "7", name), "w") as f:
+            f.write("x")
+    assert model_card.main([]) == 0 and written == [7]
+    assert model_card.main(["--version", "7"]) == 0 and written == [7, 7]
+    assert capsys.readouterr().out.splitlines()[-2:] == ["Model card of version 7: card 7"] * 2
+    monkeypatch.setattr(models, "open_graph", lambda config: None)
+    assert model_card.main([]) == 1
+    assert "no ML Metadata yet" in capsys.readouterr().err
