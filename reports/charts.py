@@ -30,6 +30,7 @@ matplotlib.rcParams["axes.formatter.useoffset"] = False
 DATASET_COLORS = {"training": "#1f77b4", "evaluation": "#ff7f0e", "serving": "#2ca02c"}
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2")
 THRESHOLD_COLORS = ("#d62728", "#7f7f7f", "#17becf")
+METRIC_COLORS = ("#4c72b0", "#55a868", "#8172b3", "#937860")  # slice_bars' panels
 TOP_VALUES = 10  # categories drawn per categorical feature
 
 
@@ -72,7 +73,7 @@ def slice_bars(labels: Sequence[str], values: Mapping[str, Sequence[float | None
     for i, (ax, (metric, per_slice)) in enumerate(zip(axes, values.items(), strict=True)):
         per_slice = list(per_slice)
         bars = [v if _finite(v) else 0.0 for v in per_slice]
-        ax.barh(positions, bars, color=DATASET_COLORS["evaluation"] if i else DATASET_COLORS["training"], height=0.7)
+        ax.barh(positions, bars, color=METRIC_COLORS[i % len(METRIC_COLORS)], height=0.7)
         for y, v in enumerate(per_slice):
             ax.text(v if _finite(v) else 0.0, y, f" {v:.3f}" if _finite(v) else " n/a", va="center", fontsize=7)
         for j, line in enumerate(thresholds.get(metric, ())):
@@ -80,7 +81,7 @@ def slice_bars(labels: Sequence[str], values: Mapping[str, Sequence[float | None
                        label=line.label)
         if thresholds.get(metric):
             ax.legend(loc="lower right", fontsize=7)
-        ax.set_xlim(0, 1.15)
+        ax.set_xlim(0, 1.15 * max([1.0] + bars + [t.value for t in thresholds.get(metric, ())]))
         ax.set_title(metric, fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0].set_yticks(list(positions), names)
