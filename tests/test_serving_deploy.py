@@ -627,3 +627,17 @@ def test_publish_version_refuses_what_is_no_version(tmp_path, make, message):
     assert result.returncode == 2 and message in result.stderr
     assert list(volume.iterdir()) == []
     assert _publish(_version(tmp_path / "ok", 7), tmp_path / "nowhere").returncode == 2
+
+
+def test_ab_splits_the_same_tracks_at_a_fixed_weight(tmp_path):
+    """rollout.strategy: ab renders the canary's two tracks (arm A the stable track, arm B the canary track), and the
+    controller's split renders into the same VirtualService: 70/30 on both ports."""
+    labels = "serving: {labels: {stable: 5, canary: 6}, version_policy: all}\n"
+    ab_config = overlay_config(tmp_path, labels + "rollout: {strategy: ab, ab_percent: 30}")
+    ab = deploy.render(ab_config)
+    assert ab == deploy.render(overlay_config(tmp_path, labels + "rollout: {strategy: canary}"))
+    assert set(deploy.CANARY_FILES) <= set(ab)
+    routes = {r["name"]: r["route"] for r in deploy.virtual_service(ab_config, 30)["spec"]["http"]}
+    for name, port in (("rest", 8501), ("grpc", 8500)):
+        assert [(d["destination"]["subset"], d["destination"]["port"]["number"], d["weight"]) for d in routes[name]] \
+            == [("stable", port, 70), ("canary", port, 30)]
