@@ -2,6 +2,7 @@
 serving/policy.py), and the controller (serving/rollout.py) steps a good version to stable and rolls a bad one back
 while clients call throughout. The analysis itself on figures given by hand."""
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -20,7 +21,8 @@ from serving.rollout import Check, Figures, analyse, parse_metrics, quantile, st
 
 CANARY = ("rollout: {strategy: canary, steps: [10, 50, 100], step_seconds: 2, min_requests: 10, "
           "max_error_rate: 0.01, error_rate_margin: 0.005, p99_budget_ms: 2000, p99_factor: 10, "
-          "max_failed_analyses: 2, available_timeout_seconds: 60, grace_seconds: 1}\n")
+          "max_failed_analyses: 2, available_timeout_seconds: 60, grace_seconds: 1, max_score_js: 0.1, "
+          "max_anomaly_share_margin: 0.1}\n")
 
 
 def _config(tmp_path, text=CANARY):
@@ -185,6 +187,9 @@ def _decisions(base, decision, **fields):
 
 
 def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
+    """A good version (stable's scores) is promoted; a bad one (errors) and a shifted one (no error, scores moved:
+    the request-log check) are rolled back. Margin 0.1 on anomaly shares: each arm's mix of the clients' requests
+    varies by a few percent from window to window."""
     server = Server(tmp_path, sections=CANARY)
     base = tmp_path / "models" / MODEL
     controller = subprocess.Popen(
@@ -194,11 +199,11 @@ def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
     stop, failures, answered, lock = threading.Event(), [], [], threading.Lock()
 
     def client(index: int):
-        # Unnamed requests, half of them with a fare above 20 (the bad canary's fault), over gRPC and REST.
-        n = 0
+        # Unnamed requests, half of them with a fare above 20 (the bad canary's fault), over gRPC and REST; drawn
+        # at random, so that no arm gets more of either kind by the order of arrival.
+        draw = random.Random(index)
         while not stop.is_set():
-            examples = EXAMPLES if n % 2 else EXAMPLES[:2]
-            n += 1
+            examples = EXAMPLES if draw.random() < 0.5 else EXAMPLES[:2]
             try:
                 if index % 2:
                     reply = server.predict_stub.Predict(predict_request(examples), timeout=30)
@@ -219,7 +224,7 @@ def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
         wait(lambda: _decisions(base, "adopt", stable=1), "the controller to adopt version 1")
         for t in threads:
             t.start()
-        write_taxi_model(str(tmp_path / "good"), bias=1.0)
+        write_taxi_model(str(tmp_path / "good"))  # stable's scores
         good = push_atomically(str(tmp_path / "good"), str(base))
         wait(lambda: _decisions(base, "promote", canary=None, stable=good), f"version {good} promoted")
         promoted_at = time.monotonic()
@@ -244,6 +249,10 @@ def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
         time.sleep(1.0)
         rolled_back_at = time.monotonic()
         time.sleep(1.0)
+        shifted_at = time.monotonic()
+        write_taxi_model(str(tmp_path / "shifted"), bias=1.0)
+        shifted = push_atomically(str(tmp_path / "shifted"), str(base))
+        wait(lambda: _decisions(base, "rollback", version=shifted), f"version {shifted} rolled back")
     finally:
         stop.set()
         for t in threads:
@@ -259,19 +268,35 @@ def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
     assert any(c["name"] == "error_rate" and not c["ok"] for c in fails[0]["checks"])
     record = read_record(str(base))
     assert (record.stable, record.canary, record.canary_percent) == (good, None, 0)
-    assert set(record.rejected) == {str(bad)} and "failed analyses in a row" in record.rejected[str(bad)]["reason"]
-    assert rejected_versions(str(base)) == {bad}
+    assert set(record.rejected) == {str(bad), str(shifted)}
+    assert "failed analyses in a row" in record.rejected[str(bad)]["reason"]
+    assert rejected_versions(str(base)) == {bad, shifted}
+    # The shifted version never errs: its scores moved, which only the request log shows.
+    shifts = _decisions(base, "fail", canary=shifted)
+    assert len(shifts) == 2 and all(e["figures"]["canary"]["errors"] == 0 for e in shifts), shifts
+    for entry in shifts:
+        checks = {c["name"]: c for c in entry["checks"]}
+        assert [n for n, c in checks.items() if not c["ok"]] == ["score_js"], checks
+        assert entry["figures"]["log"]["score_js"] > 0.1
+        assert entry["figures"]["log"]["canary"]["score_mean"] > entry["figures"]["log"]["stable"]["score_mean"]
+        assert checks["score_js"]["detail"] == (f"canary scores against stable's: Jensen-Shannon "
+                                                f"{entry['figures']['log']['score_js']:.4f} (limit 0.1)")
+    assert "scores against stable's" in record.rejected[str(shifted)]["reason"]
+    # The good version's steps passed the request-log checks too.
+    assert all({c["name"]: c["ok"] for c in e["checks"]}.keys() >= {"score_js", "anomalies"} and
+               all(c["ok"] for c in e["checks"]) for e in passed)
     # Clients saw no failure the canary did not cause, and some it did (before the rollback).
     assert failures and all(CANARY_FAULT in f for f in failures), set(failures) - {f for f in failures if CANARY_FAULT in f}
     versions = {v for _, v in answered}
     assert {1, good, bad} <= versions
-    assert {v for t, v in answered if t > promoted_at + 3} <= {good, bad}
-    assert {v for t, v in answered if t > rolled_back_at} == {good}
+    assert {v for t, v in answered if t > promoted_at + 3} <= {good, bad, shifted}
+    assert {v for t, v in answered if rolled_back_at < t < shifted_at} == {good}
     # `status` shows the record and the decisions with their figures.
     printed = subprocess.run([sys.executable, "-m", "serving.rollout", "status", "--model_base_path", str(base)],
                              cwd=REPO_ROOT, env=server.env, capture_output=True, text=True, check=True).stdout
     assert printed.startswith(f"stable {good}\ncanary none\n")
     assert f"rejected {bad} at " in printed and "promote" in printed and "rollback" in printed
+    assert "| scores JS " in printed
     assert status_lines(str(tmp_path / "nothing")) == [f"{tmp_path / 'nothing'}: no rollout record (the controller "
                                                        "has not run)"]
 
@@ -607,7 +632,7 @@ def test_log_analysis_scores_and_anomalies(tmp_path):
     checks = {name: (ok, detail) for name, ok, detail in anomalous.checks}
     assert checks["score_js"][0] and not checks["anomalies"][0]
     assert checks["anomalies"][1] == ("canary payment_type ENUM_TYPE_UNEXPECTED_STRING_VALUES in 30.0% of examples "
-                                      "(stable 0.0%) (margin 1.0%)")
+                                      "(stable 0.0%) (margin 10.0%)")
     assert {"feature": "payment_type", "kind": "ENUM_TYPE_UNEXPECTED_STRING_VALUES", "canary_share": 0.3,
             "stable_share": 0.0} in anomalous.figures["anomalies"]
     # The same anomaly in stable's traffic too: no worse than stable, so it passes.
@@ -616,3 +641,165 @@ def test_log_analysis_scores_and_anomalies(tmp_path):
     few = analyse(rollout, schema, summarize(_prediction_logs(canary_rows[:8], 2), schema)[2], arms[1])
     assert few.checks == [(name, False, "request log: canary 8 logged examples (minimum 10)")
                           for name in ("score_js", "anomalies")]
+
+
+# --- A/B (rollout.strategy: ab): a fixed split for a period, then a command decides -----------------------------
+
+AB = CANARY.replace("strategy: canary", "strategy: ab, ab_percent: 50, ab_seconds: 5").replace(
+    "step_seconds: 2", "step_seconds: 1")
+
+
+def test_ab_holds_the_split_reports_per_arm_and_waits_for_the_command(tmp_path):
+    """Two tracks behind Istio: version 2 gets 50 % for ab_seconds whatever its figures, then stable gets every
+    unnamed request back and version 2 waits; `promote` moves stable to it. A third version is rejected by command
+    before its period ends."""
+    import yaml
+
+    from serving.rollout import Controller, IstioTraffic, ab_summary, read_ab
+
+    config = _config(tmp_path, AB)
+    base, out = tmp_path / "models", tmp_path / "istio"
+    _version_dir(base, 1)
+    clock = [0.0]
+    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}), clock=lambda: clock[0],
+                            traffic=IstioTraffic(config, out))
+
+    def weight():
+        service = yaml.safe_load((out / "virtualservice.yaml").read_text())
+        return next(r for r in service["spec"]["http"] if r["name"] == "grpc")["route"][1]["weight"]
+
+    controller.tick()
+    _version_dir(base, 2)
+    seen = []
+    for _ in range(12):
+        clock[0] += 1.0
+        controller.tick()
+        seen.append((clock[0], weight(), read_record(str(base)).canary))
+    # Started at t=1, split from t=2 to t=7 although version 2 errs on a fifth of its requests: no analysis decides.
+    assert seen[:7] == [(1.0, 0, 2), (2.0, 50, 2), (3.0, 50, 2), (4.0, 50, 2), (5.0, 50, 2), (6.0, 50, 2),
+                        (7.0, 0, 2)]
+    assert {w for _, w, _ in seen[7:]} == {0} and not _decisions(base, "rollback")
+    state = read_ab(str(base))
+    assert (state["started_at"], state["until"], state["ended_at"]) == (2.0, 7.0, 7.0)
+    # FakeTracks adds 100 requests per version and scrape: 5 scrapes after the one the test started from.
+    summary = ab_summary(state)
+    assert (summary["stable"]["version"], summary["stable"]["requests"], summary["stable"]["errors"]) == (1, 500, 0)
+    assert (summary["canary"]["version"], summary["canary"]["requests"], summary["canary"]["errors"]) == (2, 500, 100)
+    (end,) = _decisions(base, "ab-end")
+    assert end["figures"] == summary and end["percent"] == 0
+    assert "waits for `promote` or `reject`" in end["reason"]
+    assert status_lines(str(base))[1].startswith("canary 2 at 0% (A/B arm B, ended ")
+
+    assert controller.decide("promote") == "version 2 promoted to stable"
+    record = read_record(str(base))
+    assert (record.stable, record.canary, record.retiring) == (2, None, 1)
+    assert _decisions(base, "promote")[-1]["figures"] == summary and read_ab(str(base))["decision"] == "promote"
+    assert weight() == 0
+    with pytest.raises(ValueError, match="no A/B test to decide"):
+        controller.decide("promote")
+
+    _version_dir(base, 3)
+    for _ in range(3):
+        clock[0] += 1.0
+        controller.tick()
+    assert (read_record(str(base)).canary, weight()) == (3, 50)
+    assert controller.decide("reject") == "version 3 rejected"
+    (rollback,) = _decisions(base, "rollback")
+    assert rollback["reason"] == "version 3 rejected: A/B: rejected by command"
+    assert rollback["note"].startswith("decided before the end of the A/B period")
+    assert read_record(str(base)).rejected.keys() == {"3"} and weight() == 0
+
+
+def test_ab_commands_refuse_what_they_cannot_decide(tmp_path, monkeypatch, capsys):
+    from serving.rollout import main
+
+    base = tmp_path / "models"
+    _version_dir(base, 1)
+    (tmp_path / "canary.yaml").write_text(CANARY)
+    monkeypatch.setenv("TFX_E2E_CONFIG", str(tmp_path / "canary.yaml"))
+    assert main(["promote", "--model_base_path", str(base)]) == 2
+    assert "promote decides an A/B test (rollout.strategy: ab)" in capsys.readouterr().err
+    (tmp_path / "ab.yaml").write_text(AB)
+    monkeypatch.setenv("TFX_E2E_CONFIG", str(tmp_path / "ab.yaml"))
+    write_record(str(base), RolloutRecord(stable=1))
+    assert main(["reject", "--model_base_path", str(base)]) == 1
+    assert "no A/B test to decide (no version beside stable 1)" in capsys.readouterr().err
+    assert main(["ab-report", "--model_base_path", str(base)]) == 1
+    assert "no A/B test (rollout-ab.json)" in capsys.readouterr().err
+
+
+def test_ab_report_joins_a_labelled_span_to_each_arms_requests(tmp_path):
+    """Per arm, the logged examples of the period, their scores, and accuracy and AUC on the labelled span's rows
+    each arm answered (joined by feature values); requests before the period do not count."""
+    import csv
+
+    import numpy as np
+    from serving_models import taxi_probabilities
+    from sklearn.metrics import roc_auc_score
+
+    from serving.rollout import write_ab
+    from serving.rollout_log import RequestLog, ab_report, ab_report_lines, load_schema
+
+    rows, seen = [], set()
+    for row in _taxi_rows(1200):  # rows with the same features (tips aside) would make ambiguous labels
+        key = tuple(v for k, v in row.items() if k != "tips")
+        if key not in seen and row["fare"]:
+            seen.add(key)
+            rows.append(row)
+    a_rows, b_rows = rows[:400], rows[400:800]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started = 1_800_000_000
+    _write_log(logs / "prediction_log-1-000000.tfrecord",
+               _prediction_logs(rows[800:], 1, when=started - 5000)  # before the A/B: not counted
+               + _prediction_logs(a_rows, 1, when=started + 10) + _prediction_logs(b_rows, 2, bias=-0.5,
+                                                                                   when=started + 10))
+    span = tmp_path / "span-9"
+    span.mkdir()
+    with open(span / "data.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(a_rows[:300] + b_rows[:300])  # the labelled span covers part of the period's requests
+    base = tmp_path / "models"
+    base.mkdir()
+    zero = {"requests": 0, "errors": 0, "buckets": []}
+    write_ab(str(base), {"stable": 1, "canary": 2, "percent": 50, "started_at": started, "until": started + 3600,
+                         "ended_at": started + 3600, "updated_at": started + 3600,
+                         "figures": {"stable": zero, "canary": zero}})
+    schema = load_schema(str(REPO_ROOT / "schema" / "schema.pbtxt"))
+    report = ab_report(str(base), RequestLog(str(logs), schema), str(span))
+
+    def expected(arm_rows, bias):
+        labels = np.array([float(r["tips"]) > 0.2 * float(r["fare"]) for r in arm_rows])
+        scores = taxi_probabilities(arm_rows, bias).reshape(-1)
+        return {"examples": len(arm_rows), "accuracy": round(float(np.mean((scores >= 0.5) == labels)), 4),
+                "auc": round(float(roc_auc_score(labels, scores)), 4)}
+
+    arms = report["log"]["arms"]
+    assert arms["stable"]["labelled"] == expected(a_rows[:300], 0.0)
+    assert arms["canary"]["labelled"] == expected(b_rows[:300], -0.5)
+    assert (arms["stable"]["logged_examples"], arms["canary"]["logged_examples"]) == (400, 400)
+    assert sum(arms["canary"]["score_histogram"]) == 400
+    assert arms["canary"]["score_mean"] < arms["stable"]["score_mean"]
+    assert report["log"]["labelled"] == {"path": str(span), "rows": 600, "ambiguous_rows": 0}
+    assert 0 < report["log"]["score_js"] <= 1
+    lines = ab_report_lines(report)
+    assert lines[0].startswith("A/B: stable 1 (A) against 2 (B) at 50% since ")
+    assert f"labelled 300: accuracy {arms['canary']['labelled']['accuracy']}" in lines[2]
+
+
+def test_vertex_endpoint_holds_the_ab_split(tmp_path):
+    """An A/B test on a Vertex endpoint: both arms deployed, 50/50, then (period over) everything to arm A with arm B
+    still deployed, then arm B promoted; every call bound to the SDK's signatures."""
+    from serving.vertex import VertexTraffic
+
+    fake = FakeVertex()
+    traffic = VertexTraffic(_config(tmp_path, VERTEX.replace(CANARY, AB)), fake)
+    for record in (RolloutRecord(stable=1), RolloutRecord(stable=1, canary=2, canary_percent=50),
+                   RolloutRecord(stable=1, canary=2, canary_percent=0),
+                   RolloutRecord(stable=2, retiring=1, retire_at=5.0)):
+        traffic.apply(record)
+    fake.bind_to_the_real_sdk()
+    assert [k["traffic_split"] for name, k in fake.calls if name == "update"] == [
+        {"100": 100}, {"100": 50, "101": 50}, {"100": 100, "101": 0}, {"101": 100, "100": 0}]
+    assert not [k for name, k in fake.calls if name == "undeploy"]
