@@ -1,8 +1,11 @@
 """The canary controller: moves a newly pushed version through the configured steps, analyses each step from the
-server's Prometheus metrics, and promotes it to `stable` or rolls it back (rollout.strategy: canary).
+server's Prometheus metrics and request log, and promotes it to `stable` or rolls it back (rollout.strategy: canary);
+or holds a fixed split between stable and it for a period and leaves the decision to a command (rollout.strategy: ab).
 
     python -m serving.rollout run              (make rollout) the control loop
     python -m serving.rollout status           the rollout record and the last decisions
+    python -m serving.rollout ab-report [--labelled SPAN]   an A/B test's per-arm figures (serving/rollout_log.py)
+    python -m serving.rollout promote|reject   decide an A/B test: arm B becomes stable, or is rejected
     python -m serving.rollout run --url http://STABLE:8501 --url http://CANARY:8501 --istio DIR [--kubectl kubectl]
                                                TF Serving on Kubernetes: two tracks behind Istio (serving/deploy.py)
     python -m serving.rollout run --vertex     a Vertex AI endpoint's traffic split, Cloud Monitoring's figures
