@@ -96,7 +96,8 @@ serve: setup
 	$(PY) -m serving.server
 
 # The canary controller (rollout.strategy: canary) for the running server: steps, analyses, promotes or rolls back
-# each new version (docs/rollout.md); ARGS=status prints the rollout record and the last decisions.
+# each new version (docs/rollout.md); ARGS=status prints the rollout record and the last decisions. With
+# rollout.strategy: ab it holds the A/B split; ARGS=ab-report, ARGS=promote, ARGS=reject report and decide.
 rollout: setup
 	$(PY) -m serving.rollout $(or $(ARGS),run)
 
