@@ -555,7 +555,11 @@ class _Locked:
     def __enter__(self):
         import fcntl
 
-        self.file = open(self.path, "a")
+        try:
+            self.file = open(self.path, "a")
+        except FileNotFoundError:  # nothing pushed yet: no record to protect
+            self.file = None
+            return self
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX)
         except OSError as e:
@@ -563,7 +567,8 @@ class _Locked:
         return self
 
     def __exit__(self, *exc):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def main(argv=None) -> int:

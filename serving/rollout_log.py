@@ -35,23 +35,27 @@ class LogCursor:
         import tensorflow as tf
 
         records, offset = [], self.offsets.get(path, 0)
-        with tf.io.gfile.GFile(path, "rb") as f:
-            f.seek(offset)
-            while True:
-                header = f.read(_HEADER)
-                if len(header) < _HEADER:
-                    break
-                (length,) = struct.unpack("<Q", header[:8])
-                data = f.read(length) if keep else None
-                if keep and len(data) < length:
-                    break
-                if not keep:
-                    f.seek(offset + _HEADER + length)
-                if len(f.read(_FOOTER)) < _FOOTER:
-                    break  # still being written: read at the next call
-                offset += _HEADER + length + _FOOTER
-                if keep:
-                    records.append(data)
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                f.seek(offset)
+                while True:
+                    header = f.read(_HEADER)
+                    if len(header) < _HEADER:
+                        break
+                    (length,) = struct.unpack("<Q", header[:8])
+                    data = f.read(length) if keep else None
+                    if keep and len(data) < length:
+                        break
+                    if not keep:
+                        f.seek(offset + _HEADER + length)
+                    if len(f.read(_FOOTER)) < _FOOTER:
+                        break  # still being written: read at the next call
+                    offset += _HEADER + length + _FOOTER
+                    if keep:
+                        records.append(data)
+        except tf.errors.NotFoundError:  # pruned by the logger between listing and reading
+            self.offsets.pop(path, None)
+            return records
         self.offsets[path] = offset
         return records
 
@@ -253,11 +257,11 @@ def ab_report(base_path: str, requests: RequestLog | None, labelled: str | None,
               "ended": _iso(state["ended_at"]) if state["ended_at"] else None, "decision": state.get("decision"),
               "arms": ab_summary(state), "log": None}
     if requests is None:
+        if labelled:
+            raise ValueError("--labelled: the labelled rows are joined to the logged requests, and there is no "
+                             "request log (serving.request_log.sampling_rate is 0; give --logs)")
         return report
-    if labelled and requests.schema is not None:
-        labels, ambiguous = labelled_rows(labelled, requests.schema)
-    else:
-        labels, ambiguous = None, 0
+    labels, ambiguous = labelled_rows(labelled, requests.schema) if labelled else (None, 0)
     from tensorflow.core.example import example_pb2
 
     arms = {state["stable"]: "stable", state["canary"]: "canary"}

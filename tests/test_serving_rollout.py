@@ -803,3 +803,46 @@ def test_vertex_endpoint_holds_the_ab_split(tmp_path):
     assert [k["traffic_split"] for name, k in fake.calls if name == "update"] == [
         {"100": 100}, {"100": 50, "101": 50}, {"100": 100, "101": 0}, {"101": 100, "100": 0}]
     assert not [k for name, k in fake.calls if name == "undeploy"]
+
+
+def test_local_server_holds_the_ab_split_until_promoted(tmp_path):
+    """The local server routes an A/B test by the record: half of the unnamed requests to each arm during the
+    period, all to arm A after it, all to arm B once `python -m serving.rollout promote` has run."""
+    from serving.rollout_log import RequestLog, ab_report, load_schema
+
+    server = Server(tmp_path, sections=AB.replace("ab_seconds: 5", "ab_seconds: 3"))
+    base = tmp_path / "models" / MODEL
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "serving.rollout", "run", "--url", server.url, "--model_base_path", str(base),
+         "--poll_seconds", "0.2"], cwd=REPO_ROOT, env=server.env, stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "controller.log", "w"))
+    try:
+        server.wait_for(lambda: _decisions(base, "adopt", stable=1), "the controller to adopt version 1")
+        write_taxi_model(str(tmp_path / "b"), bias=0.5)
+        b = push_atomically(str(tmp_path / "b"), str(base))
+        server.wait_for(lambda: _decisions(base, "ab-start", canary=b), "the A/B test to start")
+        server.wait_for(lambda: read_record(str(base)).canary_percent == 50, "the split")
+        time.sleep(0.5)  # the server re-reads the record every 0.3 s
+        split = [_version(server) for _ in range(40)]
+        ended = _decisions(base, "ab-end")
+        assert ended or split.count(b) == 20, split
+        server.wait_for(lambda: _decisions(base, "ab-end"), "the end of the A/B period", 30)
+        time.sleep(0.5)
+        assert {_version(server) for _ in range(10)} == {1}
+        assert {_version(server, label="canary") for _ in range(3)} == {b}  # arm B is still loaded
+        promoted = subprocess.run([sys.executable, "-m", "serving.rollout", "promote", "--url", server.url,
+                                   "--model_base_path", str(base)], cwd=REPO_ROOT, env=server.env,
+                                  capture_output=True, text=True)
+        assert promoted.returncode == 0 and promoted.stdout == f"version {b} promoted to stable\n", promoted.stderr
+        server.wait_for(lambda: {_version(server) for _ in range(4)} == {b}, "arm B serving every request")
+        report = ab_report(str(base), RequestLog(str(tmp_path / "request_logs" / MODEL),
+                                                 load_schema(str(REPO_ROOT / "schema" / "schema.pbtxt"))), None)
+    finally:
+        controller.terminate()
+        assert controller.wait(timeout=30) == 0
+        server.stop()
+    assert report["decision"] == "promote" and report["arms"]["canary"]["version"] == b
+    assert report["arms"]["canary"]["requests"] >= 20 and report["arms"]["canary"]["errors"] == 0
+    logged = report["log"]["arms"]
+    assert logged["canary"]["logged_examples"] >= 20 and logged["stable"]["logged_examples"] >= 20
+    assert logged["canary"]["score_mean"] > logged["stable"]["score_mean"]  # bias 0.5
