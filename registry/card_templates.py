@@ -117,7 +117,7 @@ HTML = """\
 <style>
 body{font-family:sans-serif;max-width:72rem;margin:1rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}.text td{text-align:left}.worse{background:#fde2e0}
+td:first-child,th:first-child,td:last-child,th:last-child{text-align:left}.text td{text-align:left}.worse{background:#fde2e0}
 .muted{color:#777}figure{display:inline-block;margin:.5rem}svg{max-width:100%;height:auto}
 </style></head><body>
 <h1>Model card: {{ d.name|t }}, version {{ d.version.name|t }}</h1>
