@@ -4,8 +4,9 @@ for Vertex AI, so that the same controller and analysis promote or roll back the
 - VertexTraffic.apply(record): every version the record serves is uploaded to the Model Registry once (a Model
   `<model_name>-<version>` with Google's prebuilt TensorFlow GPU prediction container, labelled with its version)
   and deployed to the endpoint `<model_name>` (created if missing) on vertex.machine_type with its accelerator; the
-  endpoint's traffic split gives the canary its percent and stable the rest; deployed versions the record no
-  longer serves are undeployed; rejected versions get the label tfx_e2e_rollout=rejected in the registry.
+  endpoint's traffic split gives the canary its percent and stable the rest (an A/B test's arm B is the canary:
+  the same split, held for the period); deployed versions the record no longer serves are undeployed; rejected
+  versions get the label tfx_e2e_rollout=rejected in the registry.
 - VertexMetrics: per version, the endpoint's requests, errors and latency distribution from Cloud Monitoring
   (aiplatform.googleapis.com/prediction/online/*), summed since the controller started, in the Figures the
   analysis reads.
