@@ -121,6 +121,9 @@ def write_window(directory: str, window: dict, charts: list[tuple[str, str]]) ->
     figures = "".join(f"<h3>{html.escape(title)}</h3>{svg}" for title, svg in charts)
     alerts = "".join(f"<li>{html.escape(a)}</li>" for a in window["alerts"])
     skipped = "".join(f"<li>{html.escape(p['path'])}: {html.escape(p['error'])}</li>" for p in window["files_skipped"])
+    # make decay's history of the served versions on labelled spans, beside the windows (monitoring/decay.py)
+    decay = ('<h2>Model decay</h2><p><a href="decay.html">the served versions\' metrics on labelled spans</a></p>'
+             if os.path.exists(os.path.join(directory, "decay.html")) else "")
     page = f"""<!doctype html><meta charset="utf-8"><title>Monitoring {html.escape(window['model'])}</title>{STYLE}
 <h1>{html.escape(window['model'])}: {window['window']['start']} to {window['window']['end']}:
 <span{' class="alert"' if status == 'ALERT' else ''}>{status}</span></h1>
@@ -133,7 +136,8 @@ previous window: {window['drift']['previous_window'] or 'none'}. Times: {html.es
 <h2>Schema anomalies (environment SERVING)</h2>
 {_rows(window['anomalies'], ['feature', 'kind', 'share', 'description', 'alert'])}
 <h2>Features that moved</h2>{figures or '<p>none</p>'}
-{f'<h2>Files skipped</h2><ul>{skipped}</ul>' if skipped else ''}"""
+{f'<h2>Files skipped</h2><ul>{skipped}</ul>' if skipped else ''}
+{decay}"""
     return json_path, write_atomic(os.path.join(directory, name + ".html"), page)
 
 
