@@ -170,15 +170,41 @@ def _measurements(infos) -> dict[str, list]:
     return {".".join(info.path.step): info for info in infos}
 
 
-def _comparator_findings(check: str, result, measured: str) -> list[Finding]:
-    """Every comparator's measurement (alert when TFDV reported it over its threshold)."""
+def effective_examples(a, b) -> float:
+    """Two samples of n1 and n2 examples are as noisy, compared, as one of n1*n2/(n1+n2) against the truth."""
+    n1, n2 = a.datasets[0].num_examples, b.datasets[0].num_examples
+    return n1 * n2 / (n1 + n2) if n1 and n2 else 0.0
+
+
+def min_examples(measure: int, threshold: float) -> int:
+    """The (effective) examples a comparison needs before its threshold stands clear of sampling noise:
+      L-infinity: a share's standard error is at most 0.5/sqrt(n); three of them within the threshold;
+      Jensen-Shannon (on at most DECILES + 2 buckets): sampling alone gives about (k-1)/(8 n ln 2); a quarter of the
+      threshold at most."""
+    if threshold <= 0:
+        return 0
+    if measure == anomalies_pb2.DriftSkewInfo.Measurement.L_INFTY:
+        return math.ceil((3 * 0.5 / threshold) ** 2)
+    if measure == anomalies_pb2.DriftSkewInfo.Measurement.JENSEN_SHANNON_DIVERGENCE:
+        return math.ceil(4 * (DECILES + 1) / (8 * threshold * math.log(2)))
+    return 0
+
+
+def _comparator_findings(check: str, result, measured: str, examples: float) -> list[Finding]:
+    """Every comparator's measurement: an alert when TFDV reported it over its threshold and the comparison had
+    the examples its threshold needs (min_examples; else it is measured, described, not an alert)."""
     over = {feature for feature, info in result.anomaly_info.items()
             if any(anomalies_pb2.AnomalyInfo.Type.Name(r.type).startswith("COMPARATOR_") for r in info.reason)}
     findings = []
     for feature, info in sorted(_measurements(result.drift_skew_info).items()):
         for m in getattr(info, measured):
-            findings.append(Finding(check, feature, feature in over and m.value > m.threshold,
-                                    MEASURE_NAMES.get(m.type, str(m.type)), m.value, m.threshold))
+            needed = min_examples(m.type, m.threshold)
+            enough = examples >= needed
+            findings.append(Finding(
+                check, feature, enough and feature in over and m.value > m.threshold,
+                MEASURE_NAMES.get(m.type, str(m.type)), m.value, m.threshold,
+                description="" if enough else f"not judged: {examples:.0f} effective examples, the threshold needs "
+                                              f"{needed} to stand clear of sampling noise"))
     return findings
 
 
@@ -233,16 +259,18 @@ def drift_and_anomalies(current, previous, schema: schema_pb2.Schema, max_share:
     """The window against the schema (environment SERVING) and, when there is one, against the previous window."""
     import tensorflow_data_validation as tfdv
 
+    window = current
     if previous is not None:
         previous, current = aligned(previous, current)
     result = tfdv.validate_statistics(current, schema, environment=SERVING, previous_statistics=previous)
-    findings = _comparator_findings("drift", result, "drift_measurements") if previous is not None else []
+    findings = (_comparator_findings("drift", result, "drift_measurements", effective_examples(current, previous))
+                if previous is not None else [])
     for feature, info in sorted(result.anomaly_info.items()):
         for reason in info.reason:
             kind = anomalies_pb2.AnomalyInfo.Type.Name(reason.type)
             if kind.startswith("COMPARATOR_"):
                 continue
-            share = anomaly_share(current, schema, feature, kind)
+            share = anomaly_share(window, schema, feature, kind)
             findings.append(Finding("anomaly", feature, share is None or share > max_share, kind=kind,
                                     description=reason.description or reason.short_description, share=share))
     return findings
@@ -255,7 +283,7 @@ def skew(training, serving, schema: schema_pb2.Schema) -> list[Finding]:
 
     training, serving = aligned(training, serving)
     result = tfdv.validate_statistics(training, schema, serving_statistics=serving)
-    return _comparator_findings("skew", result, "skew_measurements")
+    return _comparator_findings("skew", result, "skew_measurements", effective_examples(training, serving))
 
 
 def score_schema(threshold: float) -> schema_pb2.Schema:
@@ -270,4 +298,4 @@ def scores(reference, serving, threshold: float) -> list[Finding]:
     import tensorflow_data_validation as tfdv
 
     result = tfdv.validate_statistics(reference, score_schema(threshold), serving_statistics=serving)
-    return _comparator_findings("score", result, "skew_measurements")
+    return _comparator_findings("score", result, "skew_measurements", effective_examples(reference, serving))

@@ -116,7 +116,7 @@ def write_window(directory: str, window: dict, charts: list[tuple[str, str]]) ->
     versions = "".join(
         f"<h3>version {v} ({info['requests']} requests{'' if info.get('compared', True) else not_compared})</h3>"
         f"<p>trained in run {html.escape(str(info['training_run']))}</p>"
-        f"{_rows(info['skew'] + info['score'], ['check', 'feature', 'measure', 'value', 'threshold', 'alert'])}"
+        f"{_rows(info['skew'] + info['score'], ['check', 'feature', 'measure', 'value', 'threshold', 'alert', 'description'])}"
         for v, info in window["versions"].items())
     figures = "".join(f"<h3>{html.escape(title)}</h3>{svg}" for title, svg in charts)
     alerts = "".join(f"<li>{html.escape(a)}</li>" for a in window["alerts"])
@@ -132,7 +132,7 @@ previous window: {window['drift']['previous_window'] or 'none'}. Times: {html.es
 <ul>{alerts}</ul>
 <h2>Skew against training, scores against the evaluation</h2>{versions}
 <h2>Drift against the previous window</h2>
-{_rows(window['drift']['findings'], ['feature', 'measure', 'value', 'threshold', 'alert'])}
+{_rows(window['drift']['findings'], ['feature', 'measure', 'value', 'threshold', 'alert', 'description'])}
 <h2>Schema anomalies (environment SERVING)</h2>
 {_rows(window['anomalies'], ['feature', 'kind', 'share', 'description', 'alert'])}
 <h2>Features that moved</h2>{figures or '<p>none</p>'}

@@ -184,6 +184,45 @@ def test_numeric_distances_follow_the_data_not_one_outlier():
     assert shifted["fare"] > 0.5
 
 
+def test_decay_evaluates_the_version_that_served_the_span(tmp_path, monkeypatch, capsys):
+    """The request log names the version that served a daily span's date; else the rollout record's stable; else
+    the newest pushed version. A missing span is an error naming it (exit 1)."""
+    import datetime
+
+    from monitoring import decay, replay
+    from pipeline.config import load_config
+    from pipeline.spans import Span, span_of_date
+    from serving import registry
+
+    monkeypatch.setenv("TFX_E2E_OUTPUT_ROOT", str(tmp_path / "out"))
+    config = load_config(check_data=False)
+    for version in (1, 2):
+        os.makedirs(os.path.join(config.serving_model_dir, str(version)))
+    day = datetime.date(2026, 9, 21)
+    midnight = datetime.datetime(2026, 9, 21, tzinfo=datetime.timezone.utc).timestamp()
+    logs = tmp_path / "out" / "request_logs" / "chicago_taxi"
+    logs.mkdir(parents=True)
+    served_that_day = list(replay.predict_logs("chicago_taxi", 1, [_example(fare=1.0)] * 5, [0.5] * 5, midnight,
+                                               3600))
+    next_day = list(replay.predict_logs("chicago_taxi", 2, [_example(fare=1.0)] * 9, [0.5] * 9, midnight + 86400,
+                                        3600))
+    replay.write(str(logs / "prediction_log-1.tfrecord"), served_that_day + next_day)
+
+    dated = Span(span_of_date(day), str(tmp_path), day.isoformat(), True)
+    assert decay.served_version(config, dated, None) == (1, "request log: 5 of 5 requests on 2026-09-21")
+    numbered = Span(7, str(tmp_path), "span-7", True)
+    assert decay.served_version(config, numbered, None) == (2, "newest pushed version")
+    registry.write_record(config.serving_model_dir, registry.RolloutRecord(stable=1))
+    assert decay.served_version(config, numbered, None) == (1, "rollout record: stable")
+    assert decay.served_version(config, numbered, 2) == (2, "--version")
+
+    (tmp_path / "data" / "span-7").mkdir(parents=True)
+    assert decay.main(["--span", "8", "--data-root", str(tmp_path / "data")]) == 1
+    assert f"span 8: not in {tmp_path / 'data'}" in capsys.readouterr().err
+    assert decay.main(["--span", "7", "--data-root", str(tmp_path / "data")]) == 1
+    assert f"span 7 ({tmp_path / 'data' / 'span-7'}) is not complete: no _SUCCESS marker" in capsys.readouterr().err
+
+
 def test_configuration_errors_exit_2(tmp_path, monkeypatch, capsys):
     from monitoring.monitor import main
 
@@ -322,7 +361,7 @@ def _write_traffic(path: Path, served, which: str, index, start: float, per_requ
                                                 scores[index], start, HOUR, per_request))
 
 
-def _monitor(small_pipeline, monkeypatch, logs: Path, capsys):
+def _monitor(small_pipeline, monkeypatch, logs: Path, capsys, args=()):
     """make monitor on `logs` in this process: (exit status, output, {window: JSON report}, report folder)."""
     import shutil
 
@@ -332,7 +371,7 @@ def _monitor(small_pipeline, monkeypatch, logs: Path, capsys):
     shutil.rmtree(directory, ignore_errors=True)
     for key, value in small_pipeline.env.items():
         monkeypatch.setenv(key, value)
-    status = main(["--logs", str(logs)])
+    status = main(["--logs", str(logs), *args])
     out = capsys.readouterr()
     windows = {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("window-*.json"))}
     return status, out, windows, directory
@@ -375,6 +414,15 @@ def test_bundled_traffic_is_ok(small_pipeline, served, monkeypatch, capsys, tmp_
     assert 'tfx_e2e_monitoring_alert{model="chicago_taxi"} 0.0' in gauges
     assert f'tfx_e2e_monitoring_distance{{check="skew",feature="payment_type",measure="l_infinity",' \
            f'model="chicago_taxi",version="{version}"}}' in gauges
+    # the server's metrics endpoint shows the same gauges after the run
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.metrics import Metrics
+
+    metrics = Metrics(lambda: ["chicago_taxi"], lambda: {"chicago_taxi": [version]}, str(directory.parent))
+    scraped = {f.name: f for f in text_string_to_metric_families(metrics.render()[0].decode())}
+    assert [(s.labels, s.value) for s in scraped["tfx_e2e_monitoring_alert"].samples] == [({"model": "chicago_taxi"}, 0.0)]
+    assert {s.labels["feature"] for s in scraped["tfx_e2e_monitoring_distance"].samples} >= {"fare", "payment_type"}
     page = (directory / f"{next(reversed(windows))}.html").read_text()
     assert "OK" in page and "<script" not in page and "<link" not in page  # self-contained: nothing to fetch
     assert not re.search(r'(src|href)="(https?:)?//', page)
@@ -403,3 +451,82 @@ def test_drifted_traffic_alerts_and_names_the_features(small_pipeline, served, m
     page = (directory / f"{next(reversed(windows))}.html").read_text()
     assert page.count("<svg") >= 2 and "drift: fare" in page
     assert 'tfx_e2e_monitoring_alert{model="chicago_taxi"} 1.0' in (directory / "monitoring.prom").read_text()
+
+
+def _big_tipper(row) -> int:
+    """The label as preprocessing_fn makes it: tips > 20 % of the fare (missing: 0)."""
+    return int(float(row["tips"] or 0) > 0.2 * float(row["fare"] or 0))
+
+
+def _write_span(root: Path, name: str, rows) -> None:
+    (root / name).mkdir(parents=True)
+    with open(root / name / "data.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / name / "_SUCCESS").write_text("")
+
+
+@pytest.mark.e2e
+def test_decay_on_labelled_spans(small_pipeline, served, monkeypatch, capsys, tmp_path):
+    """A labelled span of the bundled data: exit 0 and a history line with TFMA's AUC (the exact AUC of the
+    version's scores, to TFMA's bucketing); the same rows with their labels flipped: exit 3, charted."""
+    import tensorflow_model_analysis as tfma
+
+    from monitoring import decay
+
+    rows = _rows()[:1000]
+    flipped = [dict(r, tips="0" if _big_tipper(r) else f"{float(r['fare'] or 0) + 1:.2f}") for r in rows]
+    _write_span(tmp_path / "spans", "span-5", rows)
+    _write_span(tmp_path / "spans", "span-6", flipped)
+    for key, value in small_pipeline.env.items():
+        monkeypatch.setenv(key, value)
+    directory = Path(small_pipeline.config().output_root) / "monitoring" / "chicago_taxi"
+    for name in ("decay.jsonl", "decay.html"):
+        (directory / name).unlink(missing_ok=True)
+
+    assert decay.main(["--span", "5", "--data-root", str(tmp_path / "spans")]) == 0, capsys.readouterr()
+    (entry,) = decay.read_history(str(directory / "decay.jsonl"))
+    _, version, examples = served
+    labels = np.array([_big_tipper(r) for r in rows])
+    scores = examples["bundled"][1][:1000]
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    exact = ((positives[:, None] > negatives).mean() + 0.5 * (positives[:, None] == negatives).mean())
+    assert (entry["span"], entry["version"], entry["example_count"], entry["alert"]) == (5, version, 1000, False)
+    assert entry["auc"] == pytest.approx(exact, abs=2e-3)
+    overall = next(m for m in tfma.load_metrics(entry["evaluation"]) if not m.slice_key.single_slice_keys)
+    assert entry["auc"] == next(e.value.double_value.value for e in overall.metric_keys_and_values
+                                if e.key.name == "auc")
+    # at 0.5 (TFMA's default); a score at the threshold may fall either side in TFMA's float32: one example
+    assert entry["binary_accuracy"] == pytest.approx(((scores > 0.5) == labels).mean(), abs=1.5e-3)
+    assert "Result: OK" in capsys.readouterr().out
+
+    assert decay.main(["--span", "6", "--data-root", str(tmp_path / "spans")]) == 3
+    out = capsys.readouterr().out
+    assert f"Result: ALERT: version {version}'s AUC" in out and "below evaluator.auc_lower_bound 0.6" in out
+    first, second = decay.read_history(str(directory / "decay.jsonl"))
+    assert (first["span"], second["span"], second["alert"]) == (5, 6, True)
+    assert second["auc"] == pytest.approx(1 - first["auc"], abs=2e-3)
+    page = (directory / "decay.html").read_text()
+    assert page.count("<svg") == 1 and "ALERT" in page and "<script" not in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+@pytest.mark.e2e
+def test_bundled_traffic_in_small_windows_is_ok(small_pipeline, served, monkeypatch, capsys, tmp_path):
+    """The bundled rows at 300 requests a window (min_requests 100): no fare alert from TFDV's histograms, and
+    comparisons whose threshold is within the window's sampling noise are measured, not judged."""
+    order = np.random.default_rng(1).permutation(len(_rows()))
+    _write_traffic(tmp_path / "logs" / "prediction_log-1.tfrecord", served, "bundled", order, T0)
+    status, out, windows, _ = _monitor(small_pipeline, monkeypatch, tmp_path / "logs", capsys,
+                                       ["--window-minutes", "6"])
+    assert status == 0, out.out
+    assert len(windows) == 10 and all(w["status"] == "OK" for w in windows.values())
+    _, version, _ = served
+    fare = [f["value"] for w in windows.values() for f in w["versions"][str(version)]["skew"] if f["feature"] == "fare"]
+    drift = [f["value"] for w in windows.values() for f in w["drift"]["findings"] if f["feature"] == "fare"]
+    assert len(fare) == 10 and len(drift) == 9 and max(fare + drift) < 0.1
+    # L-infinity 0.05 (the schema's, for quarterly spans) is within a 300-request window's sampling noise
+    company = [f for w in windows.values() for f in w["versions"][str(version)]["skew"] if f["feature"] == "company"]
+    assert all(not f["alert"] and f["description"].startswith("not judged: ") and "needs 900" in f["description"]
+               for f in company)
