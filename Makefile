@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tfx-e2e-installed
 # TensorFlow's C++ start-up chatter (CUDA probing on a machine without a GPU).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve rollout predict serving-config bench-pipeline bench-serving monitor bench-monitor prune
+.PHONY: setup run run-beam spans watch compile-vertex test test-unit lint lock image schema serve rollout predict serving-config bench-pipeline bench-serving monitor decay bench-monitor prune
 
 setup: $(STAMP)
 
@@ -113,6 +113,11 @@ serving-config: setup
 # (docs/monitoring.md): reports under <output_root>/monitoring/<model>/; exit 3 on an alert (ARGS="--logs PATH").
 monitor: setup
 	$(PY) -m monitoring.monitor $(ARGS)
+
+# The served version's TFMA metrics on a labelled span of the period it served, kept in a history
+# (docs/monitoring.md#model-decay): SPAN=<n> [VERSION=<v>]; exit 3 below evaluator.auc_lower_bound.
+decay: setup
+	$(PY) -m monitoring.decay --span $(SPAN) $(if $(VERSION),--version $(VERSION)) $(ARGS)
 
 # Retention (pipeline/retention.py): pushed versions beyond retention.keep_versions and the artifacts of runs older
 # than the newest retention.keep_runs (marked DELETED in ML Metadata); a successful run does it too.
