@@ -176,8 +176,9 @@ def chart(history: list[dict]) -> str:
     for e in history:
         ax.annotate(str(e["version"]), (e["span"], e["auc"]), textcoords="offset points", xytext=(0, 6),
                     ha="center", fontsize=7)
-    ax.set_xlabel("span")
-    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("span (each AUC point labelled with the version evaluated)")
+    ax.set_xticks(sorted(set(spans)))
+    ax.set_ylim(0, 1.12)
     ax.legend(loc="lower left", fontsize=8)
     return to_svg(fig)
 

@@ -41,8 +41,8 @@ def _distribution(feature) -> tuple[str, list]:
 
 def chart(name: str, sides: list[tuple[str, statistics_pb2.DatasetFeatureStatisticsList]]) -> str:
     """An inline SVG comparing `name` across [(label, statistics)]: step histograms (shares of examples per bucket)
-    or the shares of the top values side by side; '' when no side has the feature. Drawn here as plain SVG: the
-    project's lock has no plotting library, and the page must fetch nothing."""
+    or the shares of the top values side by side; '' when no side has the feature. Plain SVG: the page must
+    fetch nothing."""
     found = [(label, _distribution(f)) for label, stats in sides if stats is not None
              for f in [_feature(stats, name)] if f is not None]
     if not found:
