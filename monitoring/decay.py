@@ -51,6 +51,7 @@ def find_span(data_root: str, number: int):
 def _logged_versions(location: str, start: float, end: float) -> collections.Counter:
     """Versions of the logged requests in [start, end) (a record without a time takes its file's)."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
     from tensorflow_serving.apis import prediction_log_pb2
 
     from monitoring import logs
@@ -63,10 +64,10 @@ def _logged_versions(location: str, start: float, end: float) -> collections.Cou
                 record = prediction_log_pb2.PredictionLog()
                 try:
                     record.ParseFromString(raw)
-                except Exception:  # not a PredictionLog: make monitor reports such files
+                except DecodeError:  # not a PredictionLog: make monitor reports such files
                     continue
                 if start <= (record.log_metadata.timestamp_secs or file_time) < end:
-                    counts[logs._version(record)] += 1
+                    counts[logs.version_of(record)] += 1
         except tf.errors.OpError:
             continue  # damaged: what was read counts
     return counts

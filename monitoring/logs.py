@@ -76,7 +76,8 @@ def read(paths: list[str], on_problem: Callable[[FileProblem], None], schema) ->
                                                         "(skipped)"))
 
 
-def _version(record) -> int:
+def version_of(record) -> int:
+    """The version that answered: log_metadata's model spec, else the request's (0 when neither says)."""
     if record.log_metadata.model_spec.HasField("version"):
         return record.log_metadata.model_spec.version.value
     kind = record.WhichOneof("log_type")
@@ -162,4 +163,4 @@ def unbatch(record, default_time: float, schema) -> Request | None:
         return None
     if len(scores) != len(examples):
         scores = []
-    return Request(_version(record), when, examples, [float(s) for s in scores], file_time)
+    return Request(version_of(record), when, examples, [float(s) for s in scores], file_time)
