@@ -210,12 +210,12 @@ def _histogram(feature_statistics):
 
 
 def _top_values(feature_statistics):
-    """A categorical feature's values with their share of the non-missing values (TFDV's rank histogram, else its
-    top values)."""
+    """A categorical feature's values with their share of all its values (TFDV's rank histogram, else its top
+    values)."""
     string_stats = feature_statistics.string_stats
     pairs = ([(b.label, b.sample_count) for b in string_stats.rank_histogram.buckets]
              or [(v.value, v.frequency) for v in string_stats.top_values])
-    total = string_stats.common_stats.num_non_missing or sum(c for _, c in pairs) or 1.0
+    total = string_stats.common_stats.tot_num_values or sum(c for _, c in pairs) or 1.0
     return [(label, count / total) for label, count in pairs]
 
 

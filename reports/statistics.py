@@ -23,8 +23,8 @@ class FeatureSide(NamedTuple):
     """One feature in one dataset, in TFDV's numbers."""
     dataset: str
     statistics: statistics_pb2.FeatureNameStatistics
-    count: int             # examples with the feature (num_non_missing)
-    missing: int           # num_missing
+    count: int             # examples with a value
+    missing: int           # examples without one: TFDV's num_missing, and those where the feature is there but empty
     missing_share: float   # missing / (missing + count); NaN when the dataset has no example
     summary: str           # numeric: mean, std dev, min, max; categorical: unique values and the most frequent one
 
@@ -46,12 +46,21 @@ def _common(feature: statistics_pb2.FeatureNameStatistics):
                                                              "struct_stats") else None
 
 
+def _number(value: float) -> str:
+    """4 significant digits; whole above a million (a census tract, 17031081000, not 1.703e+10)."""
+    return f"{value:.0f}" if abs(value) >= 1e6 else f"{value:.4g}"
+
+
 def _side(dataset: str, feature: statistics_pb2.FeatureNameStatistics) -> FeatureSide:
     common = _common(feature)
-    count, missing = (int(common.num_non_missing), int(common.num_missing)) if common is not None else (0, 0)
+    present, absent = (int(common.num_non_missing), int(common.num_missing)) if common is not None else (0, 0)
+    # An empty CSV cell reaches TFDV as the feature with no value: present (num_non_missing) but without a value.
+    # With at most one value per example, the examples with a value are the values (tot_num_values).
+    count = int(common.tot_num_values) if common is not None and common.max_num_values <= 1 else present
+    missing = absent + present - count
     if feature.HasField("num_stats"):
         s = feature.num_stats
-        summary = f"mean {s.mean:.4g}, std dev {s.std_dev:.4g}, min {s.min:.4g}, max {s.max:.4g}"
+        summary = f"mean {_number(s.mean)}, std dev {_number(s.std_dev)}, min {_number(s.min)}, max {_number(s.max)}"
     elif feature.HasField("string_stats"):
         s = feature.string_stats
         top = s.top_values[0] if s.top_values else None

@@ -74,19 +74,19 @@ def evaluation_page(evaluation_result):
     return html.evaluation_page("chicago-taxi", evaluation_result, True, report)
 
 
-def _feature(name, numeric=True, missing=0, present=100):
+def _feature(name, numeric=True, missing=0, present=100, empty=0):
+    """A feature's TFDV statistics: `missing` examples without it, `present` with it, `empty` of those with no value."""
     feature = statistics_pb2.FeatureNameStatistics()
     feature.path.step.append(name)
+    common = feature.num_stats.common_stats if numeric else feature.string_stats.common_stats
+    common.num_non_missing, common.num_missing = present, missing
+    common.tot_num_values, common.max_num_values = present - empty, 1
     if numeric:
-        feature.num_stats.common_stats.num_non_missing = present
-        feature.num_stats.common_stats.num_missing = missing
         feature.num_stats.mean = 5.0
         histogram = feature.num_stats.histograms.add(type=statistics_pb2.Histogram.STANDARD)
         for low, count in ((0, 30), (5, 50), (10, 20)):
             histogram.buckets.add(low_value=low, high_value=low + 5, sample_count=count)
     else:
-        feature.string_stats.common_stats.num_non_missing = present
-        feature.string_stats.common_stats.num_missing = missing
         feature.string_stats.unique = 2
         for label, count in (("Cash", 60), (HOSTILE, 40)):
             feature.string_stats.rank_histogram.buckets.add(label=label, sample_count=count)
@@ -103,7 +103,8 @@ def _dataset(label, *features):
 @pytest.fixture(scope="module")
 def statistics_page():
     datasets = [_dataset("training", _feature("fare"), _feature(HOSTILE, numeric=False)),
-                _dataset("evaluation", _feature("fare", missing=25, present=75), _feature(HOSTILE, numeric=False))]
+                _dataset("evaluation", _feature("fare", missing=15, present=85, empty=10),
+                         _feature(HOSTILE, numeric=False))]
     anomalies = [Anomaly("eval", "fare", "FEATURE_TYPE_LOW_FRACTION_PRESENT", f"Fraction 0.75 < 0.9 {HOSTILE}"),
                  Anomaly("eval", "(dataset)", "DATASET_LOW_NUM_EXAMPLES", "Low num examples in dataset.")]
     return html.statistics_page("chicago-taxi", datasets, anomalies)
@@ -176,7 +177,8 @@ def test_anomalies_are_highlighted(statistics_page):
     section = re.search(r'<section class="feature has-anomaly" id="feature-fare" data-feature="fare">.*?</section>',
                         statistics_page, re.DOTALL)
     assert section and "FEATURE_TYPE_LOW_FRACTION_PRESENT" in section.group(0)
-    assert "<td>25</td><td>25.00%</td>" in section.group(0)  # evaluation: 25 missing of 100
+    # evaluation: 15 examples without fare, 10 with an empty one (an empty CSV cell): 25 of 100
+    assert "<tr><td>evaluation</td><td>75</td><td>25</td><td>25.00%</td>" in section.group(0)
     assert statistics_page.count('class="feature has-anomaly"') == 1
     assert '<tr class="anomaly"><td>eval</td><td class="text"><a href="#feature-fare">fare</a>' in statistics_page
     assert '<td class="text">(dataset)</td><td class="text">DATASET_LOW_NUM_EXAMPLES</td>' in statistics_page
