@@ -15,8 +15,9 @@ import time
 from pipeline.config import ENV_METADATA_PASSWORD, Config
 
 MYSQL_PORT = 3306
-# Runs that open a new, empty database at once race to create ML Metadata's tables; the losers are told to retry.
-_OPEN_ATTEMPTS = 6
+# Runs that open a new, empty database at once race to create ML Metadata's tables; the losers are told to retry,
+# for as long as the winner may take to create them on a loaded machine (a count of tries ran out in CI).
+_OPEN_RACE_SECONDS = 60.0
 _RACE = "concurrent connection"
 
 
@@ -112,10 +113,11 @@ def open_store(config: Config, readonly: bool = False):
     import ml_metadata as mlmd
 
     connection = connection_config(config, readonly)
-    for attempt in range(_OPEN_ATTEMPTS):
+    deadline = time.monotonic() + _OPEN_RACE_SECONDS
+    while True:
         try:
             return mlmd.MetadataStore(connection)
         except RuntimeError as e:
-            if attempt + 1 == _OPEN_ATTEMPTS or _RACE not in str(e):
+            if _RACE not in str(e) or time.monotonic() > deadline:
                 raise MetadataError(f"ML Metadata: cannot open {describe(config)}: {_reason(config, e)}") from None
             time.sleep(random.uniform(0.2, 1.0))  # as TFX's own Metadata retries

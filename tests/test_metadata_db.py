@@ -102,6 +102,35 @@ def test_an_unreachable_database_stops_the_run_with_one_line_naming_it(tmp_path,
     assert not (tmp_path / "output" / "serving").exists() and not (tmp_path / "output" / "pipelines").exists()
 
 
+def test_opening_a_new_database_outwaits_the_run_creating_its_tables(tmp_path, monkeypatch):
+    """ML Metadata tells the runs that lose the race to create a new database's tables to retry; the winner may take
+    many tries' time on a loaded machine (six tries ran out in CI), so the retries last a time, not a count."""
+    import ml_metadata as mlmd
+    race = ("There are a subset of tables in MLMD instance. This may be due to concurrent connection to the empty "
+            "database. Please retry the connection.")
+    calls = []
+
+    def store(connection):
+        calls.append(connection)
+        if len(calls) < 12:
+            raise RuntimeError(race)
+        return "store"
+
+    monkeypatch.setattr(mlmd, "MetadataStore", store)
+    monkeypatch.setattr(metadata.time, "sleep", lambda seconds: None)
+    config = load_config(env={"TFX_E2E_CONFIG": str(_overlay(tmp_path, "race")), "TFX_E2E_OUTPUT_ROOT": str(tmp_path),
+                              "TFX_E2E_DATA_ROOT": str(SMALL_DATA)})
+    assert metadata.open_store(config) == "store" and len(calls) == 12
+
+    clock = iter(range(0, 1000, 10))  # ten seconds pass per try: a race that never ends is given up within a minute
+    monkeypatch.setattr(metadata.time, "monotonic", lambda: next(clock))
+    calls.clear()
+    with pytest.raises(metadata.MetadataError, match=r"cannot open MySQL database 'tfx_e2e' on 127.0.0.1:3306 "
+                                                     r"\(user 'root'\): There are a subset of tables"):
+        metadata.open_store(config)
+    assert len(calls) == 7
+
+
 def test_a_corrupt_metadata_file_stops_the_run_with_one_line_naming_it(tmp_path, capfd):
     run = PipelineRun(tmp_path, SMALL_DATA)
     store = run.config().metadata_path
