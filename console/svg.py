@@ -5,7 +5,7 @@ from html import escape
 
 COLORS = {"ran": "#2e7d32", "cached": "#5c7cba", "FAILED": "#c62828", "running": "#ef8f00", "canceled": "#757575",
           "new": "#757575", "artifact": "#8d6e63", "deleted": "#bdbdbd"}
-WIDTH, HEIGHT, GAP_X, GAP_Y = 190, 48, 46, 16
+WIDTH, HEIGHT, GAP_X, GAP_Y = 172, 46, 30, 14
 
 
 @dataclass
@@ -56,7 +56,7 @@ def render(nodes: list[Node], edges: list[tuple[str, str]], label: str) -> str:
             at[n.key] = (10 + i * (WIDTH + GAP_X), 10 + offset + j * (HEIGHT + GAP_Y))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" role="img" aria-label="{escape(label)}" '
              f'width="{max(width, 0)}" height="{max(height, 0)}" viewBox="0 0 {max(width, 0)} {max(height, 0)}" '
-             'font-family="sans-serif" font-size="12">',
+             'font-family="sans-serif" font-size="11.5">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
              'orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#666"/></marker></defs>']
     for a, b in edges:
@@ -73,8 +73,8 @@ def render(nodes: list[Node], edges: list[tuple[str, str]], label: str) -> str:
                f'<rect x="{x:.0f}" y="{y:.0f}" width="{WIDTH}" height="{HEIGHT}" rx="6" fill="#fff" '
                f'stroke="{color}" stroke-width="2.5"/>'
                f'<rect x="{x:.0f}" y="{y:.0f}" width="8" height="{HEIGHT}" rx="3" fill="{color}"/>'
-               f'<text x="{x + 16:.0f}" y="{y + 20:.0f}" font-weight="bold">{escape(n.title[:26])}</text>'
-               f'<text x="{x + 16:.0f}" y="{y + 38:.0f}" fill="#444">{escape(n.subtitle[:30])}</text>'
+               f'<text x="{x + 16:.0f}" y="{y + 19:.0f}" font-weight="bold">{escape(n.title[:24])}</text>'
+               f'<text x="{x + 16:.0f}" y="{y + 36:.0f}" fill="#444">{escape(n.subtitle[:28])}</text>'
                f'<title>{escape(n.title)}: {escape(n.subtitle)}</title></g>')
         parts.append(f'<a href="{escape(n.href)}">{box}</a>' if n.href else box)
     return "".join(parts) + "</svg>"
