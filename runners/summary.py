@@ -100,22 +100,23 @@ def report_dir(config: Config) -> str:
     return reports.report_dir(config.output_root, config.pipeline_name)
 
 
-def _drift_line(config: Config, store, nodes: dict, statistics) -> str:
-    """The drift check's outcome, as the data gate saw it ("" when the run has no drift check or no statistics)."""
+def _drift_line(config: Config, store, nodes: dict, statistics) -> tuple[str, list[gate.Anomaly]]:
+    """The drift check's outcome, as the data gate saw it ("" when the run has no drift check or no statistics),
+    and the features that drifted."""
     previous = nodes.get(drift.PREVIOUS_STATISTICS_RESOLVER)
     schema = nodes.get("ImportSchemaGen")
     if previous is None or not (statistics and statistics.outputs.get("statistics")):
-        return ""
+        return "", []
     if not previous.outputs.get("statistics"):
-        return "Data: no statistics of a previous span in ML Metadata (the first span): no drift check."
+        return "Data: no statistics of a previous span in ML Metadata (the first span): no drift check.", []
     if not (schema and schema.outputs.get("schema")):
-        return ""
+        return "", []
     drifted = drift.drift_anomalies(tfx_artifact(store, statistics.outputs["statistics"][0]),
                                     tfx_artifact(store, previous.outputs["statistics"][0]),
                                     tfx_artifact(store, schema.outputs["schema"][0]))
     if drifted:
-        return gate.format_drift(drifted, stops=config.continuous.drift == "stop")
-    return "Data: no drift from the previous span over the schema's drift thresholds."
+        return gate.format_drift(drifted, stops=config.continuous.drift == "stop"), drifted
+    return "Data: no drift from the previous span over the schema's drift thresholds.", []
 
 
 def tfx_artifact(store, proto: metadata_store_pb2.Artifact):
@@ -188,14 +189,16 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
         p(f"  {component.id:<32} {node.status:<8} {node.seconds:7.1f} s" if node else f"  {component.id:<32} not run")
     ok = error is None and bool(nodes) and all(n.status in ("ran", "cached") for n in nodes.values())
 
-    written, reports_started = [], time.monotonic()
     statistics = nodes.get("StatisticsGen")
     validator = nodes.get("ExampleValidator")
     anomalies = (gate.read_anomalies(tfx_artifact(store, validator.outputs["anomalies"][0]))
                  if validator and validator.outputs.get("anomalies") else None)
+    drift_line, drifted = _drift_line(config, store, nodes, statistics)
+    written, reports_started = [], time.monotonic()
     if statistics and statistics.outputs.get("statistics"):
         written.append(write_statistics(statistics.outputs["statistics"][0].uri, report_dir(config),
-                                        config.pipeline_name, anomalies, monitoring_directory(config)))
+                                        config.pipeline_name, None if anomalies is None else anomalies + drifted,
+                                        monitoring_directory(config)))
     reports_seconds = time.monotonic() - reports_started
 
     too_few, data_printed = "", False
@@ -217,7 +220,6 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
           else f"Data: no anomalies against the schema ({config.schema_path})."))
     if too_few:
         p(too_few)
-    drift_line = _drift_line(config, store, nodes, statistics)
     if drift_line:
         p(drift_line)
 
