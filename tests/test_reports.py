@@ -182,7 +182,7 @@ def test_anomalies_are_highlighted(statistics_page):
     assert statistics_page.count('class="feature has-anomaly"') == 1
     assert '<tr class="anomaly"><td>eval</td><td class="text"><a href="#feature-fare">fare</a>' in statistics_page
     assert '<td class="text">(dataset)</td><td class="text">DATASET_LOW_NUM_EXAMPLES</td>' in statistics_page
-    assert "2 anomalies against the schema" in statistics_page
+    assert "2 anomalies: what ExampleValidator found" in statistics_page
 
 
 def test_hostile_names_are_escaped(statistics_page, evaluation_page):
