@@ -250,7 +250,7 @@ def distribution(name: str, sides: Sequence[tuple[str, object]], highlight: bool
         ax.set_ylabel("share of values", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.set_title(name, fontsize=9, color=THRESHOLD_COLORS[0] if highlight else "black")
-    if sides:
+    if ax.get_legend_handles_labels()[0]:  # a feature no dataset has a value of draws nothing
         ax.legend(fontsize=7)
     if highlight:
         for spine in ax.spines.values():
