@@ -6,7 +6,7 @@ import dataclasses
 import pyarrow as pa
 
 SCORE_FEATURE = "score"  # the model's output, summarized as one numeric feature
-QUANTILE_BUCKETS = 100  # a window's quantiles histogram: its CDF at 1 % steps
+QUANTILE_BUCKETS = 20  # a window's quantiles histogram: its CDF at 5 % steps (extracting 100 cost 0.6 s a window)
 
 
 class StreamingStatistics:
