@@ -223,6 +223,24 @@ def test_decay_evaluates_the_version_that_served_the_span(tmp_path, monkeypatch,
     assert f"span 7 ({tmp_path / 'data' / 'span-7'}) is not complete: no _SUCCESS marker" in capsys.readouterr().err
 
 
+def test_a_threshold_within_sampling_noise_is_not_judged():
+    from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2
+
+    from monitoring.compare import effective_examples, min_examples
+
+    measure = anomalies_pb2.DriftSkewInfo.Measurement
+    assert min_examples(measure.L_INFTY, 0.05) == 900  # 3 standard errors of a share (at most 0.5/sqrt(n))
+    assert min_examples(measure.JENSEN_SHANNON_DIVERGENCE, 0.05) == 159
+    assert min_examples(measure.JENSEN_SHANNON_DIVERGENCE, 0.3) == 27
+
+    def stats(n):
+        result = statistics_pb2.DatasetFeatureStatisticsList()
+        result.datasets.add(num_examples=n)
+        return result
+    assert effective_examples(stats(2000), stats(1500)) == pytest.approx(857.14, abs=0.01)
+    assert effective_examples(stats(0), stats(1500)) == 0
+
+
 def test_configuration_errors_exit_2(tmp_path, monkeypatch, capsys):
     from monitoring.monitor import main
 
