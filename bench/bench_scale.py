@@ -183,6 +183,8 @@ def lost_rows(rows_in: int, counts: dict) -> list[str]:
 
 def chart(results: dict) -> str:
     """Wall time and peak memory against rows, one line per pipeline, log-log."""
+    from matplotlib import ticker
+
     from reports.charts import figure, to_svg
 
     fig = figure(8.0, 3.2)
@@ -192,12 +194,18 @@ def chart(results: dict) -> str:
         if sizes:
             time_axis.plot(sizes, [per_size[n]["wall"] for n in sizes], marker="o", label=name)
             memory_axis.plot(sizes, [per_size[n]["peak"] for n in sizes], marker="o", label=name)
+    # Plain numbers on the log axes: reports/charts.py turns mathtext off, so 10^4 would show as its source.
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:,.0f}")
     for axis, label in ((time_axis, "wall time (s)"), (memory_axis, "peak memory, process tree (GiB)")):
         axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(plain)
+        axis.xaxis.set_minor_formatter(ticker.NullFormatter())
         axis.set_xlabel("rows")
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
     time_axis.set_yscale("log")
+    time_axis.yaxis.set_major_formatter(plain)
+    time_axis.yaxis.set_minor_formatter(ticker.NullFormatter())
     memory_axis.set_ylim(bottom=0)
     time_axis.legend(fontsize=8)
     return to_svg(fig)
@@ -227,10 +235,11 @@ def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
         cells = []
         for name, n in columns:
             seconds = results[name][n].get("seconds", {}).get(label)
-            cells.append("" if seconds is None else f"{seconds:.1f} ({n / max(seconds, 0.05):,.0f})")
+            rate = f" ({n / seconds:,.0f})" if seconds is not None and seconds >= 0.1 else ""
+            cells.append("" if seconds is None else f"{seconds:.1f}{rate}")
         per_component.append(row([label, *cells]))
     counts = [row(["rows", "pipeline", "CSV rows in", "ExampleGen out (train + eval)", "statistics num_examples",
-                   "Transform in → out", "TFMA example_count / eval split", "no row lost"]), row(["---"] * 8)]
+                   "Transform in → out", "TFMA example_count", "no row lost"]), row(["---"] * 8)]
     problems = []
     for n in sizes:
         for name in names:
@@ -246,7 +255,7 @@ def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
                 f"{n:,}", name, f"{rows_in[n]:,}", f"{sum(gen.values()):,} ({gen.get('train', 0):,} + {gen.get('eval', 0):,})",
                 f"{sum(c['statistics'].values()):,}",
                 f"{sum(c['transform_in'].values()):,} → {sum(c['transform_out'].values()):,}",
-                f"{c['tfma'] if c['tfma'] is not None else 'n/a'} / {gen.get('eval', 0):,}",
+                f"{c['tfma']:,}" if c["tfma"] is not None else "not computed (not in its eval config)",
                 "yes" if not lost else "NO: " + "; ".join(lost)]))
     return "\n".join(runs) + "\n\n" + "\n".join(per_component) + "\n\n" + "\n".join(counts), problems
 
