@@ -13,6 +13,7 @@ rows and neither model trained on them; (2) a random third (seed 0), as in the i
 figures: both pipelines run again on the other two thirds. The one-line rule and scikit-learn gradient
 boosting are scored on the same rows for scale. The table goes to stdout and to docs/benchmarks.md.
 """
+import contextlib
 import glob
 import os
 import platform
@@ -30,19 +31,33 @@ DATA = REPO / "data" / "taxi" / "data.csv"
 PYTHON = sys.executable
 
 
-def measure(command, env, cwd):
-    """Wall seconds and peak RSS (sum over the process tree, sampled every 0.1 s) of a command."""
+def watch_tree(process: psutil.Popen, timeout: float | None = None) -> tuple[int, bool]:
+    """Until `process` ends: the peak RSS in bytes summed over its process tree (children included, sampled every
+    0.1 s), and whether it was killed, with its tree, for running past `timeout` seconds."""
     started = time.monotonic()
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    process = psutil.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     peak = 0
     while process.poll() is None:
+        if timeout is not None and time.monotonic() - started > timeout:
+            for member in process.children(recursive=True) + [process]:
+                with contextlib.suppress(psutil.Error):
+                    member.kill()
+            process.wait()
+            return peak, True
         try:
             tree = [process] + process.children(recursive=True)
             peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
         except psutil.Error:
             pass
         time.sleep(0.1)
+    return peak, False
+
+
+def measure(command, env, cwd):
+    """Wall seconds and peak RSS (sum over the process tree, sampled every 0.1 s) of a command."""
+    started = time.monotonic()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    process = psutil.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    peak, _ = watch_tree(process)
     seconds = time.monotonic() - started
     if process.returncode != 0:
         log.seek(0)

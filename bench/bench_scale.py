@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import write_section  # noqa: E402
+from bench_pipeline import watch_tree, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -52,20 +52,8 @@ def measure(command, env, cwd, log_path, timeout):
     started = time.monotonic()
     with open(log_path, "w") as log:
         process = psutil.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        peak = 0
-        while process.poll() is None:
-            if time.monotonic() - started > timeout:
-                for child in process.children(recursive=True) + [process]:
-                    child.kill()
-                process.wait()
-                return time.monotonic() - started, peak / 2**30, None
-            try:
-                tree = [process] + process.children(recursive=True)
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-    return time.monotonic() - started, peak / 2**30, process.returncode
+        peak, killed = watch_tree(process, timeout)
+    return time.monotonic() - started, peak / 2**30, None if killed else process.returncode
 
 
 def data_root(rows: int) -> Path:
