@@ -300,7 +300,8 @@ class Controller:
             return
         percent = self.config.steps[record.step]
         record = self._write(replace(record, canary_percent=percent))
-        self._start, self._step_started = self.server.figures(), now
+        # The step's clock starts with its window, not with the tick (an analysis before it may have taken a while).
+        self._start, self._step_started = self.server.figures(), self.clock()
         if self.requests is not None:
             self.requests.skip()
         self._audit(record, "step", f"canary {record.canary} at {percent}% for {self.config.step_seconds:g} s")
@@ -336,7 +337,7 @@ class Controller:
         if record.failures >= self.config.max_failed_analyses:
             self._rollback(record, f"{record.failures} failed analyses in a row: {'; '.join(failed)}")
             return
-        self._start, self._step_started = end, now  # the step runs again on a fresh window
+        self._start, self._step_started = end, self.clock()  # the step runs again on a fresh window
 
     def _log_checks(self, record: RolloutRecord, full: bool, figures: dict) -> list[Check]:
         """The checks on the step's logged requests: the canary's scores and schema anomalies against stable's (at

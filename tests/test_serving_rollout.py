@@ -295,7 +295,7 @@ def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
     printed = subprocess.run([sys.executable, "-m", "serving.rollout", "status", "--model_base_path", str(base)],
                              cwd=REPO_ROOT, env=server.env, capture_output=True, text=True, check=True).stdout
     assert printed.startswith(f"stable {good}\ncanary none\n")
-    assert f"rejected {bad} at " in printed and "promote" in printed and "rollback" in printed
+    assert f"rejected {bad} at " in printed and f"rejected {shifted} at " in printed and "rollback" in printed
     assert "| scores JS " in printed
     assert status_lines(str(tmp_path / "nothing")) == [f"{tmp_path / 'nothing'}: no rollout record (the controller "
                                                        "has not run)"]
