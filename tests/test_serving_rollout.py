@@ -124,10 +124,15 @@ def test_record_round_trip_and_refusals(tmp_path):
 def test_rollout_configuration_is_checked(tmp_path):
     assert load_config(env={}, check_data=False).rollout.strategy == "immediate"  # today's behaviour by default
     assert _config(tmp_path).rollout.steps == [10, 50, 100]
+    assert (_config(tmp_path, AB).rollout.strategy, _config(tmp_path, AB).rollout.ab_percent) == ("ab", 50)
     for text, key in (("rollout: {strategy: bluegreen}", "rollout.strategy"), ("rollout: {steps: [50, 10, 100]}",
                       "rollout.steps"), ("rollout: {steps: [10, 50]}", "rollout.steps"),
                       ("rollout: {min_requests: 0}", "rollout.min_requests"),
-                      ("rollout: {max_error_rate: 2}", "rollout.max_error_rate")):
+                      ("rollout: {max_error_rate: 2}", "rollout.max_error_rate"),
+                      ("rollout: {max_score_js: 1.5}", "rollout.max_score_js"),
+                      ("rollout: {max_anomaly_share_margin: -0.1}", "rollout.max_anomaly_share_margin"),
+                      ("rollout: {strategy: ab, ab_percent: 100}", "rollout.ab_percent"),
+                      ("rollout: {ab_seconds: 0}", "rollout.ab_seconds")):
         with pytest.raises(ConfigError, match=key):
             _config(tmp_path, text)
 
