@@ -23,6 +23,19 @@ def pytest_collection_modifyitems(items):
             raise pytest.UsageError(f"{item.nodeid}: one tier per test, marked {' and '.join(tiers)}")
         if not tiers:
             item.add_marker(pytest.mark.unit)
+        elif group := _worker_group(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _worker_group(item) -> str | None:
+    """`make test` runs the pipeline tiers on two pytest-xdist workers (--dist loadgroup): the tests of a session
+    pipeline run, or of a module-scoped fixture, go to one worker, so that run happens once."""
+    for shared in ("small_pipeline", "span_pipeline"):
+        if shared in item.fixturenames:
+            return shared
+    if any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
+        return item.module.__name__
+    return None
 
 
 class PipelineRun:
