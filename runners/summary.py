@@ -196,9 +196,11 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
     drift_line, drifted = _drift_line(config, store, nodes, statistics)
     written, reports_started = [], time.monotonic()
     if statistics and statistics.outputs.get("statistics"):
+        # The data drifted from the previous span's statistics: the report draws them too.
+        previous = nodes[drift.PREVIOUS_STATISTICS_RESOLVER].outputs["statistics"][0].uri if drifted else None
         written.append(write_statistics(statistics.outputs["statistics"][0].uri, report_dir(config),
                                         config.pipeline_name, None if anomalies is None else anomalies + drifted,
-                                        monitoring_directory(config)))
+                                        monitoring_directory(config), previous))
     reports_seconds = time.monotonic() - reports_started
 
     too_few, data_printed = "", False
