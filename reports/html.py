@@ -58,12 +58,16 @@ def statistics_page(pipeline: str, datasets: list[Dataset], anomalies: list | No
 
 
 def write_statistics(statistics_uri: str, directory: str, pipeline: str = "", anomalies: list | None = None,
-                     monitoring_dir: str | None = None) -> str | None:
-    """statistics.html in `directory` from StatisticsGen's output (and the newest serving window's statistics
-    under `monitoring_dir`, when make monitor wrote any); None when there are no statistics."""
+                     monitoring_dir: str | None = None, previous_uri: str | None = None) -> str | None:
+    """statistics.html in `directory` from StatisticsGen's output, with the previous span's training statistics
+    (`previous_uri`: what the data gate's drift check compared with) and the newest serving window's statistics
+    under `monitoring_dir`, when make monitor wrote any; None when there are no statistics."""
     datasets = read_split_statistics(statistics_uri)
     if not datasets:
         return None
+    if previous_uri:
+        datasets += [d._replace(label="previous span") for d in read_split_statistics(previous_uri)
+                     if d.label == "training"]
     serving = newest_serving_statistics(monitoring_dir) if monitoring_dir else None
     page = statistics_page(pipeline, datasets + ([serving] if serving else []), anomalies)
     return write_atomic(os.path.join(directory, "statistics.html"), page)

@@ -201,7 +201,7 @@ def test_pages_fetch_nothing(statistics_page, evaluation_page):
         assert "<script" not in page and "<link" not in page and "<img" not in page
 
 
-def test_the_newest_serving_window_joins_the_statistics(tmp_path):
+def test_serving_and_previous_span_statistics_join_the_page(tmp_path):
     stats_dir, monitoring = tmp_path / "statistics", tmp_path / "monitoring"
     for split, fare in (("train", _feature("fare")), ("eval", _feature("fare", missing=5, present=95))):
         (stats_dir / f"Split-{split}").mkdir(parents=True)
@@ -217,6 +217,10 @@ def test_the_newest_serving_window_joins_the_statistics(tmp_path):
     assert re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td><td>\d+</td>", page) == [
         ("training", "100"), ("evaluation", "95"), ("serving", "7")]
     assert "window-2026-09-21T1500Z.pb" in page and "No anomalies against the schema." in page
+    # After drift, the previous span's training statistics (what the gate compared with) join them.
+    page = open(html.write_statistics(str(stats_dir), str(tmp_path / "out"), "p", [], None, str(stats_dir))).read()
+    assert re.findall(r"<tr><td>([\w ]+)</td><td>(\d+)</td><td>\d+</td>", page) == [
+        ("training", "100"), ("evaluation", "95"), ("previous span", "100")]
     assert html.write_statistics(str(tmp_path / "none"), str(tmp_path / "out")) is None
 
 
