@@ -294,7 +294,7 @@ def main(argv=None) -> None:
                f"ours trains {args.epochs} epoch(s) of its train split (trainer.epochs), the reference its own 1,000 "
                f"steps. Times per component from ML Metadata (rows/s: the run's rows over the component's time); "
                f"peak memory: the process tree's RSS summed, sampled every 0.1 s.\n\n{text}\n\n"
-               f"![wall time and peak memory against rows](images/bench-scale.svg)\n")
+               f"![wall time and peak memory against rows](images/bench-scale.svg)\n\n")
     write_section(REPO / "docs" / "benchmarks.md", SECTION, section)
     shutil.rmtree(work, ignore_errors=True)
     if problems:
