@@ -74,7 +74,7 @@ def serving_states(config: Config) -> tuple[dict[int, dict], list[str]]:
     except ValueError as e:
         record, notes = None, [f"rollout record not read: {e}"]
     model = _model_config(config)
-    if config.rollout.strategy == "canary" and record is not None and record.stable is not None:
+    if config.rollout.strategy in ("canary", "ab") and record is not None and record.stable is not None:
         loaded = record.served() & set(complete)
     else:
         loaded = policy.aspired_versions(model.model_version_policy, complete)
