@@ -54,6 +54,10 @@ def test_serving_states_follow_the_rollout_record(tmp_path):
         10: ("NOT LOADED", []), 20: ("AVAILABLE", ["stable"]), 30: ("AVAILABLE", ["canary 25%"]),
         40: ("NOT LOADED", []), 50: ("INCOMPLETE", [])}
     assert states[40]["rolled_back"] == {"time": "t", "reason": "error rate 0.5 > 0.01"}
+    # An A/B test's two arms are loaded as the record says, as a canary's are.
+    config = _config(tmp_path, "rollout: {strategy: ab}\n")
+    assert {v: s["state"] for v, s in models.serving_states(config)[0].items()} == {
+        10: "NOT LOADED", 20: "AVAILABLE", 30: "AVAILABLE", 40: "NOT LOADED", 50: "INCOMPLETE"}
     # Without a canary rollout TF Serving's policy decides: the latest 1 of the complete versions.
     config = _config(tmp_path)
     assert {v: s["state"] for v, s in models.serving_states(config)[0].items()} == {
