@@ -27,7 +27,7 @@ matplotlib.rcParams["text.parse_math"] = False
 matplotlib.rcParams["axes.formatter.useoffset"] = False
 
 # One color per dataset, the same on every chart and page.
-DATASET_COLORS = {"training": "#1f77b4", "evaluation": "#ff7f0e", "serving": "#2ca02c"}
+DATASET_COLORS = {"training": "#1f77b4", "evaluation": "#ff7f0e", "serving": "#2ca02c", "previous span": "#9467bd"}
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2")
 THRESHOLD_COLORS = ("#d62728", "#7f7f7f", "#17becf")
 METRIC_COLORS = ("#4c72b0", "#55a868", "#8172b3", "#937860")  # slice_bars' panels
