@@ -15,6 +15,7 @@ evaluator: {auc_lower_bound: 0.6}
 """
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
 def pytest_collection_modifyitems(items):
     """The tiers (pytest.ini), one per test: whatever is marked neither e2e nor services is unit (`make test-unit`)."""
     for item in items:
