@@ -274,7 +274,7 @@ def ab_report(base_path: str, requests: RequestLog | None, labelled: str | None,
             continue
         if request.file_time:
             untimed += len(request.examples)  # no timestamp: counted in, whatever its time
-        elif not state["started_at"] <= request.time <= end:
+        elif not int(state["started_at"]) <= request.time <= end:  # logged times are whole seconds: the start's counts
             continue
         scores[arm].extend(request.scores)
         if labels is not None:
