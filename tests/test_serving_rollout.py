@@ -754,11 +754,11 @@ def test_ab_report_joins_a_labelled_span_to_each_arms_requests(tmp_path):
     a_rows, b_rows = rows[:400], rows[400:800]
     logs = tmp_path / "logs"
     logs.mkdir()
-    started = 1_800_000_000
+    started = 1_800_000_000.6  # arm B's requests are logged in the start's second (log times are whole seconds)
     _write_log(logs / "prediction_log-1-000000.tfrecord",
-               _prediction_logs(rows[800:], 1, when=started - 5000)  # before the A/B: not counted
-               + _prediction_logs(a_rows, 1, when=started + 10) + _prediction_logs(b_rows, 2, bias=-0.5,
-                                                                                   when=started + 10))
+               _prediction_logs(rows[800:], 1, when=int(started) - 5000)  # before the A/B: not counted
+               + _prediction_logs(a_rows, 1, when=int(started) + 10) + _prediction_logs(b_rows, 2, bias=-0.5,
+                                                                                   when=int(started)))
     span = tmp_path / "span-9"
     span.mkdir()
     with open(span / "data.csv", "w", newline="") as f:
