@@ -77,16 +77,17 @@ compile-vertex: setup
 	TFX_E2E_PROFILE=$${TFX_E2E_PROFILE:-vertex} $(PY) -m runners.kubeflow_v2_runner
 
 # Every tier (pytest.ini): the pipeline-running ones (e2e, services) on two workers, a run keeping about one core
-# busy; then the unit tier alone, whose servers and timings want the machine to themselves. The slowest tests listed.
+# busy; then the unit tier, a test file per worker. The slowest tests listed.
 test: setup
 	status=0; \
 	$(PY) -m pytest tests -m "not unit" -n 2 --dist loadgroup --durations=25 || status=$$?; \
-	$(PY) -m pytest tests -m unit --durations=10 || status=$$?; \
+	$(PY) -m pytest tests -m unit -n 2 --dist loadfile --durations=10 || status=$$?; \
 	exit $$status
 
-# The unit tier (no pipeline run, no local service): cloudbuild.yaml's unit-test step.
+# The unit tier (no pipeline run, no local service): cloudbuild.yaml's unit-test step. A test file per worker:
+# most of the tier's time is server processes starting (TensorFlow's import) and waiting on sockets.
 test-unit: setup
-	$(PY) -m pytest tests -m unit
+	$(PY) -m pytest tests -m unit -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .
