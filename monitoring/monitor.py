@@ -164,7 +164,7 @@ class Monitor:
                             f.feature, [("serving", total), ("training", training)])))
                 previous, previous_start = total, start
             window["status"] = ("ALERT" if window["alerts"] else "OK") if compared else "TOO_FEW_REQUESTS"
-            results.append((window, [(title, svg) for title, svg in charts if svg]))
+            results.append((window, [(title, svg) for title, svg in charts if svg], total))
         return results
 
 
@@ -218,11 +218,11 @@ def main(argv=None) -> int:
         print(f"error: no requests in {len(paths)} file(s) at {location}", file=sys.stderr)
         return 1
     directory = report_directory(config)
-    for window, charts in results:
-        _print_window(window, report.write_window(directory, window, charts))
+    for window, charts, statistics in results:
+        _print_window(window, report.write_window(directory, window, charts, statistics))
     gauges = report.write_gauges(os.path.join(directory, "monitoring.prom"), config.model_name, results[-1][0])
-    alerts = sum(w["status"] == "ALERT" for w, _ in results)
-    print(f"{sum(w['requests'] for w, _ in results)} requests in {len(results)} window(s) from {len(paths)} file(s), "
+    alerts = sum(w["status"] == "ALERT" for w, _, _ in results)
+    print(f"{sum(w['requests'] for w, _, _ in results)} requests in {len(results)} window(s) from {len(paths)} file(s), "
           f"{len(monitor.problems)} file problem(s), {time.monotonic() - started:.1f} s; gauges: {gauges}")
     if not alerts:
         print("Result: OK")

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from pipeline.files import write_atomic
@@ -107,9 +108,14 @@ def _rows(findings: list[dict], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{''.join(cells)}</table>" if findings else "<p>none</p>"
 
 
-def write_window(directory: str, window: dict, charts: list[tuple[str, str]]) -> tuple[str, str]:
-    """window-<start>.json and window-<start>.html in `directory`; returns their paths."""
+def write_window(directory: str, window: dict, charts: list[tuple[str, str]],
+                 statistics: statistics_pb2.DatasetFeatureStatisticsList | None = None) -> tuple[str, str]:
+    """window-<start>.json and window-<start>.html in `directory`, and the window's serving statistics (TFDV, text
+    format) as window-<start>-statistics.pbtxt, which the run's statistics report draws beside training and
+    evaluation (reports/statistics.py); returns the JSON's and the HTML's paths."""
     name = "window-" + window["window"]["start"].replace(":", "")
+    if statistics is not None:
+        write_atomic(os.path.join(directory, name + "-statistics.pbtxt"), text_format.MessageToString(statistics))
     json_path = write_atomic(os.path.join(directory, name + ".json"), json.dumps(window, indent=2) + "\n")
     status = window["status"]
     not_compared = ": under monitoring.min_requests, not compared"

@@ -444,6 +444,14 @@ def test_bundled_traffic_is_ok(small_pipeline, served, monkeypatch, capsys, tmp_
     page = (directory / f"{next(reversed(windows))}.html").read_text()
     assert "OK" in page and "<script" not in page and "<link" not in page  # self-contained: nothing to fetch
     assert not re.search(r'(src|href)="(https?:)?//', page)
+    # Each window's serving statistics, which the run's statistics report draws beside training and evaluation.
+    from reports.statistics import newest_serving_statistics
+
+    assert sorted(p.name for p in directory.glob("window-*-statistics.pbtxt")) == [f"{w}-statistics.pbtxt"
+                                                                                   for w in windows]
+    serving = newest_serving_statistics(str(directory))
+    assert serving.source == str(directory / f"{next(reversed(windows))}-statistics.pbtxt")
+    assert serving.statistics.num_examples == second["examples"]
 
 
 @pytest.mark.e2e
