@@ -4,7 +4,8 @@
 
 Reads every PredictionLog file at the log location (monitoring.logs, else the local server's request log folder
 <output_root>/request_logs/<model>/; a file or a folder, local or gs://), and for each window of
-monitoring.window_minutes writes <output_root>/monitoring/<model>/window-<start>.json and .html; the newest
+monitoring.window_minutes writes <output_root>/monitoring/<model>/window-<start>.json and .html, and the window's
+serving statistics as window-<start>-statistics.pbtxt (the run's statistics report draws them); the newest
 window's figures go to <output_root>/monitoring/<model>/monitoring.prom (node_exporter's textfile collector; the
 local server's metrics endpoint reads it too, serving/metrics.py).
 Exit status: 0 nothing over a threshold, 3 an alert (any window), 1 an error, 2 a configuration error.
