@@ -16,13 +16,9 @@ import sys
 import time
 
 from runners.harness import load_or_exit, run
+from runners.local_runner import local_dag_runner
 
 READY_SECONDS = 60  # a job service or pool imports Beam (and TFX's plugins) before it listens: ~10 s on 2 cores
-
-
-def local_dag_runner():
-    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-    return LocalDagRunner()
 
 
 def _listening(address: str) -> bool:
