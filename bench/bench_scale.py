@@ -7,15 +7,14 @@ taxi pipeline, one after the other on the same generated data (not a test).
 Per size: the data is `make data ROWS=<n>`'s (data/taxi_<n>/, generated when missing, kept for the next time). Each
 pipeline runs fresh in a temporary output root; measured: wall time and peak memory of the whole process tree
 (psutil, RSS summed over the process and every child, sampled every 0.1 s), each component's time from ML Metadata
-(its execution's create to last update), rows/s, and the row counts that show no row was lost: the CSV rows in,
-ExampleGen's examples out (records of every split), StatisticsGen's num_examples, Transform's records out against
-its records in, TFMA's example_count against the eval split. The data gate stops a whole run or lets every row
-through, so there are no row-level rejects to subtract. A mismatch fails the benchmark (exit 1) after the tables.
+(its execution's create to last update), rows/s, and the row counts that show no row was lost (pipeline/row_counts.py:
+the CSV rows in, ExampleGen's examples out (records of every split), StatisticsGen's num_examples, Transform's
+records out against its records in, TFMA's example_count against the eval split). A mismatch fails the benchmark
+(exit 1) after the tables.
 Ours trains trainer.epochs passes over its train split (--epochs); the reference keeps its own 1,000 steps.
 The tables go to stdout and to docs/benchmarks.md, the chart to docs/images/bench-scale.svg.
 """
 import argparse
-import glob
 import os
 import platform
 import shutil
@@ -33,6 +32,8 @@ from bench_pipeline import watch_tree, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from pipeline.row_counts import csv_rows, lost_rows, read_counts  # noqa: E402
+
 PYTHON = sys.executable
 RUNNERS = {"local": "runners.local_runner", "beam": "runners.beam_runner"}
 # Per-component rows: (label, our component id, the reference's); None where one pipeline has no such component.
@@ -65,53 +66,13 @@ def data_root(rows: int) -> Path:
     return root
 
 
-def csv_rows(root: Path) -> int:
-    """Data rows (lines after each file's header) of every CSV file of a flat data root, read in 16 MiB blocks."""
-    total = 0
-    for path in sorted(root.glob("*.csv")):
-        with open(path, "rb") as f:
-            total += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b"")) - 1
-    return total
-
-
-def records(uri: str) -> dict[str, int]:
-    """split -> TFRecords in an Examples artifact (Split-<name>/ folders), counted as the Trainer counts its split."""
-    from modules.training import count_examples
-
-    return {os.path.basename(split)[len("Split-"):]: count_examples([f"{split}/*"])
-            for split in sorted(glob.glob(f"{uri}/Split-*"))}
-
-
-def example_count(evaluation_uri: str) -> int | None:
-    """TFMA's example_count on the overall slice (the candidate model's)."""
-    import tensorflow_model_analysis as tfma
-
-    for per_slice in tfma.load_metrics(evaluation_uri):
-        if per_slice.slice_key.single_slice_keys:
-            continue
-        for entry in per_slice.metric_keys_and_values:
-            if entry.key.name == "example_count" and entry.key.model_name != "baseline" and not entry.key.is_diff:
-                return int(entry.value.double_value.value)
-    return None
-
-
 def read_run(store, pipeline_name: str, ids: dict[str, str]) -> dict:
-    """Component seconds and row counts of the newest run of `pipeline_name` in `store`."""
-    from pipeline.gate import read_example_counts
-    from runners.summary import latest_run, tfx_artifact
+    """Component seconds and row counts (pipeline/row_counts.py) of the newest run of `pipeline_name` in `store`."""
+    from runners.summary import latest_run
 
     nodes = latest_run(store, types.SimpleNamespace(pipeline_name=pipeline_name))
     seconds = {ours: nodes[theirs].seconds for ours, theirs in ids.items() if theirs in nodes}
-    gen, stats = nodes[ids["ExampleGen"]], nodes[ids["StatisticsGen"]]
-    transform, evaluator = nodes[ids["Transform"]], nodes[ids["Evaluator"]]
-    counts = {
-        "example_gen": records(gen.outputs["examples"][0].uri),
-        "statistics": read_example_counts(tfx_artifact(store, stats.outputs["statistics"][0])),
-        "transform_in": records(transform.inputs["examples"][0].uri),
-        "transform_out": records(transform.outputs["transformed_examples"][0].uri),
-        "tfma": example_count(evaluator.outputs["evaluation"][0].uri),
-    }
-    return {"seconds": seconds, "counts": counts}
+    return {"seconds": seconds, "counts": read_counts(store, nodes, ids)}
 
 
 def run_ours(profile: str, root: Path, work: Path, epochs: int, timeout: float) -> dict:
@@ -152,21 +113,6 @@ def run_reference(root: Path, work: Path, timeout: float) -> dict:
         connection.sqlite.filename_uri = str(home / "tfx" / "metadata" / REFERENCE_NAME / "metadata.db")
         result.update(read_run(mlmd.MetadataStore(connection), REFERENCE_NAME, REFERENCE))
     return result
-
-
-def lost_rows(rows_in: int, counts: dict) -> list[str]:
-    """What does not add up, in words; [] when no row was lost."""
-    problems = []
-    out = sum(counts["example_gen"].values())
-    if out != rows_in:
-        problems.append(f"ExampleGen wrote {out} examples from {rows_in} CSV rows")
-    if counts["statistics"] != counts["example_gen"]:
-        problems.append(f"statistics num_examples {counts['statistics']} != ExampleGen's {counts['example_gen']}")
-    if counts["transform_out"] != counts["transform_in"]:
-        problems.append(f"Transform wrote {counts['transform_out']} from {counts['transform_in']}")
-    if counts["tfma"] is not None and counts["tfma"] != counts["example_gen"].get("eval"):
-        problems.append(f"TFMA example_count {counts['tfma']} != eval split {counts['example_gen'].get('eval')}")
-    return problems
 
 
 def chart(results: dict) -> str:
@@ -238,12 +184,12 @@ def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
             c = r["counts"]
             lost = lost_rows(rows_in[n], c)
             problems += [f"{name} at {n:,} rows: {p}" for p in lost]
-            gen = c["example_gen"]
+            gen = c.example_gen
             counts.append(row([
                 f"{n:,}", name, f"{rows_in[n]:,}", f"{sum(gen.values()):,} ({gen.get('train', 0):,} + {gen.get('eval', 0):,})",
-                f"{sum(c['statistics'].values()):,}",
-                f"{sum(c['transform_in'].values()):,} → {sum(c['transform_out'].values()):,}",
-                f"{c['tfma']:,}" if c["tfma"] is not None else "not computed (not in its eval config)",
+                f"{sum(c.statistics.values()):,}",
+                f"{sum(c.transform_in.values()):,} → {sum(c.transform_out.values()):,}",
+                f"{c.tfma:,}" if c.tfma is not None else "not computed (not in its eval config)",
                 "yes" if not lost else "NO: " + "; ".join(lost)]))
     return "\n".join(runs) + "\n\n" + "\n".join(per_component) + "\n\n" + "\n".join(counts), problems
 
