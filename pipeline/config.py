@@ -2,12 +2,14 @@
 
 Nothing is read at import time; call load_config(). Every error names the key and the problem.
 """
+import contextlib
 import dataclasses
 import datetime
 import difflib
 import glob
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -92,6 +94,8 @@ class ContinuousConfig:
     poll_seconds: float   # make watch: how often the watcher looks for new complete spans
     max_attempts: int     # make watch: runs of one span that may fail before the watcher skips it
     span_folders: str     # a gs:// data_root: "" (flat), span (span-<N>/) or date (<YYYY-MM-DD>/); local: discovered
+    warm_start: bool      # a windowed run's Trainer starts from the newest model trained before its span
+    warm_start_steps: int  # the steps a warm-started Trainer trains (instead of trainer.train_steps / epochs)
     retries: RetriesConfig
 
 
@@ -559,6 +563,8 @@ def _validate_continuous(config: Config) -> None:
         raise ConfigError(f"continuous.poll_seconds: must be > 0, got {continuous.poll_seconds}")
     if continuous.max_attempts < 1:
         raise ConfigError(f"continuous.max_attempts: must be at least 1, got {continuous.max_attempts}")
+    if continuous.warm_start_steps < 1:
+        raise ConfigError(f"continuous.warm_start_steps: must be at least 1, got {continuous.warm_start_steps}")
     retries = continuous.retries
     if retries.attempts < 1:
         raise ConfigError(f"continuous.retries.attempts: must be at least 1 (the first try), got {retries.attempts}")
@@ -828,3 +834,21 @@ def load_config(profile: str | None = None, env: Mapping[str, str] | None = None
     if check_data:
         _check_data(config)
     return config
+
+
+@contextlib.contextmanager
+def exit_on_config_error(prefix: str = "error: configuration: ", also: tuple[type[Exception], ...] = ()):
+    """Around a command's setup: a ConfigError (or one of `also`) is one line on stderr and exit status 2, never a
+    traceback."""
+    try:
+        yield
+    except (ConfigError, *also) as e:
+        print(f"{prefix}{e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def load_config_or_exit(profile: str | None = None, env: Mapping[str, str] | None = None, *,
+                        check_data: bool = True) -> Config:
+    """load_config() for a command: exit 2 with the error on stderr."""
+    with exit_on_config_error():
+        return load_config(profile, env, check_data=check_data)
