@@ -1,8 +1,9 @@
 """make bench-scale: the whole pipeline (tuning off) at growing sizes, local and beam profiles and TFX's reference
 taxi pipeline, one after the other on the same generated data (not a test).
 
-    python bench/bench_scale.py [--sizes 15000,150000,1500000] [--epochs 2] [--no-reference]
+    python bench/bench_scale.py [--sizes 15000,150000,1500000] [--epochs 2] [--no-reference] [--keep]
     make bench-scale SIZES=15000,150000
+    make bench-scale SIZES=1500000 ARGS=--keep    # re-measure 1.5M only; the other sizes' rows as last measured
 
 Per size: the data is `make data ROWS=<n>`'s (data/taxi_<n>/, generated when missing, kept for the next time). Each
 pipeline runs fresh in a temporary output root; measured: wall time and peak memory of the whole process tree
@@ -12,9 +13,12 @@ the CSV rows in, ExampleGen's examples out (records of every split), StatisticsG
 records out against its records in, TFMA's example_count against the eval split). A mismatch fails the benchmark
 (exit 1) after the tables.
 Ours trains trainer.epochs passes over its train split (--epochs); the reference keeps its own 1,000 steps.
-The tables go to stdout and to docs/benchmarks.md, the chart to docs/images/bench-scale.svg.
+The tables go to stdout and to docs/benchmarks.md, the chart to docs/images/bench-scale.svg, the measurements to
+docs/bench-scale.json; with --keep, the sizes not measured in this run are taken from that file with the time they
+were measured (the 1.5M size takes most of an hour on 2 cores; ratios within one size are always from one run).
 """
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -32,7 +36,7 @@ from bench_pipeline import watch_tree, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from pipeline.row_counts import csv_rows, lost_rows, read_counts  # noqa: E402
+from pipeline.row_counts import RowCounts, csv_rows, lost_rows, read_counts  # noqa: E402
 
 PYTHON = sys.executable
 RUNNERS = {"local": "runners.local_runner", "beam": "runners.beam_runner"}
@@ -46,6 +50,7 @@ REFERENCE = {label: theirs for label, _, theirs in COMPONENTS if theirs}
 REFERENCE_NAME = "chicago_taxi_native_keras"
 SECTION = "## Scale: `make bench-scale`"
 CHART = REPO / "docs" / "images" / "bench-scale.svg"
+RESULTS = REPO / "docs" / "bench-scale.json"
 
 
 def measure(command, env, cwd, log_path, timeout):
@@ -145,6 +150,57 @@ def chart(results: dict) -> str:
     return to_svg(fig)
 
 
+def save_results(results: dict, rows_in: dict[int, int], measured: dict[int, str]) -> None:
+    """Every size's figures, for a later --keep run."""
+    def plain(r):
+        kept = {k: r[k] for k in ("wall", "peak", "status", "seconds") if k in r}
+        return {**kept, "counts": r["counts"]._asdict()} if "counts" in r else kept
+    RESULTS.write_text(json.dumps({"sizes": {str(n): {"rows_in": rows_in[n], "measured": measured[n],
+                                                      "runs": {name: plain(results[name][n]) for name in results
+                                                               if n in results[name]}}
+                                             for n in sorted(rows_in)}}, indent=1) + "\n")
+
+
+def load_results(results: dict, rows_in: dict[int, int], measured: dict[int, str]) -> None:
+    """The sizes docs/bench-scale.json holds and this run does not measure (--keep)."""
+    if not RESULTS.exists():
+        return
+    for size, saved in json.loads(RESULTS.read_text())["sizes"].items():
+        n = int(size)
+        if n in rows_in or set(saved["runs"]) != set(results):
+            continue
+        rows_in[n], measured[n] = saved["rows_in"], saved["measured"]
+        for name, r in saved["runs"].items():
+            results[name][n] = {**r, "counts": RowCounts(**r["counts"])} if "counts" in r else r
+
+
+def targets(results: dict) -> list[str]:
+    """Issue 16's targets, per profile of ours, at the largest size run to the end: wall time <= 0.7x the
+    reference's, peak memory <= 1.5x the smallest size's, and time growing no faster than rows (from a size
+    a tenth as large: <= 10x)."""
+    lines = []
+    reference = results.get("TFX reference", {})
+    for name in ("local", "beam"):
+        done = {n: r for n, r in results.get(name, {}).items() if r["status"] == 0}
+        if len(done) < 2:
+            continue
+        small, large = min(done), max(done)
+        checks = []
+        if reference.get(large, {}).get("status") == 0:
+            ratio = done[large]["wall"] / reference[large]["wall"]
+            checks.append(f"wall {ratio:.2f}x the reference's at {large:,} rows (target <= 0.7x: "
+                          f"{'met' if ratio <= 0.7 else 'not met'})")
+        growth = done[large]["peak"] / done[small]["peak"]
+        checks.append(f"peak memory {growth:.2f}x that at {small:,} rows (target <= 1.5x: "
+                      f"{'met' if growth <= 1.5 else 'not met'})")
+        if large // 10 in done:
+            step = done[large]["wall"] / done[large // 10]["wall"]
+            checks.append(f"time {step:.2f}x from {large // 10:,} to {large:,} rows (target <= 10x: "
+                          f"{'met' if step <= 10 else 'not met'})")
+        lines.append(f"- {name}: " + "; ".join(checks))
+    return lines
+
+
 def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
     sizes = sorted(rows_in)
     names = list(results)
@@ -191,7 +247,9 @@ def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
                 f"{sum(c.transform_in.values()):,} → {sum(c.transform_out.values()):,}",
                 f"{c.tfma:,}" if c.tfma is not None else "not computed (not in its eval config)",
                 "yes" if not lost else "NO: " + "; ".join(lost)]))
-    return "\n".join(runs) + "\n\n" + "\n".join(per_component) + "\n\n" + "\n".join(counts), problems
+    goals = targets(results)
+    return ("\n".join(runs) + "\n\n" + "\n".join(per_component) + "\n\n" + "\n".join(counts)
+            + ("\n\nTargets:\n\n" + "\n".join(goals) if goals else ""), problems)
 
 
 def main(argv=None) -> None:
@@ -201,6 +259,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="leave out TFX's reference pipeline")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds a run may take (default 2 hours)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the other sizes' figures from docs/bench-scale.json (measured at their own time)")
     args = parser.parse_args(argv)
     try:
         sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
@@ -212,9 +272,10 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     names = ["local", "beam", *(["TFX reference"] if args.reference else [])]
     results = {name: {} for name in names}
-    rows_in = {}
+    rows_in, measured = {}, {}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for n in sizes:
+        measured[n] = started
         root = data_root(n)
         rows_in[n] = csv_rows(root)
         for name in names:
@@ -227,16 +288,23 @@ def main(argv=None) -> None:
             print(f"  {r['wall']:.1f} s, peak {r['peak']:.2f} GiB, exit {r['status']}", flush=True)
             if r["status"] not in (0, None):
                 print(r["log"].read_text()[-3000:], file=sys.stderr)
+    if args.keep:
+        load_results(results, rows_in, measured)
+    save_results(results, rows_in, measured)
     text, problems = tables(results, rows_in)
     machine = (f"{platform.node()}: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
                f"Python {platform.python_version()}")
     print("\n" + text + "\n\n" + machine)
     CHART.parent.mkdir(parents=True, exist_ok=True)
     CHART.write_text(chart(results))
-    sizes_text = ", ".join(f"{n:,}" for n in sizes)
-    section = (f"{SECTION}\n\nMeasured {started} on {machine}; command: `python bench/bench_scale.py --sizes "
-               f"{','.join(map(str, sizes))} --epochs {args.epochs}{'' if args.reference else ' --no-reference'}` "
-               f"(`make bench-scale`). Data: `make data ROWS=<n>` (data/taxi_<n>/) at {sizes_text} rows; tuning off; "
+    sizes_text = ", ".join(f"{n:,}" for n in sorted(rows_in))
+    when = "; ".join(f"{', '.join(f'{n:,}' for n in sorted(rows_in) if measured[n] == at)} rows {at}"
+                     for at in sorted(set(measured.values())))
+    section = (f"{SECTION}\n\nMeasured {when} on {machine}; command: `python bench/bench_scale.py --sizes "
+               f"{','.join(map(str, sizes))} --epochs {args.epochs}{'' if args.reference else ' --no-reference'}"
+               f"{' --keep' if args.keep else ''}` (`make bench-scale`; with --keep, the other sizes as measured "
+               f"before, from docs/bench-scale.json). Data: `make data ROWS=<n>` (data/taxi_<n>/) at {sizes_text} "
+               f"rows; tuning off; "
                f"ours trains {args.epochs} epoch(s) of its train split (trainer.epochs), the reference its own 1,000 "
                f"steps. Times per component from ML Metadata (rows/s: the run's rows over the component's time); "
                f"peak memory: the process tree's RSS summed, sampled every 0.1 s.\n\n{text}\n\n"
