@@ -27,7 +27,8 @@ from pipeline.config import (
     REPO_ROOT,
     Config,
     ConfigError,
-    load_config,
+    exit_on_config_error,
+    load_config_or_exit,
     resolve_span,
 )
 from pipeline.files import write_atomic
@@ -119,11 +120,7 @@ _TFX_CLI_PATCHER = "tfx.tools.cli.handler.dag_runner_patcher"
 def load_or_exit(default_profile: str, env=None) -> Config:
     """The configuration for $TFX_E2E_PROFILE (else `default_profile`), or exit 2 with the error."""
     env = os.environ if env is None else env
-    try:
-        return load_config(env.get("TFX_E2E_PROFILE") or default_profile, env=env)
-    except ConfigError as e:
-        print(f"error: configuration: {e}", file=sys.stderr)
-        sys.exit(2)
+    return load_config_or_exit(env.get("TFX_E2E_PROFILE") or default_profile, env=env)
 
 
 def run_parameters(argv) -> dict[str, str]:
@@ -166,10 +163,9 @@ def run(make_runner, default_profile: str, argv=()) -> None:
         sys.exit(1)
     from runners import recovery, runlock, why
     reason = env.get(ENV_RUN_REASON) or why.DEFAULT_REASON
-    if reason not in why.REASONS:
-        print(f"error: configuration: {ENV_RUN_REASON}: expected one of {', '.join(why.REASONS)}, got {reason!r}",
-              file=sys.stderr)
-        sys.exit(2)
+    with exit_on_config_error():
+        if reason not in why.REASONS:
+            raise ConfigError(f"{ENV_RUN_REASON}: expected one of {', '.join(why.REASONS)}, got {reason!r}")
     with recovery.stop_when_disk_full(config):  # one line, not a traceback, wherever the disk fills up
         # One run at a time per output root (runners/runlock.py); a second one is refused, not queued.
         try:
