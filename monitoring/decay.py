@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, load_config_or_exit
 from pipeline.files import write_atomic
 
 HISTORY = "decay.jsonl"
@@ -208,11 +208,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", type=int, help="the version to evaluate (default: the one that served it)")
     parser.add_argument("--data-root", help="where the span is (default: data_root)")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(check_data=False)
-    except ConfigError as e:
-        print(f"error: configuration: {e}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit(check_data=False)
     from monitoring.monitor import ALERT_EXIT, report_directory, retrain
 
     started = time.monotonic()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from pipeline.config import REPO_ROOT, Config, ConfigError, load_config
+from pipeline.config import REPO_ROOT, Config, ConfigError, exit_on_config_error, load_config
 
 ALERT_EXIT = 3
 RETRAIN_REASON = "monitoring_alert"
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
                         "monitoring.logs, else the local server's request log folder)")
     parser.add_argument("--window-minutes", type=int, help="the window's length (default monitoring.window_minutes)")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_config_error():
         config = load_config(check_data=False)
         if args.window_minutes is not None:
             if args.window_minutes < 1:
@@ -198,9 +198,6 @@ def main(argv=None) -> int:
             config = dataclasses.replace(config, monitoring=dataclasses.replace(
                 config.monitoring, window_minutes=args.window_minutes))
         monitor = Monitor(config)
-    except ConfigError as e:
-        print(f"error: configuration: {e}", file=sys.stderr)
-        return 2
     started = time.monotonic()
     from monitoring import logs, report
 

@@ -310,13 +310,9 @@ def main(argv=None) -> int:
                     "older than the newest retention.keep_runs (ML Metadata marks them DELETED).")
     parser.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     args = parser.parse_args(argv)
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config_or_exit
 
-    try:
-        config = load_config(check_data=False)
-    except ConfigError as e:
-        print(f"error: configuration: {e}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit(check_data=False)
     if not enabled(config):
         print("Retention is off (retention.keep_versions and retention.keep_runs are 0): nothing to prune.")
         return 0

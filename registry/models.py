@@ -278,17 +278,13 @@ def table(registry: dict) -> str:
 def load_config_or_exit() -> Config:
     """The configuration ($TFX_E2E_PROFILE, else local; the data root need not exist still); exit 2 on an error,
     or for metadata: managed (ML Metadata is the orchestrator's: Vertex AI, Kubeflow)."""
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import ConfigError, exit_on_config_error, load_config
 
-    try:
+    with exit_on_config_error():
         config = load_config(check_data=False)
-    except ConfigError as e:
-        print(f"error: configuration: {e}", file=sys.stderr)
-        sys.exit(2)
-    if config.metadata == "managed":
-        print("error: configuration: metadata: managed: ML Metadata is kept by the orchestrator (Vertex AI, "
-              "Kubeflow); the registry reads TFX's own store (metadata: sqlite or mysql)", file=sys.stderr)
-        sys.exit(2)
+        if config.metadata == "managed":
+            raise ConfigError("metadata: managed: ML Metadata is kept by the orchestrator (Vertex AI, Kubeflow); "
+                              "the registry reads TFX's own store (metadata: sqlite or mysql)")
     return config
 
 

@@ -32,8 +32,7 @@ from pipeline.config import (
     ENV_RUN_REASON,
     ENV_SPAN,
     Config,
-    ConfigError,
-    load_config,
+    load_config_or_exit,
 )
 from pipeline.files import write_atomic
 from runners import runlock
@@ -231,12 +230,8 @@ def main(argv=None) -> int:
     parser.add_argument("--once", action="store_true", help="one pass over the data root, then exit")
     parser.add_argument("--poll-seconds", type=float, help="override continuous.poll_seconds")
     args = parser.parse_args(argv)
-    try:
-        # The data root may be empty or missing until the first span lands: checked on every poll instead.
-        config = load_config(os.environ.get(ENV_PROFILE) or "local", check_data=False)
-    except ConfigError as e:
-        print(f"error: configuration: {e}", file=sys.stderr)
-        return 2
+    # The data root may be empty or missing until the first span lands: checked on every poll instead.
+    config = load_config_or_exit(os.environ.get(ENV_PROFILE) or "local", check_data=False)
     poll = args.poll_seconds or config.continuous.poll_seconds
     try:
         watching = runlock.Lock(runlock.watch_lock_path(config)).acquire(

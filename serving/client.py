@@ -108,7 +108,7 @@ def read_rows(path: str, limit: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config_or_exit
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rows", nargs="?", help="CSV (header row) or JSON list of objects; default: the bundled data")
@@ -120,11 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label", help="a version label (stable, canary)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     args = parser.parse_args(argv)
-    try:
-        config = load_config()
-    except ConfigError as e:
-        print(f"error: configuration: {e}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit()
     path = args.rows or f"{config.data_root}/data.csv"
     try:
         rows = read_rows(path, args.limit)

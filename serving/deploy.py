@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import REPO_ROOT, Config, ConfigError, is_uri, load_config
+from pipeline.config import REPO_ROOT, Config, exit_on_config_error, is_uri, load_config
 from pipeline.files import write_atomic
 from serving.errors import ServingError
 from serving.metrics import PROMETHEUS_PATH, REQUEST_COUNT
@@ -532,12 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    try:
+    # ValueError: render's configuration checks; ServingError: an unreadable serving.model_config_file
+    with exit_on_config_error("error: ", also=(ValueError, ServingError)):
         config = load_config()
         files = render(config, out)
-    except (ConfigError, ValueError, ServingError) as e:  # ServingError: an unreadable serving.model_config_file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     for name, text in files.items():
         write_atomic(out / name, text)
         print(f"wrote {out / name}")

@@ -594,13 +594,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import exit_on_config_error, load_config
 
-    try:
+    with exit_on_config_error("error: "):
         config = load_config(check_data=False)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     base_path = os.path.abspath(args.model_base_path or config.serving_model_dir)
     model = args.model_name or config.model_name
     if args.command == "status":

@@ -230,14 +230,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import exit_on_config_error, load_config
 
-    try:
+    with exit_on_config_error("error: ", also=(ServingError,)):
         config = load_config(check_data=False)
         core, listen = build(config, args)
-    except (ConfigError, ServingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

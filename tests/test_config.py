@@ -178,3 +178,18 @@ def test_a_data_root_of_span_folders_is_accepted(tmp_path):
     (root / "1970-01-02").mkdir()
     with pytest.raises(ConfigError, match=r"data_root .*: span 1 appears twice"):
         load_config(env=_env(tmp_path, TFX_E2E_DATA_ROOT=str(root)))
+
+
+def test_a_commands_configuration_error_exits_2_with_one_line(tmp_path, capsys):
+    from pipeline.config import exit_on_config_error, load_config_or_exit
+
+    with pytest.raises(SystemExit) as done:
+        load_config_or_exit(env=_env(tmp_path, TFX_E2E_PROFILE="lcoal"))
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: configuration: TFX_E2E_PROFILE: unknown profile 'lcoal'") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as done, exit_on_config_error("error: ", also=(OSError,)):
+        raise OSError("no such file")
+    assert (done.value.code, capsys.readouterr().err) == (2, "error: no such file\n")
+    with pytest.raises(KeyError), exit_on_config_error():  # anything else is not a configuration error
+        raise KeyError("x")

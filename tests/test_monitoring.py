@@ -247,10 +247,21 @@ def test_configuration_errors_exit_2(tmp_path, monkeypatch, capsys):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("monitoring: {on_alert: page}\n")
     monkeypatch.setenv("TFX_E2E_CONFIG", str(overlay))
-    assert main([]) == 2
-    assert "monitoring.on_alert: must be 'none' or 'retrain', got 'page'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main([])
+    assert done.value.code == 2
+    assert ("error: configuration: monitoring.on_alert: must be 'none' or 'retrain', got 'page'\n"
+            == capsys.readouterr().err)
     overlay.write_text("monitoring: {window_minutes: 0}\n")
-    assert main([]) == 2
+    with pytest.raises(SystemExit) as done:
+        main([])
+    assert done.value.code == 2
+    assert "monitoring.window_minutes: must be at least 1, got 0" in capsys.readouterr().err
+    overlay.write_text("monitoring: {}\n")
+    with pytest.raises(SystemExit) as done:
+        main(["--window-minutes", "0"])
+    assert (done.value.code, capsys.readouterr().err) == (2, "error: configuration: --window-minutes: must be at "
+                                                              "least 1, got 0\n")
 
 
 def test_the_servers_request_log_records_the_request_time(tmp_path):

@@ -316,8 +316,10 @@ def test_main_reports_configuration_errors(tmp_path, monkeypatch, capsys):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("serving: {version_policy: newest}\n")
     monkeypatch.setenv("TFX_E2E_CONFIG", str(overlay))
-    assert deploy.main(["--out", str(tmp_path / "out")]) == 2
-    assert "serving.version_policy" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        deploy.main(["--out", str(tmp_path / "out")])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.startswith("error: serving.version_policy: must be latest, all or specific")
     assert not (tmp_path / "out").exists()
 
 
