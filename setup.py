@@ -13,5 +13,5 @@ setup(
     packages=find_packages(include=["pipeline*", "modules*", "runners*", "reports*", "schema*", "serving*", "monitoring*",
                                     "registry*", "console*"]),
     package_data={"": ["*.pbtxt", "*.yaml"], "console": ["templates/*.html"],
-                  "reports": ["templates/*.j2"]},
+                  "reports": ["templates/*.j2"], "registry": ["templates/*.j2"]},
 )
