@@ -325,19 +325,18 @@ def render(card: dict, charts: dict[str, str]) -> tuple[str, str]:
     URL, script or font from anywhere); the Markdown links the SVG files written beside it."""
     import jinja2
 
-    from registry import card_templates
-
     rows = _metric_rows(card)
     common = {"card": card, "x": card["tfx_e2e"], "rows": rows, "metric_names": METRIC_NAMES,
               "columns": [c for c in METRIC_NAMES if any(c in r["metrics"] for r in rows)]}
-    markdown_env = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True,
+    loader = jinja2.PackageLoader("registry", "templates")  # registry/templates/model_card.{md,html}.j2
+    markdown_env = jinja2.Environment(loader=loader, autoescape=False, trim_blocks=True, lstrip_blocks=True,
                                       undefined=jinja2.StrictUndefined)
     markdown_env.filters.update(t=_markdown_text, f=_format, n=_statistic)
-    markdown = markdown_env.from_string(card_templates.MARKDOWN).render(**common, charts=list(charts))
-    html_env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
+    markdown = markdown_env.get_template("model_card.md.j2").render(**common, charts=list(charts))
+    html_env = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True,
                                   undefined=jinja2.StrictUndefined)
     html_env.filters.update(t=lambda v: " ".join(str(v).split()), f=_format, n=_statistic)
-    page = html_env.from_string(card_templates.HTML).render(
+    page = html_env.get_template("model_card.html.j2").render(
         **common, charts={name: jinja2.utils.markupsafe.Markup(svg) for name, svg in charts.items()})
     return markdown, page
 
