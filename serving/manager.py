@@ -79,6 +79,7 @@ class ModelManager:
         self._lock = threading.Lock()       # the maps below, for readers
         self._sync_lock = threading.Lock()  # one sync at a time
         self._configs = policy.validate(config)
+        self._names = tuple(sorted(self._configs))  # model_names(), read lock-free at every request's metrics
         self._servables: dict[str, dict[int, Servable]] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._failures: dict[tuple[str, int], _Failure] = {}
@@ -112,6 +113,7 @@ class ModelManager:
             policy.check_labels(model, loaded | policy.aspired_versions(model.model_version_policy, on_disk))
         with self._lock:
             self._configs = configs
+            self._names = tuple(sorted(configs))
             removed = [name for name in self._servables if name not in configs]
         for name in removed:
             self._unload_all(name)
@@ -283,8 +285,7 @@ class ModelManager:
 
     # --- lookups -------------------------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._configs)
+        return list(self._names)
 
     def available_versions(self) -> dict[str, list[int]]:
         with self._lock:

@@ -20,6 +20,7 @@ HELP/TYPE name, so the collector yields counters with samples under the exact na
 from those two comment lines again (they hold only our fixed metric names; escaped label values never hold a
 newline, so no sample line can start with `#`).
 """
+import bisect
 import logging
 import os
 import re
@@ -60,7 +61,8 @@ _COUNTER_COMMENT = re.compile(
 
 
 def _bucket_index(value: float, bounds: tuple) -> int:
-    return next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))
+    """The first bucket whose upper bound is >= value (the last, +Inf, above them all)."""
+    return bisect.bisect_left(bounds, value)
 
 
 class _Histogram:
