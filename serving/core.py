@@ -127,13 +127,13 @@ class ServingCore:
         signature = servable.signature(signature_name)
         if callable(inputs):
             inputs = inputs(signature)
-        unknown, missing = sorted(set(inputs) - set(signature.inputs)), sorted(set(signature.inputs) - set(inputs))
-        if unknown or missing:
+        if inputs.keys() != signature.inputs.keys():
+            unknown, missing = sorted(set(inputs) - set(signature.inputs)), sorted(set(signature.inputs) - set(inputs))
             raise ServingError.invalid(f"Request inputs do not match the signature '{signature.name}': unknown "
                                        f"{unknown}, missing {missing} (expected {sorted(signature.inputs)})")
         for name, array in inputs.items():
             tensors.check_dtype(name, array, signature.inputs[name])
-        unknown_outputs = sorted(set(output_filter) - set(signature.outputs))
+        unknown_outputs = sorted(set(output_filter) - set(signature.outputs)) if output_filter else None
         if unknown_outputs:
             raise ServingError.invalid(f"output_filter: {unknown_outputs} not in the signature's outputs "
                                        f"{sorted(signature.outputs)}")
