@@ -20,6 +20,10 @@ TIPS_KEY = "tips"
 # Raw features a serving request leaves out (what the label is derived from is not known at prediction time).
 SERVING_DROPPED_KEYS = (TIPS_KEY,)
 
+# In the Trainer's model_run directory (run_fn writes it, the run summary reads it): warm or cold, and the steps;
+# ML Metadata records the Trainer's base_model input but not what run_fn did with it.
+TRAINING_RECORD = "training.json"
+
 # custom_config keys: pipeline/components.py passes every one, from pipeline/config.yaml; modules/ requires them
 # (no fallback values there, so the configuration is the only source of these settings).
 MODULE_FINGERPRINT_KEY = "module_fingerprint"  # Transform, Tuner, Trainer: a change to modules/ invalidates the cache
@@ -28,6 +32,7 @@ MAX_TRIALS_KEY = "max_trials"                  # Tuner: tuner.max_trials
 SEED_KEY = "seed"                              # Tuner: tuner.seed (which trials the random search tries)
 EPOCHS_KEY = "epochs"                          # Trainer: trainer.epochs (0: TFX's train_args steps, fixed)
 MAX_TRAIN_STEPS_KEY = "max_train_steps"        # Trainer: trainer.max_train_steps, the cap on epoch-based steps
+WARM_START_STEPS_KEY = "warm_start_steps"      # Trainer: continuous.warm_start_steps, the steps from a base_model
 # What tuner_fn and run_fn read (each required); the fingerprint goes beside them, read by TFX's cache only.
 TUNER_CONFIG_KEYS = (MAX_TRIALS_KEY, SEED_KEY, BATCH_SIZE_KEY)
-TRAINER_CONFIG_KEYS = (BATCH_SIZE_KEY, EPOCHS_KEY, MAX_TRAIN_STEPS_KEY)
+TRAINER_CONFIG_KEYS = (BATCH_SIZE_KEY, EPOCHS_KEY, MAX_TRAIN_STEPS_KEY, WARM_START_STEPS_KEY)

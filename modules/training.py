@@ -1,4 +1,5 @@
 """Trainer's run_fn (by dotted path): resolve hyperparameters, fit, export. The parts live in model.py."""
+import json
 import math
 
 import keras
@@ -12,6 +13,7 @@ from modules import contract
 from modules import features as F
 from modules import hparams as H
 from modules import model as M
+from modules import warm_start as W
 
 # Keras prints one line per epoch; train_steps are split into this many epochs so long training shows progress.
 EPOCHS = 5
@@ -48,6 +50,12 @@ def epoch_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int)
     return max(1, min(max_steps, epochs * math.ceil(num_examples / batch_size)))
 
 
+def write_training_record(model_run_dir: str, warm_from: str | None, cold_reason: str, steps: int) -> None:
+    tf.io.gfile.makedirs(model_run_dir)
+    with tf.io.gfile.GFile(f"{model_run_dir}/{contract.TRAINING_RECORD}", "w") as f:
+        f.write(json.dumps({"warm_start_from": warm_from, "cold_reason": cold_reason, "steps": steps}))
+
+
 class MissingCustomConfig(KeyError):
     """A custom_config key the pipeline must pass (modules/contract.py) is absent."""
 
@@ -67,8 +75,9 @@ def custom_config(fn_args: FnArgs, keys: tuple[str, ...]) -> dict:
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    """custom_config: batch_size, epochs, max_train_steps (modules/contract.py TRAINER_CONFIG_KEYS, required).
-    epochs 0: TFX's train_args steps; else steps from the train split's example count, capped by max_train_steps."""
+    """custom_config: batch_size, epochs, max_train_steps, warm_start_steps (modules/contract.py TRAINER_CONFIG_KEYS,
+    required). epochs 0: TFX's train_args steps; else steps from the train split's example count, capped by
+    max_train_steps. With a base_model whose weights fit (modules/warm_start.py): warm_start_steps from its weights."""
     settings = custom_config(fn_args, contract.TRAINER_CONFIG_KEYS)
     batch_size = int(settings[contract.BATCH_SIZE_KEY])
     train_steps = fn_args.train_steps
@@ -86,7 +95,16 @@ def run_fn(fn_args: FnArgs) -> None:
     evaluation = dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size)
 
     model = M.build_keras_model(hp)
-    epochs = min(EPOCHS, train_steps)
+    # Continuous training: a base_model (the model trained before this run's span) is fine-tuned, fewer steps.
+    cold = W.load_base_weights(model, hp.values, fn_args.base_model, tf_transform_output) if fn_args.base_model \
+        else "no base model"
+    if not cold:
+        train_steps = int(settings[contract.WARM_START_STEPS_KEY])
+    logging.info("Training %d steps, %s", train_steps, f"cold: {cold}" if cold else f"warm from {fn_args.base_model}")
+    write_training_record(fn_args.model_run_dir, fn_args.base_model if not cold else None, cold, train_steps)
+    # A warm start's few steps in one epoch: each epoch's validation (eval_steps) and callbacks cost about as much
+    # as 100 steps, so five epochs of 20 steps took as long as the cold run's 500 steps.
+    epochs = min(EPOCHS, train_steps) if cold else 1
     model.fit(
         train,
         epochs=epochs,
@@ -98,3 +116,4 @@ def run_fn(fn_args: FnArgs) -> None:
     )
     M.export_saved_model(model, tf_transform_output, fn_args.serving_model_dir)
     M.write_warmup_requests(fn_args.serving_model_dir, tf_transform_output)
+    W.write_hyperparameters(fn_args.serving_model_dir, hp.values)

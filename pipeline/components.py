@@ -171,6 +171,7 @@ def trainer_custom_config(config: Config, module_fingerprint: str) -> dict[str, 
     fingerprint of modules/."""
     return {contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.EPOCHS_KEY: config.trainer.epochs,
             contract.MAX_TRAIN_STEPS_KEY: config.trainer.max_train_steps,
+            contract.WARM_START_STEPS_KEY: config.continuous.warm_start_steps,
             contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
 
 

@@ -94,6 +94,8 @@ class ContinuousConfig:
     poll_seconds: float   # make watch: how often the watcher looks for new complete spans
     max_attempts: int     # make watch: runs of one span that may fail before the watcher skips it
     span_folders: str     # a gs:// data_root: "" (flat), span (span-<N>/) or date (<YYYY-MM-DD>/); local: discovered
+    warm_start: bool      # a windowed run's Trainer starts from the newest model trained before its span
+    warm_start_steps: int  # the steps a warm-started Trainer trains (instead of trainer.train_steps / epochs)
     retries: RetriesConfig
 
 
@@ -561,6 +563,8 @@ def _validate_continuous(config: Config) -> None:
         raise ConfigError(f"continuous.poll_seconds: must be > 0, got {continuous.poll_seconds}")
     if continuous.max_attempts < 1:
         raise ConfigError(f"continuous.max_attempts: must be at least 1, got {continuous.max_attempts}")
+    if continuous.warm_start_steps < 1:
+        raise ConfigError(f"continuous.warm_start_steps: must be at least 1, got {continuous.warm_start_steps}")
     retries = continuous.retries
     if retries.attempts < 1:
         raise ConfigError(f"continuous.retries.attempts: must be at least 1 (the first try), got {retries.attempts}")

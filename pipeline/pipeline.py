@@ -11,7 +11,7 @@ from tfx.proto import pusher_pb2
 
 import modules
 from modules import contract
-from pipeline import baseline, components, drift, evaluation, span_parameter, span_range
+from pipeline import baseline, components, drift, evaluation, span_parameter, span_range, warm_start
 from pipeline.config import Config
 from pipeline.fingerprint import files_digest
 from pipeline.gate import DataGate
@@ -88,9 +88,12 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     tuner = None
     if config.tuner.enabled:
         tuner = components.tuner(config, fingerprint, **training_inputs)
+    # Continuous training: a windowed run starts from the model trained before its span (TFX's base_model).
+    base_model = warm_start.warm_start_resolver(config)
     trainer = components.trainer(
         config, fingerprint,
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
+        base_model=base_model.outputs[warm_start.MODEL] if base_model else None,
         **training_inputs)
 
     model_resolver = components.baseline_resolver(config, candidate=trainer.outputs["model"])
@@ -110,7 +113,7 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
 
     nodes = [*([range_task] if range_task else []), example_gen, statistics_gen, schema_gen, example_validator,
              *([previous_statistics] if previous_statistics else []), data_gate, *window, transform,
-             *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher]
+             *([tuner] if tuner else []), *([base_model] if base_model else []), trainer, model_resolver, evaluator, pusher]
     _spread_over_worker_pools(config, nodes)
     return pipeline.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -259,6 +259,25 @@ def _run_time_window(dag, config, first_task_id: str) -> None:
     task.python_callable = launch_window
 
 
+def _run_time_warm_start(dag, config, first_task_id: str) -> None:
+    """The same for the warm_start_model_resolver task: a Resolver built for the run's span (the newest model
+    trained before it, pipeline/warm_start.py), not for the span that was newest when Airflow parsed the file."""
+    from pipeline.warm_start import WARM_START_RESOLVER, warm_start_resolver
+
+    if WARM_START_RESOLVER not in dag.task_dict:
+        return
+    task = dag.get_task(WARM_START_RESOLVER)
+    launch = task.python_callable
+
+    def launch_warm_start(exec_properties, **context):
+        span = int(context["ti"].xcom_pull(task_ids=first_task_id))
+        node = warm_start_resolver(dataclasses.replace(config, span=span))
+        print(f"warm start: the newest model trained before span {span}, if any")
+        return launch.func(**{**launch.keywords, "component": node}, exec_properties=node.exec_properties, **context)
+
+    task.python_callable = launch_warm_start
+
+
 def next_span(data_root: str, settle_seconds: float, done: set[int]) -> int | None:
     """The span the new-span DAG runs next: the oldest complete span newer than every span already run, or the
     newest complete span when none has run; None when there is none (a flat data root has no new spans)."""
@@ -299,6 +318,7 @@ def _build(config, parse_config, dag_id: str, dag_config: dict, first_task):
     dag.dag_id = dag_id
     first = first_task(dag, tfx_pipeline)
     _run_time_window(dag, config, first.task_id)
+    _run_time_warm_start(dag, config, first.task_id)
     example_gen = dag.get_task(EXAMPLE_GEN)
     properties = example_gen.op_kwargs["exec_properties"]
     if properties.get("range_config") and "static_range" in properties["range_config"]:

@@ -166,6 +166,24 @@ def window_line(config: Config, trained: list[int], evaluated: int, eval_rows: i
             f"train, their eval splits check training); evaluation: span {evaluated}, eval split{held}.")
 
 
+def warm_start_line(trainer: NodeRun) -> str:
+    """`Trainer: warm start from model 12 (trained before this span), 100 steps.` or `Trainer: cold (no base
+    model), 500 steps.`, from the record run_fn writes in its model_run directory (modules/training.py)."""
+    import json
+
+    from modules.contract import TRAINING_RECORD
+
+    try:
+        with open(f"{trainer.outputs['model_run'][0].uri}/{TRAINING_RECORD}") as f:
+            record = json.load(f)
+    except OSError:
+        return "Trainer: no training record (a Trainer older than warm start)."
+    if record["warm_start_from"]:
+        base = trainer.inputs["base_model"][0].id
+        return f"Trainer: warm start from model {base} (trained before this span), {record['steps']} steps."
+    return f"Trainer: cold ({record['cold_reason']}), {record['steps']} steps."
+
+
 class Outcome(NamedTuple):
     ok: bool
     served_path: str | None  # the version directory serving this run's model, if any
@@ -216,6 +234,8 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
         if transform and nodes.get("span_window_resolver") and transform.inputs.get("examples"):
             trained = sorted({gate.span_of(tfx_artifact(store, a)) for a in transform.inputs["examples"]})
             p(window_line(config, trained, span, counts.get("eval")))
+            if nodes.get("Trainer") and nodes["Trainer"].outputs.get("model_run"):
+                p(warm_start_line(nodes["Trainer"]))
 
     if anomalies is not None:
         p(("" if data_printed else "\n") + (gate.format_anomalies(anomalies) if anomalies
