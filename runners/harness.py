@@ -6,6 +6,7 @@ on this kind of machine they take ~15 s to import, longer than an unchanged re-r
 takes to detect.
 """
 import argparse
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -138,9 +139,11 @@ def run_parameters(argv) -> dict[str, str]:
             if v is not None}
 
 
-def run(make_runner, default_profile: str, argv=()) -> None:
+def run(make_runner, default_profile: str, argv=(), services=None) -> None:
     """Runs the pipeline with the runner `make_runner()` returns, under the chosen profile; exits with its status.
-    `argv`: the command line's arguments (--span N or --date YYYY-MM-DD), which win over the environment."""
+    `argv`: the command line's arguments (--span N or --date YYYY-MM-DD), which win over the environment.
+    `services(config)`: a context manager of what the run needs running (runners/portable_runner.py's job service
+    and worker pools), entered only once the pipeline is going to run and left before the run lock is released."""
     if _TFX_CLI_PATCHER in sys.modules:
         # Inside `tfx pipeline create|update|compile`: the CLI runs this file with the runner's run()
         # patched to read the pipeline's name and root; nothing is orchestrated, so no summary or exit.
@@ -174,11 +177,11 @@ def run(make_runner, default_profile: str, argv=()) -> None:
             print(f"error: another run is in progress on this output root: {e}; nothing was run. Try again when it "
                   "has finished (a killed run releases the lock at once).", file=sys.stderr)
             sys.exit(1)
-        with lock:
-            _run_locked(make_runner, config, reason)
+        with lock, contextlib.ExitStack() as running:
+            _run_locked(make_runner, config, reason, lambda: services and running.enter_context(services(config)))
 
 
-def _run_locked(make_runner, config: Config, reason: str) -> None:
+def _run_locked(make_runner, config: Config, reason: str, start_services) -> None:
     from runners import recovery, why
 
     if metadata.exists(config):
@@ -198,6 +201,7 @@ def _run_locked(make_runner, config: Config, reason: str) -> None:
               f"(Set {ENV_ALWAYS_RUN}=1 to run the orchestrator anyway.) That run's summary:")
         print(record["summary"])
         sys.exit(0)
+    start_services()  # before the backfill, whose ExampleGen runs use the same Beam arguments
 
     from pipeline.gate import gate_error_of
     from pipeline.pipeline import create_pipeline
