@@ -5,8 +5,9 @@ Evaluator) through Beam's portable job service on SDK worker pools, environment 
 
 portable.services: start (the default) starts Beam's job service (apache_beam.runners.portability.
 local_job_service_main) on portable.job_endpoint and a worker pool (runners/worker_pool.py) on each of
-portable.worker_pools, all on loopback, runs, and stops them whatever happened; external: they already run
-elsewhere (a cluster's nodes, or the network namespaces of tests/test_portable.py).
+portable.worker_pools, all on loopback, when the run is going to run (not for a refused or unchanged one), and
+stops them whatever happened; external: they already run elsewhere (a cluster's nodes, or the network namespaces
+of tests/test_portable.py).
 """
 import contextlib
 import os
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import time
 
-from runners.harness import load_or_exit, run
+from pipeline.config import Config
+from runners.harness import run
 from runners.local_runner import local_dag_runner
 
 READY_SECONDS = 60  # a job service or pool imports Beam (and TFX's plugins) before it listens: ~10 s on 2 cores
@@ -35,18 +37,19 @@ def _wait(process: subprocess.Popen, address: str, name: str, log: str) -> None:
             with open(log) as f:
                 tail = f.read()[-2000:]
             why = "timed out" if process.returncode is None else f"exit status {process.returncode}"
-            raise RuntimeError(f"the {name} did not start listening on {address} ({why}); its log {log} ends:\n{tail}")
+            sys.exit(f"error: portable runner: the {name} did not start listening on {address} ({why}); its log "
+                     f"{log} ends:\n{tail}")
         time.sleep(0.2)
 
 
 @contextlib.contextmanager
 def services(job_endpoint: str, worker_pools: list[str], log_dir: str):
     """Beam's job service on `job_endpoint` and a worker pool per address, in this virtual environment; stopped on
-    exit. Each logs to <log_dir>/<name>.log."""
+    exit. Each logs to <log_dir>/<name>.log. One that cannot start: exit 1 with the reason, the others stopped."""
     for address in [job_endpoint, *worker_pools]:
         if _listening(address):
-            raise RuntimeError(f"{address} is already in use: stop what listens there or choose other "
-                               "portable.job_endpoint / portable.worker_pools ports")
+            sys.exit(f"error: portable runner: {address} is already in use: stop what listens there or choose other "
+                     "portable.job_endpoint / portable.worker_pools ports")
     os.makedirs(log_dir, exist_ok=True)
     commands = [("job service", job_endpoint, [sys.executable, "-m",
                  "apache_beam.runners.portability.local_job_service_main", "--port", job_endpoint.rsplit(":", 1)[1]])]
@@ -73,19 +76,14 @@ def services(job_endpoint: str, worker_pools: list[str], log_dir: str):
                 process.wait()
 
 
-def main(argv) -> None:
-    config = load_or_exit("portable")
+def run_services(config: Config):
+    """What the run needs running: with portable.services: start, the job service and worker pools."""
     portable = config.portable
     if portable.runner != "portable" or portable.services == "external":
-        run(local_dag_runner, default_profile="portable", argv=argv)
+        return contextlib.nullcontext()
     print(f"Starting Beam's job service and {len(portable.worker_pools)} worker pool(s) ...", flush=True)
-    try:
-        with services(portable.job_endpoint, portable.worker_pools, os.path.join(config.output_root, "portable")):
-            run(local_dag_runner, default_profile="portable", argv=argv)
-    except RuntimeError as e:
-        print(f"error: portable runner: {e}", file=sys.stderr)
-        sys.exit(1)
+    return services(portable.job_endpoint, portable.worker_pools, os.path.join(config.output_root, "portable"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(local_dag_runner, default_profile="portable", argv=sys.argv[1:], services=run_services)

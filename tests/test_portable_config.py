@@ -1,7 +1,14 @@
-"""The portable, flink and spark profiles: their Beam arguments and the checks that refuse what cannot run."""
+"""The portable, flink and spark profiles: their Beam arguments and the checks that refuse what cannot run; when the
+portable runner's services start."""
+import contextlib
+import os
+import sys
+
 import pytest
+from conftest import SMALL_DATA
 
 from pipeline.config import FLINK_VERSIONS, ConfigError, load_config
+from runners import harness, runlock
 
 
 def _load(tmp_path, profile: str, overlay: str = ""):
@@ -76,3 +83,36 @@ def test_each_beam_component_takes_the_next_worker_pool(tmp_path):
                      "StatisticsGen": "--environment_config=localhost:50002",
                      "Transform": "--environment_config=localhost:50001",
                      "Evaluator": "--environment_config=localhost:50002"}
+
+
+def _never_run():
+    raise AssertionError("the orchestrator must not start")
+
+
+def test_the_services_a_run_needs_start_only_when_it_runs(tmp_path, monkeypatch):
+    """harness.run(services=...), runners/portable_runner.py's job service and worker pools: none for a run the run
+    lock refuses; started with the lock held, after the checks, and one that cannot start exits with the lock
+    released."""
+    for key in [k for k in os.environ if k.startswith("TFX_E2E_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TFX_E2E_OUTPUT_ROOT", str(tmp_path / "out"))
+    monkeypatch.setenv("TFX_E2E_DATA_ROOT", str(SMALL_DATA))
+    lock_path = runlock.run_lock_path(load_config("portable"))
+    started = []
+
+    @contextlib.contextmanager
+    def services(config):
+        with pytest.raises(runlock.LockHeld):
+            runlock.Lock(lock_path).acquire(by="a second run")
+        started.append(config.profile)
+        sys.exit("error: portable runner: the job service did not start")
+        yield
+
+    with runlock.Lock(lock_path).acquire(by="another run"), pytest.raises(SystemExit) as done:
+        harness.run(_never_run, default_profile="portable", services=services)
+    assert done.value.code == 1 and started == []
+    with pytest.raises(SystemExit) as done:
+        harness.run(_never_run, default_profile="portable", services=services)
+    assert done.value.code == "error: portable runner: the job service did not start" and started == ["portable"]
+    with runlock.Lock(lock_path).acquire(by="the next run"):
+        pass
