@@ -110,7 +110,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, servable, signature.name)
         for name, array in outputs.items():
-            response.outputs[name].CopyFrom(tensors.to_proto(array, signature.outputs[name], self.tensor_content))
+            tensors.fill_proto(response.outputs[name], array, signature.outputs[name], self.tensor_content)
         return response
 
     async def _on_examples(self, request, run, response_class):
