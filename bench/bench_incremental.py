@@ -2,9 +2,11 @@
 
   incremental  ML Metadata already holds spans 12 to 15 and a Transform analyzer cache (a run on span 15 with
                the window 12-15); span 16 arrives and a run trains on 13-16: ExampleGen reads span 16 only,
-               Transform analyzes span 16 only (the cache covers 13-15).
+               Transform analyzes span 16 only (the cache covers 13-15), and the Trainer starts from the model of
+               the run on span 15 (continuous.warm_start, on by default) for continuous.warm_start_steps.
   fresh        a new output root (empty ML Metadata): the run on span 16 ingests 13-15 first (partial runs of
-               ExampleGen and the data gate, runners/backfill.py) and Transform analyzes all four spans; run twice,
+               ExampleGen and the data gate, runners/backfill.py), Transform analyzes all four spans and the
+               Trainer trains cold (no model in ML Metadata) for trainer.train_steps; run twice,
                so the AUC's run-to-run noise (training is not seeded) is measured beside the difference.
 Both with tuning off, on data/taxi_spans (`make spans`: spans 13-16 hold about 200 rows each, where fixed
 costs dominate), then on spans 12-16 that are each a copy of the whole 15,002-row sample. Wall time of the
@@ -37,7 +39,8 @@ def _run(env, span):
     components = {m.group(1): float(m.group(2))
                   for m in re.finditer(r"^  (\w+)\s+(?:ran|cached|FAILED)\s+([0-9.]+) s$", done.stdout, re.M)}
     print("  " + ", ".join(f"{name} {t:.1f}" for name, t in components.items()) + f"; wall {seconds:.1f} s", flush=True)
-    return seconds, float(auc.group(1)) if auc else float("nan"), components.get("Transform", 0.0)
+    return (seconds, float(auc.group(1)) if auc else float("nan"), components.get("Transform", 0.0),
+            components.get("Trainer", 0.0))
 
 
 def _large_spans(root: Path) -> Path:
@@ -74,6 +77,8 @@ def rows(work: Path, spans_root: Path, what: str) -> list[tuple[str, str, str, s
          f"{fresh[0]:.1f} s", f"{inc[0]:.1f} s", f"{inc[0] / fresh[0]:.2f}x"),
         (f"{what}: Transform alone", f"{fresh[2]:.1f} s", f"{inc[2]:.1f} s",
          f"{inc[2] / fresh[2]:.2f}x" if fresh[2] else ""),
+        (f"{what}: Trainer alone (incremental: warm start)", f"{fresh[3]:.1f} s", f"{inc[3]:.1f} s",
+         f"{inc[3] / fresh[3]:.2f}x" if fresh[3] else ""),
         (f"{what}: AUC on span 16's eval split", f"{fresh[1]:.4f}", f"{inc[1]:.4f}", f"{inc[1] - fresh[1]:+.4f}"),
         (f"{what}: AUC of a second fresh run (run-to-run noise)", f"{again[1]:.4f}", "",
          f"{again[1] - fresh[1]:+.4f} (fresh vs fresh)"),
