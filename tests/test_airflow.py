@@ -204,6 +204,8 @@ def test_new_span_dag_trains_a_run_time_window_on_the_span_that_landed(airflow_e
     parsed = _dagbag(env, monkeypatch).dags["chicago-taxi-new-span"].get_task("span_window_resolver")
     static = parsed.op_kwargs["exec_properties"]["source_uri"]["range_config"].static_range
     assert (static.start_span_number, static.end_span_number) == (2, 3)
+    warm = _dagbag(env, monkeypatch).dags["chicago-taxi-new-span"].get_task("warm_start_model_resolver")
+    assert warm.op_kwargs["exec_properties"]["source_uri"] == {"span": 3}  # likewise rebuilt for the run's span
 
     result = subprocess.run([env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi-new-span", "2026-11-21"],
                             env=env, capture_output=True, text=True, timeout=900)
@@ -212,6 +214,7 @@ def test_new_span_dag_trains_a_run_time_window_on_the_span_that_landed(airflow_e
     assert "new span: 2 (data root" in log
     assert "backfill: ML Metadata has no span 1 of the window" in log
     assert "window: spans 1 to 2 (the run reads span 2)" in log
+    assert "warm start: the newest model trained before span 2, if any" in log
     assert "Marking task as SUCCESS. dag_id=chicago-taxi-new-span, task_id=Pusher," in log
     connection = _metadata_connection(env)
     assert sorted(_examples_spans(connection)) == [1, 2]  # ML Metadata: ExampleGen read span 1 (backfill) and 2

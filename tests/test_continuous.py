@@ -1,9 +1,11 @@
 """Continuous training, first stage: a data root of span folders, the span a run reads (--span/--date, default
 the newest complete one), ExampleGen on that span only, the gate's example counts, the re-run shortcut and the
 summary's Data line; the rolling window (continuous.window_spans) with its temporal holdout, analyzer cache and
-backfill of the spans ML Metadata has not ingested."""
+backfill of the spans ML Metadata has not ingested, and the Trainer's warm start from the previous model."""
+import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 from conftest import SMALL_DATA, SMALL_OVERLAY, PipelineRun, write_span_root
@@ -317,7 +319,7 @@ WINDOW_OVERLAY = """
 tuner: {enabled: false}
 trainer: {train_steps: 150, eval_steps: 10, batch_size: 64}
 evaluator: {auc_lower_bound: 0.6}
-continuous: {window_spans: 2, drift: warn}
+continuous: {window_spans: 2, drift: warn, warm_start_steps: 30}
 """
 
 
@@ -339,6 +341,16 @@ def _window(config):
     return trained, evaluated, run
 
 
+def _warm_start(nodes):
+    """The Trainer's base_model (a Model id, or None) in ML Metadata, and what run_fn recorded: steps, warm or not."""
+    from modules.contract import TRAINING_RECORD
+
+    base = [a.id for a in nodes["Trainer"].inputs.get("base_model", [])]
+    (model_run,) = nodes["Trainer"].outputs["model_run"]
+    record = json.loads(Path(model_run.uri, TRAINING_RECORD).read_text())
+    return (base[0] if base else None), record["steps"], record["warm_start_from"] is not None
+
+
 @pytest.mark.e2e
 def test_a_rolling_window_of_two_spans(tmp_path, capsys):
     """The TFX penguin way, with window_spans 2: span 1 arrives -> trains on [1]; span 2 -> [1, 2]; span 3 ->
@@ -358,6 +370,8 @@ def test_a_rolling_window_of_two_spans(tmp_path, capsys):
     trained, evaluated, nodes = _window(config)
     assert (trained, evaluated) == ([1], 1)
     assert "Training: span 1 (1000 rows" in capsys.readouterr().out
+    assert _warm_start(nodes) == (None, 150, False)  # no model yet: cold, trainer.train_steps
+    models = [nodes["Trainer"].outputs["model"][0].id]
 
     _write_span(root, 2, span_rows[2])
     assert run() == 0
@@ -365,12 +379,16 @@ def test_a_rolling_window_of_two_spans(tmp_path, capsys):
     assert (trained, evaluated) == ([1, 2], 2)
     first_cache = nodes["Transform"].outputs["updated_analyzer_cache"][0].id
     assert "Training: spans 1, 2 (2000 rows" in capsys.readouterr().out
+    # Warm start: from the model trained on span 1, continuous.warm_start_steps.
+    assert _warm_start(nodes) == (models[0], 30, True)
+    models.append(nodes["Trainer"].outputs["model"][0].id)
 
     _write_span(root, 3, span_rows[3])
     assert run() == 0
     trained, evaluated, nodes = _window(config)
     assert (trained, evaluated) == ([2, 3], 3)
     assert [a.id for a in nodes["Transform"].inputs["analyzer_cache"]] == [first_cache]
+    assert _warm_start(nodes) == (models[1], 30, True)
     out = capsys.readouterr().out
     assert "Training: spans 2, 3 (2000 rows" in out and "evaluation: span 3, eval split (" in out
     assert "Data gate: drift from the previous span over the schema's thresholds in fare; continuous.drift: warn, so " \
@@ -384,6 +402,7 @@ def test_a_rolling_window_of_two_spans(tmp_path, capsys):
     assert "backfill: ML Metadata has no span 2 of the window; ExampleGen and the data gate ingest it (partial run)" in out
     trained, evaluated, nodes = _window(fresh.config())
     assert (trained, evaluated) == ([2, 3], 3)
+    assert _warm_start(nodes) == (None, 150, False)  # a fresh store trains cold
     served = sorted(os.listdir(fresh.config().serving_model_dir))
 
     # Unchanged: the run stops before the orchestrator, and nothing new is pushed.

@@ -170,6 +170,10 @@ def test_vertex_bigquery_window_of_days_ends_at_the_span_parameter(tmp_path, mon
     job = _compile(tmp_path, monkeypatch, "vertex", WINDOW_QUERY)
     _takes_span_from_span_range(job)
     spec = _spec(job)
+    # Warm start (continuous.warm_start): the Trainer's base_model is the resolver's latest Model (the compiler
+    # takes LatestArtifactStrategy).
+    base_model = spec.root.dag.tasks["Trainer"].inputs.artifacts["base_model"].task_output_artifact
+    assert base_model.producer_task == "warm_start_model_resolver"
     span = 16891  # 2016-03-31
     query = utils.get_query_for_span(_example_gen_pattern(spec), span)
     begin, minus, end = (int(n) for n in re.search(r"TIMESTAMP_SECONDS\(\((\d+) - (\d+)\)\).*TIMESTAMP_SECONDS\((\d+)\)",

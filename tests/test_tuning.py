@@ -50,7 +50,7 @@ def test_custom_config_keys_are_required(tmp_path):
     modules.training when a pipeline in this process runs the Trainer, so its MissingCustomConfig class changes)."""
     with pytest.raises(KeyError, match=r"missing key\(s\) seed, batch_size .*got max_trials"):
         tuner_fn(fn_args_utils.FnArgs(custom_config={"max_trials": 2}, working_dir=str(tmp_path)))
-    with pytest.raises(KeyError, match=r"missing key\(s\) batch_size, epochs, max_train_steps .*got none"):
+    with pytest.raises(KeyError, match=r"missing key\(s\) batch_size, epochs, max_train_steps, warm_start_steps .*got none"):
         run_fn(fn_args_utils.FnArgs(custom_config=None))
 
 
@@ -59,14 +59,16 @@ def test_pipeline_passes_every_key_from_the_configuration(tmp_path):
     from pipeline.pipeline import create_pipeline
 
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text("tuner: {max_trials: 5, seed: 3}\ntrainer: {batch_size: 16, epochs: 3, max_train_steps: 900}\n")
+    overlay.write_text("tuner: {max_trials: 5, seed: 3}\ntrainer: {batch_size: 16, epochs: 3, max_train_steps: 900}\n"
+                       "continuous: {warm_start_steps: 40}\n")
     config = load_config(env={"TFX_E2E_CONFIG": str(overlay), "TFX_E2E_OUTPUT_ROOT": str(tmp_path / "out")})
     nodes = {c.id: c for c in create_pipeline(config).components}
     tuner = json.loads(nodes["Tuner"].exec_properties["custom_config"])
     trainer = json.loads(nodes["Trainer"].exec_properties["custom_config"])
     assert {key: tuner[key] for key in contract.TUNER_CONFIG_KEYS} == {"max_trials": 5, "seed": 3, "batch_size": 16}
     assert {key: trainer[key] for key in contract.TRAINER_CONFIG_KEYS} == {"batch_size": 16, "epochs": 3,
-                                                                           "max_train_steps": 900}
+                                                                           "max_train_steps": 900,
+                                                                           "warm_start_steps": 40}
     # Epochs: no fixed num_steps for TFX; run_fn computes them from the train split's count.
     assert "num_steps" not in json.loads(nodes["Trainer"].exec_properties["train_args"])
     fingerprints = {json.loads(nodes[n].exec_properties["custom_config"])[contract.MODULE_FINGERPRINT_KEY]
