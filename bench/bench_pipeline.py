@@ -31,9 +31,10 @@ DATA = REPO / "data" / "taxi" / "data.csv"
 PYTHON = sys.executable
 
 
-def watch_tree(process: psutil.Popen, timeout: float | None = None) -> tuple[int, bool]:
+def watch_tree(process: psutil.Popen, timeout: float | None = None, timeline: list | None = None) -> tuple[int, bool]:
     """Until `process` ends: the peak RSS in bytes summed over its process tree (children included, sampled every
-    0.1 s), and whether it was killed, with its tree, for running past `timeout` seconds."""
+    0.1 s), and whether it was killed, with its tree, for running past `timeout` seconds. `timeline`, when given,
+    gets every sample as (epoch seconds, bytes)."""
     started = time.monotonic()
     peak = 0
     while process.poll() is None:
@@ -45,7 +46,10 @@ def watch_tree(process: psutil.Popen, timeout: float | None = None) -> tuple[int
             return peak, True
         try:
             tree = [process] + process.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            rss = sum(p.memory_info().rss for p in tree if p.is_running())
+            peak = max(peak, rss)
+            if timeline is not None:
+                timeline.append((time.time(), rss))
         except psutil.Error:
             pass
         time.sleep(0.1)

@@ -54,12 +54,13 @@ RESULTS = REPO / "docs" / "bench-scale.json"
 
 
 def measure(command, env, cwd, log_path, timeout):
-    """(wall seconds, peak RSS GiB of the process tree, exit status or None when killed at `timeout`)."""
-    started = time.monotonic()
+    """(wall seconds, peak RSS GiB of the process tree, exit status or None when killed at `timeout`, the RSS
+    samples as (epoch seconds, bytes))."""
+    started, timeline = time.monotonic(), []
     with open(log_path, "w") as log:
         process = psutil.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        peak, killed = watch_tree(process, timeout)
-    return time.monotonic() - started, peak / 2**30, None if killed else process.returncode
+        peak, killed = watch_tree(process, timeout, timeline)
+    return time.monotonic() - started, peak / 2**30, None if killed else process.returncode, timeline
 
 
 def data_root(rows: int) -> Path:
@@ -71,13 +72,20 @@ def data_root(rows: int) -> Path:
     return root
 
 
-def read_run(store, pipeline_name: str, ids: dict[str, str]) -> dict:
-    """Component seconds and row counts (pipeline/row_counts.py) of the newest run of `pipeline_name` in `store`."""
+def read_run(store, pipeline_name: str, ids: dict[str, str], timeline: list) -> dict:
+    """Component seconds, each component's peak memory (the process tree's, over the component's execution) and the
+    row counts (pipeline/row_counts.py) of the newest run of `pipeline_name` in `store`."""
     from runners.summary import latest_run
 
     nodes = latest_run(store, types.SimpleNamespace(pipeline_name=pipeline_name))
-    seconds = {ours: nodes[theirs].seconds for ours, theirs in ids.items() if theirs in nodes}
-    return {"seconds": seconds, "counts": read_counts(store, nodes, ids)}
+    ran = {ours: nodes[theirs] for ours, theirs in ids.items() if theirs in nodes}
+    peaks = {}
+    for label, node in ran.items():
+        during = [rss for at, rss in timeline if node.started <= at <= node.started + node.seconds]
+        if during:
+            peaks[label] = max(during) / 2**30
+    return {"seconds": {label: node.seconds for label, node in ran.items()}, "component_peak": peaks,
+            "counts": read_counts(store, nodes, ids)}
 
 
 def run_ours(profile: str, root: Path, work: Path, epochs: int, timeout: float) -> dict:
@@ -88,11 +96,11 @@ def run_ours(profile: str, root: Path, work: Path, epochs: int, timeout: float) 
     overlay.write_text(f"tuner: {{enabled: false}}\ntrainer: {{epochs: {epochs}}}\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFX_E2E_PROFILE=profile, TFX_E2E_CONFIG=str(overlay),
                TFX_E2E_DATA_ROOT=str(root), TFX_E2E_OUTPUT_ROOT=str(work / "output"), TFX_E2E_ALWAYS_RUN="1")
-    wall, peak, status = measure([PYTHON, "-m", RUNNERS[profile]], env, REPO, work / "run.log", timeout)
+    wall, peak, status, timeline = measure([PYTHON, "-m", RUNNERS[profile]], env, REPO, work / "run.log", timeout)
     result = {"wall": wall, "peak": peak, "status": status, "log": work / "run.log"}
     if status == 0:
         config = load_config(env={k: v for k, v in env.items() if k.startswith("TFX_E2E_")})
-        result.update(read_run(open_store(config, readonly=True), config.pipeline_name, OURS))
+        result.update(read_run(open_store(config, readonly=True), config.pipeline_name, OURS, timeline))
     return result
 
 
@@ -110,13 +118,13 @@ def run_reference(root: Path, work: Path, timeout: float) -> dict:
         shutil.copy(path, data)
     shutil.copy(example_dir / "taxi_utils_native_keras.py", home / "taxi")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HOME=str(home))
-    wall, peak, status = measure([PYTHON, str(example_dir / "taxi_pipeline_native_keras.py")], env, home,
-                                 work / "run.log", timeout)
+    wall, peak, status, timeline = measure([PYTHON, str(example_dir / "taxi_pipeline_native_keras.py")], env, home,
+                                           work / "run.log", timeout)
     result = {"wall": wall, "peak": peak, "status": status, "log": work / "run.log"}
     if status == 0:
         connection = metadata_store_pb2.ConnectionConfig()
         connection.sqlite.filename_uri = str(home / "tfx" / "metadata" / REFERENCE_NAME / "metadata.db")
-        result.update(read_run(mlmd.MetadataStore(connection), REFERENCE_NAME, REFERENCE))
+        result.update(read_run(mlmd.MetadataStore(connection), REFERENCE_NAME, REFERENCE, timeline))
     return result
 
 
@@ -153,7 +161,7 @@ def chart(results: dict) -> str:
 def save_results(results: dict, rows_in: dict[int, int], measured: dict[int, str]) -> None:
     """Every size's figures, for a later --keep run."""
     def plain(r):
-        kept = {k: r[k] for k in ("wall", "peak", "status", "seconds") if k in r}
+        kept = {k: r[k] for k in ("wall", "peak", "status", "seconds", "component_peak") if k in r}
         return {**kept, "counts": r["counts"]._asdict()} if "counts" in r else kept
     RESULTS.write_text(json.dumps({"sizes": {str(n): {"rows_in": rows_in[n], "measured": measured[n],
                                                       "runs": {name: plain(results[name][n]) for name in results
@@ -228,6 +236,12 @@ def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
             rate = f" ({n / seconds:,.0f})" if seconds is not None and seconds >= 0.1 else ""
             cells.append("" if seconds is None else f"{seconds:.1f}{rate}")
         per_component.append(row([label, *cells]))
+    memory = [row(["component peak memory (GiB, tree)", *(f"{name} {n:,}" for name, n in columns)]),
+              row(["---"] * (1 + len(columns)))]
+    for label, _, _ in COMPONENTS:
+        cells = [results[name][n].get("component_peak", {}).get(label) for name, n in columns]
+        if any(c is not None for c in cells):
+            memory.append(row([label, *("" if c is None else f"{c:.2f}" for c in cells)]))
     counts = [row(["rows", "pipeline", "CSV rows in", "ExampleGen out (train + eval)", "statistics num_examples",
                    "Transform in → out", "TFMA example_count", "no row lost"]), row(["---"] * 8)]
     problems = []
@@ -248,7 +262,8 @@ def tables(results: dict, rows_in: dict[int, int]) -> tuple[str, list[str]]:
                 f"{c.tfma:,}" if c.tfma is not None else "not computed (not in its eval config)",
                 "yes" if not lost else "NO: " + "; ".join(lost)]))
     goals = targets(results)
-    return ("\n".join(runs) + "\n\n" + "\n".join(per_component) + "\n\n" + "\n".join(counts)
+    return ("\n".join(runs) + "\n\n" + "\n".join(per_component) + "\n\n"
+            + ("\n".join(memory) + "\n\n" if len(memory) > 2 else "") + "\n".join(counts)
             + ("\n\nTargets:\n\n" + "\n".join(goals) if goals else ""), problems)
 
 

@@ -35,6 +35,7 @@ class NodeRun(NamedTuple):
     seconds: float
     inputs: dict[str, list[metadata_store_pb2.Artifact]]
     outputs: dict[str, list[metadata_store_pb2.Artifact]]
+    started: float = 0.0  # epoch seconds
 
 
 def open_store(config: Config) -> mlmd.MetadataStore:
@@ -92,6 +93,7 @@ def latest_run(store: mlmd.MetadataStore, config: Config, run_id: str | None = N
             seconds=(execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000,
             inputs=dict(by_direction["inputs"]),
             outputs=dict(by_direction["outputs"]),
+            started=execution.create_time_since_epoch / 1000,
         )
     return nodes
 
