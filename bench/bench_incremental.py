@@ -14,6 +14,7 @@ run command and the Evaluator's AUC (span 16's eval split, the same rows for bot
 Runs alone: `python bench/bench_incremental.py`; bench_pipeline.py adds incremental_table() to its section of
 docs/benchmarks.md.
 """
+import argparse
 import os
 import re
 import shutil
@@ -54,6 +55,20 @@ def _large_spans(root: Path) -> Path:
     return root
 
 
+def _generated_spans(root: Path, span_rows: int) -> Path:
+    """span-12 to span-16 of `make data`'s generated rows (pipeline/datagen.py, seed 0), span_rows each: spans
+    the size of a day's data of a busy service, where ingesting and analysing the window costs more than a run's
+    fixed costs."""
+    from pipeline import datagen
+
+    generated = root.parent / f"{root.name}-generated"
+    datagen.generate(str(generated), rows=5 * span_rows, spans=5)
+    root.mkdir(parents=True)
+    for k in range(5):
+        (generated / f"span-{k + 1}").rename(root / f"span-{12 + k}")
+    return root
+
+
 def rows(work: Path, spans_root: Path, what: str) -> list[tuple[str, str, str, str]]:
     work.mkdir(parents=True, exist_ok=True)
     overlay = work / "window4.yaml"
@@ -85,9 +100,9 @@ def rows(work: Path, spans_root: Path, what: str) -> list[tuple[str, str, str, s
     ]
 
 
-def incremental_table(work: Path) -> str:
-    """The rows as a Markdown table, with the line that says what they measure: the bundled quarterly spans, and
-    spans the size of the whole sample."""
+def incremental_table(work: Path, span_rows: int = 0) -> str:
+    """The rows as a Markdown table, with the line that says what they measure: the bundled quarterly spans, spans
+    the size of the whole sample, and with span_rows, spans of that many generated rows."""
     if not (SPANS / "span-16" / "_SUCCESS").exists():
         subprocess.run(["make", "spans"], cwd=REPO, check=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -95,12 +110,30 @@ def incremental_table(work: Path) -> str:
     table = [header, ("---",) * 4]
     table += rows(work / "bundled", SPANS, "quarterly spans 13-16 (~200 rows each)")
     table += rows(work / "large", _large_spans(work / "large-spans"), "spans of 15,002 rows (copies of the sample)")
+    if span_rows:
+        table += rows(work / "generated", _generated_spans(work / "generated-spans", span_rows),
+                      f"spans of {span_rows:,} generated rows (make data)")
+    generated = f", then spans 12-16 of {span_rows:,} rows each from `make data`" if span_rows else ""
     return ("Rolling window (`continuous.window_spans: 4`, tuning off, drift: warn): span 16 arrives; the incremental "
             "run has spans 12-15 and the analyzer cache in ML Metadata, the fresh run first ingests 13-15 through "
             "ExampleGen and the data gate; data/taxi_spans' quarterly spans, then spans 12-16 that are each a copy "
-            "of the bundled sample (bench/bench_incremental.py).\n\n" + "\n".join("| " + " | ".join(r) + " |" for r in table))
+            f"of the bundled sample{generated} (bench/bench_incremental.py"
+            f"{f' --span-rows {span_rows}' if span_rows else ''}).\n\n"
+            + "\n".join("| " + " | ".join(r) + " |" for r in table))
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="The incremental-run rows of make bench-pipeline.")
+    parser.add_argument("--span-rows", type=int, default=0,
+                        help="also spans of this many generated rows (e.g. 150000; about 20 minutes more)")
+    parser.add_argument("--only-generated", action="store_true", help="only the generated spans' rows")
+    args = parser.parse_args()
+    if args.span_rows < 0 or (args.only_generated and not args.span_rows):
+        parser.error("--span-rows: a row count (required with --only-generated)")
     with tempfile.TemporaryDirectory(prefix="bench-incremental-") as work:
-        print(incremental_table(Path(work)))
+        if args.only_generated:
+            print("\n".join("| " + " | ".join(r) + " |" for r in rows(
+                Path(work) / "generated", _generated_spans(Path(work) / "generated-spans", args.span_rows),
+                f"spans of {args.span_rows:,} generated rows (make data)")))
+        else:
+            print(incremental_table(Path(work), args.span_rows))
