@@ -175,7 +175,11 @@ def load_results(results: dict, rows_in: dict[int, int], measured: dict[int, str
         return
     for size, saved in json.loads(RESULTS.read_text())["sizes"].items():
         n = int(size)
-        if n in rows_in or set(saved["runs"]) != set(results):
+        if n in rows_in:
+            continue
+        if set(saved["runs"]) != set(results):
+            print(f"--keep: {n:,} rows left out: saved for {', '.join(saved['runs'])}, not this run's "
+                  f"{', '.join(results)}", flush=True)
             continue
         rows_in[n], measured[n] = saved["rows_in"], saved["measured"]
         for name, r in saved["runs"].items():
