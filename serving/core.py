@@ -104,7 +104,8 @@ class ServingCore:
 
     async def _run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray]):
         batching = self.options.batching
-        if signature.batchable:
+        # One input (most signatures) needs only its rank checked: the set of sizes is for several.
+        if signature.batchable and (len(inputs) != 1 or not next(iter(inputs.values())).ndim):
             rows = {len(a) if a.ndim else -1 for a in inputs.values()}
             if -1 in rows:
                 raise ServingError.invalid(f"signature '{signature.name}' takes a batch: every input needs a leading "

@@ -79,7 +79,7 @@ class ModelManager:
         self._lock = threading.Lock()       # the maps below, for readers
         self._sync_lock = threading.Lock()  # one sync at a time
         self._configs = policy.validate(config)
-        self._names = tuple(sorted(self._configs))  # model_names(), read lock-free at every request's metrics
+        self._names = tuple(sorted(self._configs))  # known_models(), read lock-free at every request's metrics
         self._servables: dict[str, dict[int, Servable]] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._failures: dict[tuple[str, int], _Failure] = {}
@@ -286,6 +286,10 @@ class ModelManager:
     # --- lookups -------------------------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
         return list(self._names)
+
+    def known_models(self) -> tuple[str, ...]:
+        """model_names() without the copy: the metrics test every request's model name against it."""
+        return self._names
 
     def available_versions(self) -> dict[str, list[int]]:
         with self._lock:

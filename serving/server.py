@@ -145,7 +145,7 @@ def build(config: Config, args: argparse.Namespace) -> tuple[ServingCore, Listen
     # The canary and A/B strategies: the rollout record beside each model's versions routes its traffic (serving/rollout.py).
     manager = ModelManager(model_config, polling, config_file, canary=config.rollout.strategy in ("canary", "ab"))
     # make monitor's newest gauges per model are read at each scrape (serving/metrics.py).
-    metrics = Metrics(manager.model_names, manager.available_versions, os.path.join(config.output_root, "monitoring"))
+    metrics = Metrics(manager.known_models, manager.available_versions, os.path.join(config.output_root, "monitoring"))
     log_dir = serving.request_log.path or os.path.join(config.output_root, "request_logs")
     request_logger = RequestLogger(log_dir, serving.request_log.sampling_rate, on_dropped=metrics.request_log_dropped)
     options = CoreOptions(serving.max_request_bytes, _batching(args, config, tf_serving_style),

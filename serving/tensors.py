@@ -18,6 +18,7 @@ _NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types
           types_pb2.DT_INT64: np.int64, types_pb2.DT_INT16: np.int16, types_pb2.DT_INT8: np.int8,
           types_pb2.DT_UINT8: np.uint8, types_pb2.DT_BOOL: np.bool_, types_pb2.DT_HALF: np.float16,
           types_pb2.DT_STRING: object}
+_ITEMSIZE = {dtype: 8 if t is object else np.dtype(t).itemsize for dtype, t in _NUMPY.items()}  # 8: a pointer
 _JSON_KIND = {types_pb2.DT_STRING: "string", types_pb2.DT_BOOL: "bool"}
 # The typed field of a TensorProto that carries each dtype (half_val holds float16 bit patterns).
 _VALUE_FIELD = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
@@ -154,9 +155,8 @@ def parse_predict_json(body, inputs: dict[str, int]) -> tuple[dict[str, np.ndarr
 
 
 def _typed(columns: dict, inputs: dict[str, int]) -> dict[str, np.ndarray]:
-    unknown = sorted(set(columns) - set(inputs))
-    missing = sorted(set(inputs) - set(columns))
-    if unknown or missing:
+    if columns.keys() != inputs.keys():  # the differences only to word the error
+        unknown, missing = sorted(set(columns) - set(inputs)), sorted(set(inputs) - set(columns))
         raise ServingError.invalid(f"inputs do not match the signature: unknown {unknown}, missing {missing} "
                                    f"(expected {sorted(inputs)})")
     return {name: to_array(value, inputs[name], name) for name, value in columns.items()}
@@ -196,38 +196,41 @@ def outputs_to_json(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
 def to_numpy(proto: tensor_pb2.TensorProto, max_bytes: int | None = None) -> np.ndarray:
     """A TensorProto as an array. From a client, pass `max_bytes`: a larger tensor once expanded is refused before
     it is allocated (TF's compact form repeats one value over the whole shape: 20 bytes can ask for gigabytes)."""
-    if proto.dtype not in _NUMPY:
-        raise ServingError.invalid(f"dtype {dtype_name(proto.dtype)} is not supported")
-    shape = [d.size for d in proto.tensor_shape.dim]
-    if proto.tensor_shape.unknown_rank or any(size < 0 for size in shape):
+    dtype = proto.dtype
+    numpy_dtype = _NUMPY.get(dtype)
+    if numpy_dtype is None:
+        raise ServingError.invalid(f"dtype {dtype_name(dtype)} is not supported")
+    tensor_shape = proto.tensor_shape
+    shape = [d.size for d in tensor_shape.dim]
+    if tensor_shape.unknown_rank or (shape and min(shape) < 0):
         raise ServingError.invalid(f"tensor shape {shape} is not fully defined")
     if len(shape) > MAX_RANK:
         raise ServingError.invalid(f"tensor rank {len(shape)} is above {MAX_RANK}")
-    # NumPy cannot even describe it, empty or not: its size in bytes (8 per element at most) must fit int64.
-    if math.prod(size for size in shape if size) * 8 >= 2**63:
-        raise ServingError.invalid(f"tensor shape {shape} is too large")
     count = math.prod(shape)
-    numpy_dtype = _NUMPY[proto.dtype]
-    itemsize = 8 if numpy_dtype is object else np.dtype(numpy_dtype).itemsize
+    # NumPy cannot even describe it, empty or not: its size in bytes (8 per element at most) must fit int64. With
+    # no zero in the shape, that size is the count's.
+    if (count or math.prod(size for size in shape if size)) * 8 >= 2**63:
+        raise ServingError.invalid(f"tensor shape {shape} is too large")
+    itemsize = _ITEMSIZE[dtype]
     if max_bytes is not None and count * itemsize > max_bytes:
         raise ServingError.invalid(f"tensor of shape {shape} ({count} elements) is larger than the request limit "
                                    f"of {max_bytes} bytes")
-    if proto.dtype == types_pb2.DT_STRING:
+    if dtype == types_pb2.DT_STRING:
         array = np.empty(len(proto.string_val), dtype=object)
         array[:] = list(proto.string_val)
     elif proto.tensor_content:
         if len(proto.tensor_content) % itemsize:
             raise ServingError.invalid(f"tensor_content of {len(proto.tensor_content)} bytes is not a whole number of "
-                                       f"{dtype_name(proto.dtype)} values")
+                                       f"{dtype_name(dtype)} values")
         array = np.frombuffer(proto.tensor_content, dtype=numpy_dtype)
-    elif proto.dtype == types_pb2.DT_HALF:
+    elif dtype == types_pb2.DT_HALF:
         array = np.asarray(proto.half_val, dtype=np.int64)
         if array.size and (array.min() < 0 or array.max() > 0xFFFF):
             raise ServingError.invalid("half_val holds values that are not 16-bit patterns")
         array = array.astype(np.uint16).view(np.float16)
     else:
-        values = getattr(proto, _VALUE_FIELD[proto.dtype])
-        array = _checked_ints(values, proto.dtype, "tensor") if np.dtype(numpy_dtype).kind in "iu" \
+        values = getattr(proto, _VALUE_FIELD[dtype])
+        array = _checked_ints(values, dtype, "tensor") if np.dtype(numpy_dtype).kind in "iu" \
             else np.asarray(values, dtype=numpy_dtype)
     if array.size == 1 and count > 1:  # TF's compact form: one value repeated
         array = np.full(count, array[0], dtype=array.dtype)
