@@ -56,7 +56,7 @@ class Batcher:
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
-        if any(len(v) != rows for v in inputs.values()):
+        if len(inputs) > 1 and any(len(v) != rows for v in inputs.values()):
             raise ServingError.invalid("inputs have different batch sizes (dimension 0)")
         if rows > self._max_batch_size:
             raise ServingError.invalid(f"Task size {rows} is larger than maximum batch size {self._max_batch_size}")

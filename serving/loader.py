@@ -27,9 +27,9 @@ _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 class Signature:
     name: str
     method_name: str
-    inputs: dict[str, int]   # input name → DataType
-    outputs: dict[str, int]
-    function: Callable[..., list]  # input arrays in sorted input-name order → output arrays in sorted output-name order
+    inputs: dict[str, int]   # input name → DataType, in sorted name order (the order `function` takes them)
+    outputs: dict[str, int]  # in sorted name order (the order `function` returns them)
+    function: Callable[..., list]  # input arrays in `inputs` order → output arrays in `outputs` order
     batchable: bool          # every input and output has a leading batch dimension
 
 
@@ -57,15 +57,21 @@ class Servable:
         return self.signatures[name]
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
         try:
-            outputs = signature.function(*(inputs[name] for name in sorted(signature.inputs)))
+            outputs = signature.function(*map(inputs.__getitem__, signature.inputs))  # no sort, no frame per call
         except (ValueError, TypeError) as e:
             raise ServingError.invalid(_op_error(str(e))) from None
-        except tf.errors.OpError as e:  # TensorFlow's canonical codes are gRPC's
+        except _op_error_class() as e:  # TensorFlow's canonical codes are gRPC's
             raise ServingError(_GRPC_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN), _op_error(e.message)) from None
-        return dict(zip(sorted(signature.outputs), outputs, strict=True))
+        return dict(zip(signature.outputs, outputs, strict=True))
+
+
+def _op_error_class() -> type:
+    """tf.errors.OpError, looked up only when a call fails (an except clause's expression is evaluated then): a
+    successful call pays no import statement."""
+    import tensorflow as tf
+
+    return tf.errors.OpError
 
 
 def _op_error(message: str) -> str:
@@ -133,8 +139,8 @@ def _signature(session, key: str, definition) -> Signature:
     function = session._make_callable_from_options(options)
     batchable = all(_leading_batch_dim(i) for i in definition.inputs.values()) and \
         all(_leading_batch_dim(o) for o in definition.outputs.values())
-    return Signature(key, definition.method_name, {k: v.dtype for k, v in definition.inputs.items()},
-                     {k: v.dtype for k, v in definition.outputs.items()}, function, batchable)
+    return Signature(key, definition.method_name, {k: definition.inputs[k].dtype for k in inputs},
+                     {k: definition.outputs[k].dtype for k in outputs}, function, batchable)
 
 
 def warm_up(servable: Servable) -> int:

@@ -20,11 +20,11 @@ HELP/TYPE name, so the collector yields counters with samples under the exact na
 from those two comment lines again (they hold only our fixed metric names; escaped label values never hold a
 newline, so no sample line can start with `#`).
 """
-import bisect
 import logging
 import os
 import re
 import threading
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -58,11 +58,6 @@ LOAD_EVENT_LABELS = ("model_name", "model_version", "event")
 # "# HELP <counter>_total ..." / "# TYPE <counter>_total counter" -> the name TF Serving exposes.
 _COUNTER_COMMENT = re.compile(
     rb"^(# (?:HELP|TYPE) )(" + b"|".join(re.escape(name.encode()) for name in COUNTERS) + rb")_total(?= |$)", re.M)
-
-
-def _bucket_index(value: float, bounds: tuple) -> int:
-    """The first bucket whose upper bound is >= value (the last, +Inf, above them all)."""
-    return bisect.bisect_left(bounds, value)
 
 
 class _Histogram:
@@ -114,11 +109,13 @@ class Metrics:
             return version
         return UNKNOWN_MODEL
 
+    # observe and batch run once per request: _model_label inlined, and bisect_left finds the first bucket whose
+    # upper bound is >= the value (the last, +Inf, above them all).
     def observe(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
-        model = self._model_label(model)
+        model = model if model in self._known_models() else UNKNOWN_MODEL
         key = (model, self._version_label(model, str(version)), api, entrypoint, status)
         micros = seconds * 1e6
-        index = _bucket_index(micros, LATENCY_BUCKETS_US)
+        index = bisect_left(LATENCY_BUCKETS_US, micros)
         with self._lock:
             self._request_count[key] += 1
             histogram = self._latency.get(key)
@@ -128,8 +125,8 @@ class Metrics:
             histogram.sum += micros
 
     def batch(self, model: str, rows: int) -> None:
-        model = self._model_label(model)
-        index = _bucket_index(rows, BATCH_SIZE_BUCKETS)
+        model = model if model in self._known_models() else UNKNOWN_MODEL
+        index = bisect_left(BATCH_SIZE_BUCKETS, rows)
         with self._lock:
             histogram = self._batches.get(model)
             if histogram is None:

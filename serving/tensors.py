@@ -6,6 +6,7 @@ Follows TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest):
 naming the problem, which the servers turn into 400 / INVALID_ARGUMENT.
 """
 import base64
+import binascii
 import math
 
 import numpy as np
@@ -49,30 +50,26 @@ def check_dtype(name: str, array: np.ndarray, dtype: int) -> None:
         raise ServingError.invalid(f"input '{name}': expects {dtype_name(dtype)}, got {array.dtype}")
 
 
-def _shape(value, name: str) -> tuple[int, ...]:
-    """The shape of nested JSON lists, walking them (np.shape would copy every string into a fixed-width array);
-    ragged or too deeply nested lists are an error."""
+def _shape(value, name: str) -> tuple[tuple[int, ...], list]:
+    """The shape of nested JSON lists and their items flattened, walking them level by level (np.shape would copy
+    every string into a fixed-width array); ragged or too deeply nested lists are an error. Plain loops, not any()
+    over a generator: a single-example request pays no generator frames."""
     shape, level = [], [value]
     while isinstance(level[0], list):
         if len(shape) == MAX_RANK:
             raise ServingError.invalid(f"input '{name}': nested deeper than {MAX_RANK} levels")
         size = len(level[0])
-        if any(not isinstance(v, list) or len(v) != size for v in level):
-            raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)")
+        for v in level:
+            if not isinstance(v, list) or len(v) != size:
+                raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)")
         shape.append(size)
         level = [item for v in level for item in v]
         if not level:
             break
-    if any(isinstance(v, list) for v in level):
-        raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)")
-    return tuple(shape)
-
-
-def _flatten(value, rank: int) -> list:
-    items = [value]
-    for _ in range(rank):
-        items = [item for v in items for item in v]
-    return items
+    for v in level:
+        if isinstance(v, list):
+            raise ServingError.invalid(f"input '{name}': lists of different lengths (a ragged tensor)")
+    return tuple(shape), level
 
 
 def _decode_string(value, name: str) -> bytes:
@@ -81,7 +78,8 @@ def _decode_string(value, name: str) -> bytes:
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise ServingError.invalid(f"input '{name}': an object value must be {{\"b64\": \"...\"}}, got {value}")
         try:
-            return base64.b64decode(value["b64"], validate=True)
+            # b64decode(validate=True) without its two Python frames: a non-ASCII str or a bad digit is ValueError
+            return binascii.a2b_base64(value["b64"], strict_mode=True)
         except ValueError:
             raise ServingError.invalid(f"input '{name}': the \"b64\" value is not valid base64") from None
     if isinstance(value, str):
@@ -93,8 +91,7 @@ def to_array(value, dtype: int, name: str) -> np.ndarray:
     """One input's JSON value (any nesting) as an array of the signature's dtype."""
     if dtype not in _NUMPY:
         raise ServingError.invalid(f"input '{name}': dtype {dtype_name(dtype)} is not supported over JSON")
-    shape = _shape(value, name)
-    items = _flatten(value, len(shape))
+    shape, items = _shape(value, name)
     expected = _expected(dtype)
     if expected == "string":
         array = np.empty(len(items), dtype=object)
