@@ -73,6 +73,9 @@ class EvaluatorConfig:
     auc_lower_bound: float
     auc_max_drop: float
     slices: list[str]
+    # The Evaluator's own Beam arguments, after the pipeline's (Beam takes the last of a repeated flag), e.g. a
+    # DirectRunner process per core for a large eval split: TFMA computes its metrics example by example in Python.
+    beam_pipeline_args: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
         baseline_model=model_resolver.outputs[baseline.MODEL],
         schema=schema_gen.outputs["schema"],
         example_splits=["eval"],
-        eval_config=evaluation.eval_config(config.evaluator))
+        eval_config=evaluation.eval_config(config.evaluator),
+    ).with_beam_pipeline_args(config.evaluator.beam_pipeline_args)
     pusher = Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
