@@ -33,6 +33,9 @@ SEED_KEY = "seed"                              # Tuner: tuner.seed (which trials
 EPOCHS_KEY = "epochs"                          # Trainer: trainer.epochs (0: TFX's train_args steps, fixed)
 MAX_TRAIN_STEPS_KEY = "max_train_steps"        # Trainer: trainer.max_train_steps, the cap on epoch-based steps
 WARM_START_STEPS_KEY = "warm_start_steps"      # Trainer: continuous.warm_start_steps, the steps from a base_model
+# Tuner, Trainer: 1 when their examples are ExampleGen's raw ones (a rolling window: Transform writes no transformed
+# copy of the window), so the input pipeline applies the transform graph itself; 0 for Transform's output.
+RAW_EXAMPLES_KEY = "raw_examples"
 # What tuner_fn and run_fn read (each required); the fingerprint goes beside them, read by TFX's cache only.
-TUNER_CONFIG_KEYS = (MAX_TRIALS_KEY, SEED_KEY, BATCH_SIZE_KEY)
-TRAINER_CONFIG_KEYS = (BATCH_SIZE_KEY, EPOCHS_KEY, MAX_TRAIN_STEPS_KEY, WARM_START_STEPS_KEY)
+TUNER_CONFIG_KEYS = (MAX_TRIALS_KEY, SEED_KEY, BATCH_SIZE_KEY, RAW_EXAMPLES_KEY)
+TRAINER_CONFIG_KEYS = (BATCH_SIZE_KEY, EPOCHS_KEY, MAX_TRAIN_STEPS_KEY, WARM_START_STEPS_KEY, RAW_EXAMPLES_KEY)

@@ -20,13 +20,27 @@ EPOCHS = 5
 
 
 def dataset(file_pattern, data_accessor: DataAccessor, tf_transform_output: tft.TFTransformOutput,
-            batch_size: int) -> tf.data.Dataset:
-    """Transformed (features, label) batches, repeated (steps are counted by the caller)."""
+            batch_size: int, raw: bool = False) -> tf.data.Dataset:
+    """Transformed (features, label) batches, repeated (steps are counted by the caller). `raw`: the files are
+    ExampleGen's, parsed by the raw schema and transformed here by the transform graph (a rolling window, where
+    Transform does not write a transformed copy of every span again each run)."""
+    if not raw:
+        return data_accessor.tf_dataset_factory(
+            file_pattern,
+            dataset_options.TensorFlowDatasetOptions(batch_size=batch_size, label_key=F.LABEL_KEY),
+            tf_transform_output.transformed_metadata.schema,
+        ).repeat()
+    transform_layer = tf_transform_output.transform_features_layer()
+
+    def transform(raw_features):
+        features = transform_layer(raw_features)
+        return features, features.pop(F.LABEL_KEY)
+
     return data_accessor.tf_dataset_factory(
         file_pattern,
-        dataset_options.TensorFlowDatasetOptions(batch_size=batch_size, label_key=F.LABEL_KEY),
-        tf_transform_output.transformed_metadata.schema,
-    ).repeat()
+        dataset_options.TensorFlowDatasetOptions(batch_size=batch_size),
+        tf_transform_output.raw_metadata.schema,
+    ).map(transform, num_parallel_calls=tf.data.AUTOTUNE).repeat()
 
 
 def count_examples(file_patterns: list[str]) -> int:
@@ -75,8 +89,8 @@ def custom_config(fn_args: FnArgs, keys: tuple[str, ...]) -> dict:
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    """custom_config: batch_size, epochs, max_train_steps, warm_start_steps (modules/contract.py TRAINER_CONFIG_KEYS,
-    required). epochs 0: TFX's train_args steps; else steps from the train split's example count, capped by
+    """custom_config: batch_size, epochs, max_train_steps, warm_start_steps, raw_examples (modules/contract.py
+    TRAINER_CONFIG_KEYS, required). epochs 0: TFX's train_args steps; else steps from the train split's example count, capped by
     max_train_steps. With a base_model whose weights fit (modules/warm_start.py): warm_start_steps from its weights."""
     settings = custom_config(fn_args, contract.TRAINER_CONFIG_KEYS)
     batch_size = int(settings[contract.BATCH_SIZE_KEY])
@@ -91,8 +105,9 @@ def run_fn(fn_args: FnArgs) -> None:
     hp = H.resolve(fn_args.hyperparameters)
     logging.info("Training with hyperparameters %s", hp.values)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    train = dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size)
-    evaluation = dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size)
+    raw = bool(settings[contract.RAW_EXAMPLES_KEY])
+    train = dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size, raw)
+    evaluation = dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size, raw)
 
     model = M.build_keras_model(hp)
     # Continuous training: a base_model (the model trained before this run's span) is fine-tuned, fewer steps.

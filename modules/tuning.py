@@ -11,8 +11,8 @@ from modules import training as T
 
 
 def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
-    """custom_config: max_trials (the search budget), seed, batch_size (modules/contract.py TUNER_CONFIG_KEYS,
-    all required); steps come from train_args/eval_args."""
+    """custom_config: max_trials (the search budget), seed, batch_size, raw_examples (modules/contract.py
+    TUNER_CONFIG_KEYS, all required); steps come from train_args/eval_args."""
     config = T.custom_config(fn_args, contract.TUNER_CONFIG_KEYS)
     tuner = keras_tuner.RandomSearch(
         M.build_keras_model,
@@ -25,11 +25,12 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     )
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     batch_size = int(config[contract.BATCH_SIZE_KEY])
+    raw = bool(config[contract.RAW_EXAMPLES_KEY])
     return TunerFnResult(
         tuner=tuner,
         fit_kwargs={
-            "x": T.dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size),
-            "validation_data": T.dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size),
+            "x": T.dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch_size, raw),
+            "validation_data": T.dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch_size, raw),
             "steps_per_epoch": fn_args.train_steps,
             "validation_steps": fn_args.eval_steps,
             "verbose": 2,

@@ -110,6 +110,13 @@ def window_range(config: Config) -> range_config_pb2.RangeConfig | None:
         start_span_number=window[0].number, end_span_number=window[-1].number))
 
 
+def raw_examples(config: Config) -> int:
+    """1 where Tuner and Trainer read the window's ExampleGen output and transform it themselves: with a rolling
+    window Transform only analyzes (the analyzer cache skips the spans it has seen) and writes no transformed copy,
+    since the new span's analysis changes every span's transformed values. 0: they read Transform's output."""
+    return int(window_spans(config) > 1)
+
+
 def window_resolvers(config: Config, example_gen) -> tuple:
     """() for a window of 1 (Transform reads ExampleGen's output, today's DAG). Else two Resolvers, TFX's
     penguin pattern: 'span_window_resolver' (SpanRangeStrategy over ExampleGen's Examples in ML Metadata, keeping
@@ -163,7 +170,8 @@ def tuner_custom_config(config: Config, module_fingerprint: str) -> dict[str, An
     """Every key tuner_fn requires (modules/contract.py TUNER_CONFIG_KEYS), from the configuration, and the
     fingerprint of modules/ (TFX's cache key for code named by dotted path)."""
     return {contract.MAX_TRIALS_KEY: config.tuner.max_trials, contract.SEED_KEY: config.tuner.seed,
-            contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
+            contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.RAW_EXAMPLES_KEY: raw_examples(config),
+            contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
 
 
 def trainer_custom_config(config: Config, module_fingerprint: str) -> dict[str, Any]:
@@ -172,7 +180,7 @@ def trainer_custom_config(config: Config, module_fingerprint: str) -> dict[str, 
     return {contract.BATCH_SIZE_KEY: config.trainer.batch_size, contract.EPOCHS_KEY: config.trainer.epochs,
             contract.MAX_TRAIN_STEPS_KEY: config.trainer.max_train_steps,
             contract.WARM_START_STEPS_KEY: config.continuous.warm_start_steps,
-            contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
+            contract.RAW_EXAMPLES_KEY: raw_examples(config), contract.MODULE_FINGERPRINT_KEY: module_fingerprint}
 
 
 def tuner(config: Config, module_fingerprint: str, **inputs):

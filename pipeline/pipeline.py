@@ -64,25 +64,31 @@ def create_pipeline(config: Config) -> pipeline.Pipeline:
     window = components.window_resolvers(config, example_gen)
     if window:
         # The rolling window (TFX's penguin pattern): Transform reads the last window_spans spans' Examples from
-        # ML Metadata and reuses its analyzer cache, so a run with one new span analyzes only that span.
+        # ML Metadata and reuses its analyzer cache, so a run with one new span analyzes only that span. It writes
+        # neither a transformed copy of the window nor its statistics (either would read every span again): Tuner
+        # and Trainer read the window's Examples and apply the transform graph in their input pipeline.
         span_window, analyzer_cache = window
         span_window.add_upstream_node(data_gate)
         transform = Transform(
             examples=span_window.outputs["examples"],
             schema=schema_gen.outputs["schema"],
             analyzer_cache=analyzer_cache.outputs["cache"],
+            materialize=False,
+            disable_statistics=True,
             preprocessing_fn=PREPROCESSING_FN,
             custom_config={contract.MODULE_FINGERPRINT_KEY: fingerprint})
+        training_examples = span_window.outputs["examples"]
     else:
         transform = Transform(
             examples=example_gen.outputs["examples"],
             schema=schema_gen.outputs["schema"],
             preprocessing_fn=PREPROCESSING_FN,
             custom_config={contract.MODULE_FINGERPRINT_KEY: fingerprint})
+        training_examples = transform.outputs["transformed_examples"]
     transform.add_upstream_node(data_gate)
 
     training_inputs = dict(
-        examples=transform.outputs["transformed_examples"],
+        examples=training_examples,
         transform_graph=transform.outputs["transform_graph"],
     )
     tuner = None

@@ -156,6 +156,12 @@ def test_the_window_is_the_last_spans_up_to_the_one_read(tmp_path):
     assert nodes["Transform"].inputs["examples"].producer_component_id == "span_window_resolver"
     assert nodes["Transform"].inputs["analyzer_cache"].producer_component_id == "analyzer_cache_resolver"
     assert nodes["Evaluator"].inputs["examples"].producer_component_id == "ExampleGen"  # the newest span only
+    # Transform only analyzes the window (no transformed copy, no statistics: either would read every span again);
+    # Trainer reads the window's Examples and applies the transform graph itself.
+    assert "transformed_examples" not in nodes["Transform"].outputs
+    assert nodes["Transform"].exec_properties["disable_statistics"] == 1
+    assert nodes["Trainer"].inputs["examples"].producer_component_id == "span_window_resolver"
+    assert json.loads(nodes["Trainer"].exec_properties["custom_config"])["raw_examples"] == 1
 
 
 def test_the_window_keeps_the_latest_version_of_each_span():
