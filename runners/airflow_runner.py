@@ -209,23 +209,6 @@ def backfill(config, launch_args: dict, run_id: str) -> list[int]:
     return missing
 
 
-def _distinct_names_driver():
-    """TFX's legacy driver, with the artifacts of a multi-artifact output named apart: it names each
-    `<key>:<run id>`, and ML Metadata refuses a second artifact of a type with the same name."""
-    from tfx.dsl.components.base import base_driver
-
-    class DistinctNamesDriver(base_driver.BaseDriver):
-        def _prepare_output_artifacts(self, *args, **kwargs):
-            result = super()._prepare_output_artifacts(*args, **kwargs)
-            for artifacts in result.values():
-                if len(artifacts) > 1:
-                    for index, artifact in enumerate(artifacts):
-                        artifact.name = f"{artifact.name}:{index}"
-            return result
-
-    return DistinctNamesDriver
-
-
 def _run_time_window(dag, config, first_task_id: str) -> None:
     """Makes the span_window_resolver task resolve the window of the run's span (the first task's XCom), not the
     window of the span that was newest when Airflow parsed the file: it backfills the window's missing spans, then
@@ -236,13 +219,6 @@ def _run_time_window(dag, config, first_task_id: str) -> None:
         return
     task = dag.get_task(SPAN_WINDOW_RESOLVER)
     launch = task.python_callable  # functools.partial(_airflow_component_launcher, component=..., ...)
-    # One transformed_examples artifact per span of the window, registered as such. TFX's Transform asks for as many
-    # as it has input Examples (matching_channel_name), but its OutputChannel drops that: TFX's Airflow launcher (the
-    # legacy driver) would register one artifact, Transform's executor would replace it by one per span, and the
-    # one registered, never written, would reach Trainer as a third artifact without splits.
-    transform = dag.get_task("Transform").python_callable.keywords["component"]
-    transform.outputs["transformed_examples"].matching_channel_name = "examples"
-    transform.driver_class = _distinct_names_driver()
     example_gen_args = dag.get_task(EXAMPLE_GEN).python_callable.keywords
     example_gen_node = example_gen_args["component"]
 
