@@ -16,9 +16,10 @@ from pipeline.config import ENV_METADATA_PASSWORD, Config
 
 MYSQL_PORT = 3306
 # Runs that open a new, empty database at once race to create ML Metadata's tables; the losers are told to retry,
-# for as long as the winner may take to create them on a loaded machine (a count of tries ran out in CI).
+# for as long as the winner may take to create them on a loaded machine (a count of tries ran out in CI). MariaDB may
+# also end one side of that race as a deadlock victim ("try restarting transaction", seen in CI): retried alike.
 _OPEN_RACE_SECONDS = 60.0
-_RACE = "concurrent connection"
+_RACES = ("concurrent connection", "Deadlock found when trying to get lock")
 
 
 class _Redact(logging.Filter):
@@ -118,6 +119,6 @@ def open_store(config: Config, readonly: bool = False):
         try:
             return mlmd.MetadataStore(connection)
         except RuntimeError as e:
-            if _RACE not in str(e) or time.monotonic() > deadline:
+            if not any(race in str(e) for race in _RACES) or time.monotonic() > deadline:
                 raise MetadataError(f"ML Metadata: cannot open {describe(config)}: {_reason(config, e)}") from None
             time.sleep(random.uniform(0.2, 1.0))  # as TFX's own Metadata retries
