@@ -236,8 +236,8 @@ def test_the_watcher_runs_each_new_span_once_in_order(tmp_path, monkeypatch, cap
         # So is a second watcher.
         assert watcher.main(["--once"]) == 1
         assert "error: another watcher is running on this output root" in capsys.readouterr().err
-        out = _wait_for(log, "span 3 (span-3): finished: FAILED, exit status 1", process, 300)
-        out = _wait_for(log, "(failure 2 of 2; skipped from now on (continuous.max_attempts))", process, 180)
+        out = _wait_for(log, "span 3 (span-3): finished: FAILED, exit status 1", process, 900)
+        out = _wait_for(log, "(failure 2 of 2; skipped from now on (continuous.max_attempts))", process, 600)
         out = _wait_for(log, "span 3 (span-3): skipped: its run failed 2 times", process, 30)
     finally:
         process.terminate()
