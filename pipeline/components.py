@@ -21,7 +21,7 @@ def _split_output(config: Config) -> example_gen_pb2.Output:
 # The files CsvExampleGen reads: in a flat data root every file (TFX's default input config, utils.
 # make_default_input_config), in a span folder its *.csv files, so the _SUCCESS marker is never read. `*.csv`, not
 # `[!_.]*`: ExampleGen turns a span pattern into a regex escaping only . + * ? ( ), so a [!...] class would not negate.
-FLAT_FILES, SPAN_FILES = "*", "*.csv"
+FLAT_FILES, SPAN_FILES = "*", spans.SPAN_FILES
 
 
 def example_gen_files(folder: str, pattern: str) -> list[str]:

@@ -7,12 +7,15 @@ Hadoop/Beam convention) or, when a settle time is configured, when none of its f
 Incomplete spans are never read.
 """
 import datetime
+import fnmatch
 import os
 import re
 import time
 from dataclasses import dataclass
 
 SUCCESS_MARKER = "_SUCCESS"
+# What CsvExampleGen reads in a span folder: a glob that leaves the marker out (pipeline/components.py).
+SPAN_FILES = "*.csv"
 SPAN_FOLDER = re.compile(r"span-(\d{1,9})")
 DATE_FOLDER = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 EPOCH = datetime.date(1970, 1, 1)
@@ -50,20 +53,22 @@ def _number(name: str) -> int | None:
     return None
 
 
-def _data_files(folder: str) -> list[str]:
+def data_files(folder: str) -> list[str]:
+    """A folder's data files: every file but hidden ones and markers (_SUCCESS)."""
     return sorted(entry.path for entry in os.scandir(folder)
                   if entry.is_file() and not entry.name.startswith((".", "_")))
 
 
-def data_files(folder: str) -> list[str]:
-    """A folder's data files: every file but hidden ones and markers (_SUCCESS)."""
-    return _data_files(folder)
+def _unread_files(span: "Span") -> list[str]:
+    """A span's data files that ExampleGen's SPAN_FILES glob would skip (part-00001, data.CSV): rows lost unseen."""
+    return [os.path.basename(f) for f in data_files(span.path)
+            if not fnmatch.fnmatchcase(os.path.basename(f), SPAN_FILES)]
 
 
 def _completeness(folder: str, settle_seconds: float, now: float) -> tuple[bool, str]:
     if os.path.exists(os.path.join(folder, SUCCESS_MARKER)):
         return True, ""
-    files = _data_files(folder)
+    files = data_files(folder)
     if settle_seconds > 0 and files:
         newest = max(os.stat(f).st_mtime for f in files)
         if now - newest >= settle_seconds:
@@ -79,7 +84,7 @@ def discover(data_root: str, settle_seconds: float = 0.0) -> list[Span]:
         if entry.is_dir() and (number := _number(entry.name)) is not None:
             folders.append((number, entry))
     if not folders:
-        return [Span(0, data_root, "", True)] if _data_files(data_root) else []
+        return [Span(0, data_root, "", True)] if data_files(data_root) else []
     numbers = [n for n, _ in folders]
     duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
     if duplicates:
@@ -109,7 +114,12 @@ def select(spans: list[Span], wanted: int | None, window: int) -> list[Span]:
                         f"folder (have: {', '.join(s.name for s in spans)})")
     if not by_number[wanted].complete:
         raise SpanError(f"span {wanted} ({by_number[wanted].name}) is incomplete: {by_number[wanted].why_incomplete}")
-    return [s for s in complete if s.number <= wanted][-window:]
+    selected = [s for s in complete if s.number <= wanted][-window:]
+    for span in selected:
+        if unread := _unread_files(span):
+            raise SpanError(f"span {span.number} ({span.name}): {', '.join(unread)} would not be read: ExampleGen "
+                            f"reads a span folder's {SPAN_FILES} files (rename or remove the others)")
+    return selected
 
 
 def write_quarterly_spans(source_csv: str, target_root: str) -> list[tuple[str, int]]:

@@ -10,6 +10,7 @@ import pytest
 from conftest import SMALL_DATA
 
 from pipeline.config import REPO_ROOT, load_config, resolve_span
+from pipeline.spans import SpanError
 from runners import harness
 
 ROWS = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
@@ -93,9 +94,13 @@ def test_in_a_span_folder_the_shortcut_reads_what_example_gen_reads(tmp_path):
     config = _config(tmp_path, root)
     _record_run(config)
     before = harness.inputs_fingerprint(config)
-    # span-{SPAN}/*.csv: ExampleGen reads neither, so neither is a new input.
+    # span-{SPAN}/*.csv: ExampleGen would read neither, so the span is refused rather than its rows lost unseen.
     for name in ("new.CSV", "part-00001"):
         (root / "span-1" / name).write_text("".join(ROWS[:1] + ROWS[41:61]))
+    with pytest.raises(SpanError, match=r"span 1 \(span-1\): new.CSV, part-00001 would not be read"):
+        harness.inputs_fingerprint(config)
+    for name in ("new.CSV", "part-00001"):
+        (root / "span-1" / name).unlink()
     assert harness.inputs_fingerprint(config) == before and _shortcut_taken(config)
     (root / "span-1" / "more.csv").write_text("".join(ROWS[:1] + ROWS[41:61]))
     assert not _shortcut_taken(config)

@@ -66,6 +66,22 @@ def test_select_the_newest_complete_window_or_name_what_is_missing(tmp_path):
         select([], None, 2)
 
 
+def test_a_span_file_examplegen_would_skip_is_refused_not_lost(tmp_path):
+    """ExampleGen reads a span folder's *.csv: a Beam/Hadoop part file or an upper-case .CSV in a span the run reads
+    would be dropped unseen, so the run refuses the span and names the files; markers and hidden files are fine."""
+    _span(tmp_path, "span-1")
+    second = _span(tmp_path, "span-2")
+    (second / ".data.csv.crc").write_text("")
+    spans = discover(str(tmp_path))
+    assert [s.number for s in select(spans, None, 2)] == [1, 2]
+    (tmp_path / "span-1" / "part-00001").write_text("a,b\n3,4\n")
+    (tmp_path / "span-1" / "more.CSV").write_text("a,b\n5,6\n")
+    with pytest.raises(SpanError, match=r"^span 1 \(span-1\): more.CSV, part-00001 would not be read: ExampleGen reads "
+                                        r"a span folder's \*.csv files"):
+        select(spans, None, 2)
+    assert [s.number for s in select(spans, None, 1)] == [2]  # span 1 outside the window: not read, not checked
+
+
 def test_mixed_span_kinds_with_one_number_are_refused(tmp_path):
     _span(tmp_path, "span-1")
     _span(tmp_path, "1970-01-02")
