@@ -1,6 +1,7 @@
 """The canary controller: moves a newly pushed version through the configured steps, analyses each step from the
 server's Prometheus metrics and request log, and promotes it to `stable` or rolls it back (rollout.strategy: canary);
-or holds a fixed split between stable and it for a period and leaves the decision to a command (rollout.strategy: ab).
+or holds a fixed split between stable and it for a period and leaves the decision to a command, rolling it back
+only when it breaks production (rollout.strategy: ab, a guardrail on errors and latency).
 
     python -m serving.rollout run              (make rollout) the control loop
     python -m serving.rollout status           the rollout record and the last decisions
@@ -147,6 +148,13 @@ def analyse(config: RolloutConfig, available: bool, canary: Figures, stable: Fig
         requests = int(figures.requests) if figures else 0
         checks.append(Check(f"{arm}_requests", requests >= config.min_requests,
                             f"{arm} served {requests} requests (minimum {config.min_requests})"))
+    return checks + compare_arms(config, canary, stable)
+
+
+def compare_arms(config: RolloutConfig, canary: Figures, stable: Figures | None) -> list[Check]:
+    """The error-rate and p99 checks of the canary's (or A/B arm B's) window against stable's (None: the absolute
+    limits only): a step's analysis and the A/B guardrail."""
+    checks = []
     error_limit = config.max_error_rate
     if stable is not None and stable.requests:
         error_limit = max(config.max_error_rate, stable.error_rate + config.error_rate_margin)
@@ -376,8 +384,9 @@ class Controller:
     # --- A/B (rollout.strategy: ab) ------------------------------------------------------------------------------
     def _ab_tick(self, record: RolloutRecord, now: float) -> None:
         """Holds ab_percent on the new version (arm B, labelled canary) against stable (arm A) for ab_seconds,
-        adding up each arm's figures in rollout-ab.json every step_seconds; then sends every unnamed request back to
-        stable and waits for `promote` or `reject` (decide())."""
+        adding up each arm's figures in rollout-ab.json every step_seconds and checking B's step against A's
+        (_ab_guard); then sends every unnamed request back to stable and waits for `promote` or `reject`
+        (decide())."""
         state = read_ab(self.base_path)
         if state is None or (state["stable"], state["canary"]) != (record.stable, record.canary):
             if not self._available(record, now):
@@ -388,7 +397,7 @@ class Controller:
             until = now + self.config.ab_seconds
             write_ab(self.base_path, {"stable": record.stable, "canary": record.canary, "percent": percent,
                                       "started_at": now, "until": until, "ended_at": None, "updated_at": now,
-                                      "figures": {arm: _figures_json(Figures()) for arm in ARMS}})
+                                      "failures": 0, "figures": {arm: _figures_json(Figures()) for arm in ARMS}})
             self._audit(record, "ab-start", f"A/B: stable {record.stable} (A) {100 - percent}%, version "
                         f"{record.canary} (B) {percent}% until {_iso(until)}")
             return
@@ -401,10 +410,13 @@ class Controller:
         if not ended and now - self._ab_updated < self.config.step_seconds:
             return
         end = self.server.figures()
+        arms = {}
         for arm, version in (("stable", record.stable), ("canary", record.canary)):
-            added = window(end.get(str(version), Figures()), self._ab_last.get(str(version), Figures()))
-            state["figures"][arm] = _figures_json(_figures_from_json(state["figures"][arm]) + added)
+            arms[arm] = window(end.get(str(version), Figures()), self._ab_last.get(str(version), Figures()))
+            state["figures"][arm] = _figures_json(_figures_from_json(state["figures"][arm]) + arms[arm])
         self._ab_last, self._ab_updated, state["updated_at"] = end, now, now
+        if self._ab_guard(record, state, arms, now):
+            return
         if not ended:
             write_ab(self.base_path, state)
             return
@@ -414,6 +426,31 @@ class Controller:
         self._audit(record, "ab-end", f"A/B ended after {self.config.ab_seconds:g} s: every unnamed request to "
                     f"stable {record.stable}; version {record.canary} waits for `promote` or `reject`",
                     figures=ab_summary(state))
+
+    def _ab_guard(self, record: RolloutRecord, state: dict, arms: dict[str, Figures], now: float) -> bool:
+        """The guardrail on one A/B step's window: arm B against arm A by the canary's error-rate and p99 rules,
+        judged only when B served min_requests (A's figures only when it did too, else the absolute limits);
+        max_failed_analyses failed steps in a row roll B back as `reject` does. True when it was rolled back."""
+        canary, stable = arms["canary"], arms["stable"]
+        if canary.requests < self.config.min_requests:
+            return False  # too few to judge: the run of failures neither grows nor ends
+        checks = compare_arms(self.config, canary, stable if stable.requests >= self.config.min_requests else None)
+        failed = [c.detail for c in checks if not c.ok]
+        state["failures"] = state.get("failures", 0) + 1 if failed else 0
+        if not failed:
+            return False
+        details = {"figures": {arm: figures.summary() for arm, figures in arms.items()},
+                   "checks": [asdict(c) for c in checks]}
+        self._audit(record, "ab-fail", f"A/B guardrail: {'; '.join(failed)}", failures=state["failures"], **details)
+        if state["failures"] < self.config.max_failed_analyses:
+            return False
+        reason = f"A/B guardrail: {state['failures']} failed steps in a row: {'; '.join(failed)}"
+        state.update(ended_at=now, decision="reject", decided_at=now,
+                     guardrail={"time": _iso(now), "reason": reason, "window": details["figures"],
+                                "checks": details["checks"]})
+        write_ab(self.base_path, state)
+        self._rollback(record, reason, figures=ab_summary(state), checks=details["checks"])
+        return True
 
     def decide(self, decision: str) -> str:
         """`promote` (arm B becomes stable, arm A retires after the grace period) or `reject` (arm B is rolled back
@@ -502,6 +539,8 @@ def status_lines(base_path: str, last: int = 10) -> list[str]:
     if ab:
         progress = (f"ended {_iso(state['ended_at'])}, waiting for promote or reject" if state["ended_at"] else
                     f"until {_iso(state['until'])}")
+        if state.get("failures"):
+            progress += f", {state['failures']} failed guardrail steps in a row"
         canary = f"{record.canary} at {record.canary_percent}% (A/B arm B, {progress})"
     elif record.canary is not None:
         canary = (f"{record.canary} at {record.canary_percent}% (step {record.step + 1}, {record.failures} failed "

@@ -255,7 +255,7 @@ def ab_report(base_path: str, requests: RequestLog | None, labelled: str | None,
     report = {"stable": state["stable"], "canary": state["canary"], "percent": state["percent"],
               "started": _iso(state["started_at"]), "until": _iso(state["until"]),
               "ended": _iso(state["ended_at"]) if state["ended_at"] else None, "decision": state.get("decision"),
-              "arms": ab_summary(state), "log": None}
+              "guardrail": state.get("guardrail"), "arms": ab_summary(state), "log": None}
     if requests is None:
         if labelled:
             raise ValueError("--labelled: the labelled rows are joined to the logged requests, and there is no "
@@ -308,6 +308,8 @@ def ab_report_lines(report: dict) -> list[str]:
     progress = f"ended {report['ended']}" if report["ended"] else f"running until {report['until']}"
     lines = [f"A/B: stable {report['stable']} (A) against {report['canary']} (B) at {report['percent']}% since "
              f"{report['started']}, {progress}" + (f", decided: {report['decision']}" if report["decision"] else "")]
+    if report["guardrail"]:
+        lines.append(f"  rolled back by the guardrail at {report['guardrail']['time']}: {report['guardrail']['reason']}")
     log = report["log"] or {"arms": {}}
     for arm in ("stable", "canary"):
         f = report["arms"][arm]

@@ -310,12 +310,12 @@ def test_controller_promotes_a_good_canary_and_rolls_back_a_bad_one(tmp_path):
 
 class FakeTracks:
     """Two tracks' metrics endpoints as the controller sums them: every scrape, each served version has 100 more
-    requests, `bad` ones with 20 errors among them."""
+    requests, `bad` ones with `errors` errors among them."""
 
     model = MODEL
 
-    def __init__(self, bad=()):
-        self.bad, self.scrapes = set(bad), 0
+    def __init__(self, bad=(), errors=20):
+        self.bad, self.errors, self.scrapes = set(bad), errors, 0
 
     def available(self, version):
         return True
@@ -323,7 +323,8 @@ class FakeTracks:
     def figures(self):
         self.scrapes += 1
         n = 100.0 * self.scrapes
-        return {str(v): Figures(n, 0.2 * n if v in self.bad else 0.0, ((1000.0, n), (float("inf"), n)))
+        return {str(v): Figures(n, self.errors * self.scrapes if v in self.bad else 0.0,
+                                ((1000.0, n), (float("inf"), n)))
                 for v in (1, 2, 3)}
 
 
@@ -655,9 +656,9 @@ AB = CANARY.replace("strategy: canary", "strategy: ab, ab_percent: 50, ab_second
 
 
 def test_ab_holds_the_split_reports_per_arm_and_waits_for_the_command(tmp_path):
-    """Two tracks behind Istio: version 2 gets 50 % for ab_seconds whatever its figures, then stable gets every
-    unnamed request back and version 2 waits; `promote` moves stable to it. A third version is rejected by command
-    before its period ends."""
+    """Two tracks behind Istio: version 2 gets 50 % for ab_seconds (it errs on 1 % of its requests, within the
+    guardrail's limit: max_error_rate 0.01), then stable gets every unnamed request back and version 2 waits;
+    `promote` moves stable to it. A third version is rejected by command before its period ends."""
     import yaml
 
     from serving.rollout import Controller, IstioTraffic, ab_summary, read_ab
@@ -666,7 +667,7 @@ def test_ab_holds_the_split_reports_per_arm_and_waits_for_the_command(tmp_path):
     base, out = tmp_path / "models", tmp_path / "istio"
     _version_dir(base, 1)
     clock = [0.0]
-    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}), clock=lambda: clock[0],
+    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}, errors=1), clock=lambda: clock[0],
                             traffic=IstioTraffic(config, out))
 
     def weight():
@@ -680,16 +681,18 @@ def test_ab_holds_the_split_reports_per_arm_and_waits_for_the_command(tmp_path):
         clock[0] += 1.0
         controller.tick()
         seen.append((clock[0], weight(), read_record(str(base)).canary))
-    # Started at t=1, split from t=2 to t=7 although version 2 errs on a fifth of its requests: no analysis decides.
+    # Started at t=1, split from t=2 to t=7: every step passed the guardrail, none decided.
     assert seen[:7] == [(1.0, 0, 2), (2.0, 50, 2), (3.0, 50, 2), (4.0, 50, 2), (5.0, 50, 2), (6.0, 50, 2),
                         (7.0, 0, 2)]
-    assert {w for _, w, _ in seen[7:]} == {0} and not _decisions(base, "rollback")
+    assert {w for _, w, _ in seen[7:]} == {0}
+    assert not _decisions(base, "rollback") and not _decisions(base, "ab-fail")
     state = read_ab(str(base))
     assert (state["started_at"], state["until"], state["ended_at"]) == (2.0, 7.0, 7.0)
+    assert (state["failures"], "guardrail" in state, "decision" in state) == (0, False, False)
     # FakeTracks adds 100 requests per version and scrape: 5 scrapes after the one the test started from.
     summary = ab_summary(state)
     assert (summary["stable"]["version"], summary["stable"]["requests"], summary["stable"]["errors"]) == (1, 500, 0)
-    assert (summary["canary"]["version"], summary["canary"]["requests"], summary["canary"]["errors"]) == (2, 500, 100)
+    assert (summary["canary"]["version"], summary["canary"]["requests"], summary["canary"]["errors"]) == (2, 500, 5)
     (end,) = _decisions(base, "ab-end")
     assert end["figures"] == summary and end["percent"] == 0
     assert "waits for `promote` or `reject`" in end["reason"]
@@ -713,6 +716,103 @@ def test_ab_holds_the_split_reports_per_arm_and_waits_for_the_command(tmp_path):
     assert rollback["reason"] == "version 3 rejected: A/B: rejected by command"
     assert rollback["note"].startswith("decided before the end of the A/B period")
     assert read_record(str(base)).rejected.keys() == {"3"} and weight() == 0
+
+
+def test_ab_guardrail_rolls_back_an_arm_b_that_breaks_production(tmp_path):
+    """Arm B fails half of its requests (arm A none): each step fails the guardrail's error-rate check, and the
+    second in a row (max_failed_analyses 2) rolls B back as `reject` does, before the period's end. The A/B state
+    it starts from is one written before the guardrail (no `failures`)."""
+    import yaml
+
+    from serving.rollout import Controller, IstioTraffic, read_ab, write_ab
+    from serving.rollout_log import ab_report, ab_report_lines
+
+    config = _config(tmp_path, AB)
+    base, out = tmp_path / "models", tmp_path / "istio"
+    _version_dir(base, 1)
+    clock = [0.0]
+    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}, errors=50), clock=lambda: clock[0],
+                            traffic=IstioTraffic(config, out))
+    controller.tick()
+    _version_dir(base, 2)
+    for _ in range(2):  # t=1 start, t=2 ab-start
+        clock[0] += 1.0
+        controller.tick()
+    old = read_ab(str(base))  # as written before the guardrail: no `failures`
+    del old["failures"]
+    write_ab(str(base), old)
+    clock[0] += 1.0
+    controller.tick()  # t=3: the first step
+    assert status_lines(str(base))[1] == ("canary 2 at 50% (A/B arm B, until 1970-01-01T00:00:07+00:00, 1 failed "
+                                          "guardrail steps in a row)")
+    for _ in range(5):
+        clock[0] += 1.0
+        controller.tick()
+
+    detail = "canary error rate 0.5000 (limit 0.0100)"
+    reason = f"A/B guardrail: 2 failed steps in a row: {detail}"
+    fails = _decisions(base, "ab-fail")
+    assert [(e["time"], e["failures"], e["reason"]) for e in fails] == [
+        ("1970-01-01T00:00:03+00:00", 1, f"A/B guardrail: {detail}"),
+        ("1970-01-01T00:00:04+00:00", 2, f"A/B guardrail: {detail}")]
+    window = {"stable": {"requests": 100, "errors": 0, "error_rate": 0.0, "p99_ms": 0.99},
+              "canary": {"requests": 100, "errors": 50, "error_rate": 0.5, "p99_ms": 0.99}}
+    assert fails[-1]["figures"] == window
+    checks = [{"name": "error_rate", "ok": False, "detail": detail},
+              {"name": "p99", "ok": True, "detail": "canary p99 0.99 ms (limit 9.90 ms: stable 0.99 ms x 10)"}]
+    assert fails[-1]["checks"] == checks
+    (rollback,) = _decisions(base, "rollback")
+    assert (rollback["time"], rollback["version"], rollback["reason"]) == (
+        "1970-01-01T00:00:04+00:00", 2, f"version 2 rejected: {reason}")
+    assert (rollback["stable"], rollback["canary"], rollback["percent"], rollback["checks"]) == (1, None, 0, checks)
+    assert (rollback["figures"]["canary"]["requests"], rollback["figures"]["canary"]["errors"]) == (200, 100)
+    assert not _decisions(base, "ab-end")
+    # The record, as after `reject`: no canary, version 2 rejected and never started again; the canary track's
+    # weight back to 0.
+    record = read_record(str(base))
+    assert (record.stable, record.canary, record.canary_percent, record.failures) == (1, None, 0, 0)
+    assert record.rejected == {"2": {"time": "1970-01-01T00:00:04+00:00", "reason": reason, "step": 1}}
+    assert [e["decision"] for e in _audit(base)] == ["adopt", "start", "ab-start", "ab-fail", "ab-fail", "rollback"]
+    service = yaml.safe_load((out / "virtualservice.yaml").read_text())
+    assert next(r for r in service["spec"]["http"] if r["name"] == "grpc")["route"][1]["weight"] == 0
+
+    state = read_ab(str(base))
+    assert (state["ended_at"], state["decision"], state["decided_at"], state["failures"]) == (4.0, "reject", 4.0, 2)
+    assert state["guardrail"] == {"time": "1970-01-01T00:00:04+00:00", "reason": reason, "window": window,
+                                  "checks": checks}
+    assert f"rejected 2 at 1970-01-01T00:00:04+00:00: {reason}" in status_lines(str(base))
+    report = ab_report(str(base), None, None)
+    assert (report["decision"], report["ended"], report["guardrail"]) == (
+        "reject", "1970-01-01T00:00:04+00:00", state["guardrail"])
+    assert ab_report_lines(report)[:2] == [
+        "A/B: stable 1 (A) against 2 (B) at 50% since 1970-01-01T00:00:02+00:00, ended 1970-01-01T00:00:04+00:00, "
+        "decided: reject", f"  rolled back by the guardrail at 1970-01-01T00:00:04+00:00: {reason}"]
+    with pytest.raises(ValueError, match="no A/B test to decide"):
+        controller.decide("promote")
+
+
+def test_ab_guardrail_judges_only_steps_with_min_requests(tmp_path):
+    """Steps where arm B served fewer than min_requests are not judged: the same failing arm B holds its split to
+    the end."""
+    from serving.rollout import Controller, read_ab
+
+    config = _config(tmp_path, AB.replace("min_requests: 10", "min_requests: 101"))
+    base = tmp_path / "models"
+    _version_dir(base, 1)
+    clock = [0.0]
+    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}, errors=50), clock=lambda: clock[0])
+    controller.tick()
+    _version_dir(base, 2)
+    for _ in range(9):
+        clock[0] += 1.0
+        controller.tick()
+    assert [e["decision"] for e in _audit(base)] == ["adopt", "start", "ab-start", "ab-end"]
+    (end,) = _decisions(base, "ab-end")
+    assert (end["figures"]["canary"]["requests"], end["figures"]["canary"]["error_rate"]) == (500, 0.5)
+    state = read_ab(str(base))
+    assert (state["ended_at"], state["failures"], "guardrail" in state) == (7.0, 0, False)
+    record = read_record(str(base))
+    assert (record.canary, record.canary_percent, record.rejected) == (2, 0, {})
 
 
 def test_ab_commands_refuse_what_they_cannot_decide(tmp_path, monkeypatch, capsys):
