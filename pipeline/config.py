@@ -241,7 +241,7 @@ class RolloutConfig:
     error_rate_margin: float
     p99_budget_ms: float           # canary p99 latency <= this and <= stable's p99 x p99_factor
     p99_factor: float
-    max_failed_analyses: int       # this many failed analyses in a row roll the canary back
+    max_failed_analyses: int       # this many failed analyses in a row roll the canary (ab: guardrail, arm B) back
     available_timeout_seconds: float  # a canary not AVAILABLE (loaded, warmed up) by then is rolled back
     grace_seconds: float           # the previous stable stays loaded this long after a promotion
     max_score_js: float            # canary's scores against stable's (Jensen-Shannon, request log) <= this
