@@ -57,11 +57,21 @@ def statistics_page(pipeline: str, datasets: list[Dataset], anomalies: list | No
         rows=rows, anchors=anchors, charts=chart_svgs)
 
 
+def _write(directory: str, copy_to: str | None, name: str, page: str) -> str:
+    """`name` in `directory`, then the same page in `copy_to` (the pipeline's folder of the newest run's reports),
+    each written atomically; returns the path in `directory`."""
+    path = write_atomic(os.path.join(directory, name), page)
+    if copy_to:
+        write_atomic(os.path.join(copy_to, name), page)
+    return path
+
+
 def write_statistics(statistics_uri: str, directory: str, pipeline: str = "", anomalies: list | None = None,
-                     monitoring_dir: str | None = None, previous_uri: str | None = None) -> str | None:
-    """statistics.html in `directory` from StatisticsGen's output, with the previous span's training statistics
-    (`previous_uri`: what the data gate's drift check compared with) and the newest serving window's statistics
-    under `monitoring_dir`, when make monitor wrote any; None when there are no statistics."""
+                     monitoring_dir: str | None = None, previous_uri: str | None = None,
+                     copy_to: str | None = None) -> str | None:
+    """statistics.html in `directory` (and `copy_to`) from StatisticsGen's output, with the previous span's training
+    statistics (`previous_uri`: what the data gate's drift check compared with) and the newest serving window's
+    statistics under `monitoring_dir`, when make monitor wrote any; None when there are no statistics."""
     datasets = read_split_statistics(statistics_uri)
     if not datasets:
         return None
@@ -70,7 +80,7 @@ def write_statistics(statistics_uri: str, directory: str, pipeline: str = "", an
                      if d.label == "training"]
     serving = newest_serving_statistics(monitoring_dir) if monitoring_dir else None
     page = statistics_page(pipeline, datasets + ([serving] if serving else []), anomalies)
-    return write_atomic(os.path.join(directory, "statistics.html"), page)
+    return _write(directory, copy_to, "statistics.html", page)
 
 
 def _fmt(value, metric: str) -> str:
@@ -143,6 +153,7 @@ def evaluation_page(pipeline: str, result: EvaluationResult, blessed: bool, repo
 
 
 def write_evaluation(evaluation_uri: str, blessed: bool, report: BlessingReport, directory: str,
-                     pipeline: str = "") -> str:
+                     pipeline: str = "", copy_to: str | None = None) -> str:
+    """evaluation.html in `directory` (and `copy_to`) from the Evaluator's output."""
     page = evaluation_page(pipeline, load_evaluation(evaluation_uri), blessed, report)
-    return write_atomic(os.path.join(directory, "evaluation.html"), page)
+    return _write(directory, copy_to, "evaluation.html", page)

@@ -2,6 +2,7 @@
 anomalies, metrics against thresholds with the blessing decision, and what was pushed."""
 import collections
 import datetime
+import os
 import sys
 import time
 import uuid
@@ -100,6 +101,10 @@ def latest_run(store: mlmd.MetadataStore, config: Config, run_id: str | None = N
 
 def report_dir(config: Config) -> str:
     return reports.report_dir(config.output_root, config.pipeline_name)
+
+
+def run_report_dir(config: Config, run_id: str) -> str:
+    return reports.run_report_dir(config.output_root, config.pipeline_name, run_id)
 
 
 def _drift_line(config: Config, store, nodes: dict, statistics) -> tuple[str, list[gate.Anomaly]]:
@@ -218,9 +223,9 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
     if statistics and statistics.outputs.get("statistics"):
         # The data drifted from the previous span's statistics: the report draws them too.
         previous = nodes[drift.PREVIOUS_STATISTICS_RESOLVER].outputs["statistics"][0].uri if drifted else None
-        written.append(write_statistics(statistics.outputs["statistics"][0].uri, report_dir(config),
+        written.append(write_statistics(statistics.outputs["statistics"][0].uri, run_report_dir(config, run_id),
                                         config.pipeline_name, None if anomalies is None else anomalies + drifted,
-                                        monitoring_directory(config), previous))
+                                        monitoring_directory(config), previous, copy_to=report_dir(config)))
     reports_seconds = time.monotonic() - reports_started
 
     too_few, data_printed = "", False
@@ -261,8 +266,9 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
         for failure in report.failures:
             p(f"  [FAIL] {failure}")
         reports_started = time.monotonic()
-        written.append(write_evaluation(evaluator.outputs["evaluation"][0].uri, blessed, report, report_dir(config),
-                                        config.pipeline_name))
+        written.append(write_evaluation(evaluator.outputs["evaluation"][0].uri, blessed, report,
+                                        run_report_dir(config, run_id), config.pipeline_name,
+                                        copy_to=report_dir(config)))
         reports_seconds += time.monotonic() - reports_started
 
     served_path = None
@@ -283,7 +289,10 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
 
     written = [r for r in written if r]
     if written:
-        p("\nReports: " + "\n         ".join(written) + f"\n         (written in {reports_seconds:.1f} s)")
+        # The pipeline's folder (the newest run's copies) as before; this run's own folder keeps them after the next.
+        latest = [os.path.join(report_dir(config), os.path.basename(r)) for r in written]
+        p("\nReports: " + "\n         ".join(latest) + f"\n         (written in {reports_seconds:.1f} s; this run's: "
+          f"{run_report_dir(config, run_id)}/)")
 
     failed = [n.node_id for n in nodes.values() if n.status == "FAILED"]
     p("\nResult: " + ("OK" if ok else "FAILED" + (f" in {', '.join(failed)}" if failed else "")))

@@ -212,16 +212,36 @@ def test_serving_and_previous_span_statistics_join_the_page(tmp_path):
         (monitoring / f"{window}.json").write_text("{}")
         (monitoring / f"{window}.pb").write_bytes(statistics_pb2.DatasetFeatureStatisticsList(
             datasets=[_dataset("s", _feature("fare", present=present)).statistics]).SerializeToString())
-    path = html.write_statistics(str(stats_dir), str(tmp_path / "out"), "p", [], str(monitoring))
-    page = open(path).read()
-    assert re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td><td>\d+</td>", page) == [
+    # Each run writes to its own folder and copies the page to the pipeline's (out/): the newest run's.
+    path = html.write_statistics(str(stats_dir), str(tmp_path / "run-1"), "p", [], str(monitoring),
+                                 copy_to=str(tmp_path / "out"))
+    assert path == str(tmp_path / "run-1" / "statistics.html")
+    first = open(path).read()
+    assert re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td><td>\d+</td>", first) == [
         ("training", "100"), ("evaluation", "95"), ("serving", "7")]
-    assert "window-2026-09-21T1500Z.pb" in page and "No anomalies against the schema." in page
+    assert "window-2026-09-21T1500Z.pb" in first and "No anomalies against the schema." in first
+    assert (tmp_path / "out" / "statistics.html").read_text() == first
     # After drift, the previous span's training statistics (what the gate compared with) join them.
-    page = open(html.write_statistics(str(stats_dir), str(tmp_path / "out"), "p", [], None, str(stats_dir))).read()
+    page = open(html.write_statistics(str(stats_dir), str(tmp_path / "run-2"), "p", [], None, str(stats_dir),
+                                      copy_to=str(tmp_path / "out"))).read()
     assert re.findall(r"<tr><td>([\w ]+)</td><td>(\d+)</td><td>\d+</td>", page) == [
         ("training", "100"), ("evaluation", "95"), ("previous span", "100")]
+    assert (tmp_path / "out" / "statistics.html").read_text() == page
+    assert (tmp_path / "run-1" / "statistics.html").read_text() == first  # the older run keeps its own
+    assert sorted(os.listdir(tmp_path / "out")) == ["statistics.html"]    # no temporary file left
     assert html.write_statistics(str(tmp_path / "none"), str(tmp_path / "out")) is None
+
+
+def test_each_run_has_its_own_report_folder_named_by_its_run_id():
+    from reports import report_dir, run_report_dir
+
+    assert report_dir("/o", "p") == "/o/reports/p"
+    assert run_report_dir("/o", "p", "2026-11-30T18:51:48.123456-1a2b3c4d") == (
+        "/o/reports/p/runs/2026-11-30T18:51:48.123456-1a2b3c4d")
+    # An id that is no plain folder name stays one folder inside runs/, its own.
+    assert [run_report_dir("/o", "p", i) for i in ("..", ".", "a/b", "%2E.", "(no run context)")] == [
+        "/o/reports/p/runs/%2E.", "/o/reports/p/runs/%2E", "/o/reports/p/runs/a%2Fb", "/o/reports/p/runs/%252E.",
+        "/o/reports/p/runs/%28no%20run%20context%29"]
 
 
 def test_charts_are_byte_stable():
