@@ -185,14 +185,14 @@ def readable_file(root: str, uri: str) -> str | None:
     return relative(root, found[0]) if found else None
 
 
-def report_files(config: Config, pipeline_name: str) -> list[str]:
-    """The run reports of a pipeline (<output_root>/reports/<pipeline>/, whatever reports/ wrote there), relative
-    to the output root."""
-    from reports import report_dir
+def report_files(config: Config, pipeline_name: str, run_name: str) -> list[str]:
+    """The reports of the pipeline run `run_name` (<output_root>/reports/<pipeline>/runs/<run>/, whatever reports/
+    wrote there), relative to the output root; [] for a run that wrote none (or whose folder retention removed)."""
+    from reports import run_report_dir
 
-    directory = report_dir(config.output_root, pipeline_name)
-    return sorted(os.path.relpath(p, config.output_root) for p in glob.glob(os.path.join(directory, "**", "*"),
-                                                                            recursive=True) if os.path.isfile(p))
+    directory = run_report_dir(config.output_root, pipeline_name, run_name)
+    found = glob.glob(os.path.join(glob.escape(directory), "**", "*"), recursive=True)
+    return sorted(os.path.relpath(p, config.output_root) for p in found if os.path.isfile(p))
 
 
 # --- serving and monitoring -------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ class Console:
         evaluation = next((e for e in data.evaluations(graph) if e["run"] == run.name), None)
         return {"run": run, "steps": steps, "dag": dag, "artifacts": artifacts, "duration": data.duration,
                 "reason": g.run_reason(run.steps[0].run), "evaluation": evaluation,
-                "reports": data.report_files(self.config, graph.pipeline_name)}
+                "reports": data.report_files(self.config, graph.pipeline_name, run.name)}
 
     def _artifact(self, graph: g.Graph, artifact_id: int) -> dict:
         a = graph.artifacts[artifact_id]

@@ -4,6 +4,7 @@ renders with no console error and no request beyond the console, the DAG shows t
 link resolves. Its screenshots are docs/images/console-*.png."""
 import http.client
 import os
+import re
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -113,6 +114,54 @@ def test_pages_of_a_hand_made_run_and_its_dag(console):
     assert (response.status, text, response.headers["Content-Type"]) == (200, "examples", "text/plain; charset=utf-8")
     response, text = request(port, "HEAD", "/runs/run-1")
     assert response.status == 200 and text == "" and int(response.headers["Content-Length"]) > 0
+
+
+def _add_run(output_root: Path, run: str) -> None:
+    """A later run in write_store's store: one ExampleGen execution in its own `pipeline_run` context."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    connection = pb.ConnectionConfig()
+    connection.sqlite.filename_uri = str(output_root / "metadata" / PIPELINE / "metadata.db")
+    store = mlmd.MetadataStore(connection)
+    [run_context] = store.get_contexts_by_id(store.put_contexts([pb.Context(
+        type_id=store.get_context_type("pipeline_run").id, name=run)]))
+    store.put_execution(pb.Execution(type_id=store.get_execution_type("ExampleGen").id,
+                                     last_known_state=pb.Execution.COMPLETE), [],
+                        [store.get_context_by_type_and_name("pipeline", PIPELINE), run_context,
+                         store.get_context_by_type_and_name("node", f"{PIPELINE}.ExampleGen")])
+
+
+def test_a_run_page_links_its_own_reports(console):
+    """Two runs, each with its report folder (runners/summary.py), the pipeline's folder holding the newest's copies;
+    a third run that wrote none (a run from before per-run folders)."""
+    from reports import run_report_dir
+
+    config, port = console
+    root = Path(config.output_root)
+    older, newer = "2026-11-23T09:00:00.000001-aaaa0001", "2026-11-30T09:00:00.000001-bbbb0002"
+    write_store(root, run=older)
+    for run in (newer, "run-3"):
+        _add_run(root, run)
+    for run, files in ((older, ("statistics.html", "evaluation.html")), (newer, ("statistics.html",))):
+        folder = Path(run_report_dir(config.output_root, PIPELINE, run))
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).write_text(f"{name} of {run}")
+            (root / "reports" / PIPELINE / name).write_text(f"{name} of {run}")
+    response, text = request(port, "GET", "/runs/" + quote(older, safe=""))
+    assert response.status == 200 and "each run replaces them" not in text
+    links = re.findall(r'href="(/files/reports/[^"]*)"', text)
+    assert links == [f"/files/reports/{PIPELINE}/runs/{quote(older)}/{name}" for name in ("evaluation.html",
+                                                                                          "statistics.html")]
+    for link, name in zip(links, ("evaluation.html", "statistics.html"), strict=True):
+        assert request(port, "GET", link)[1] == f"{name} of {older}"
+    response, text = request(port, "GET", "/runs/" + quote(newer, safe=""))
+    assert re.findall(r'href="(/files/reports/[^"]*)"', text) == [
+        f"/files/reports/{PIPELINE}/runs/{quote(newer)}/statistics.html"]
+    response, text = request(port, "GET", "/runs/run-3")
+    assert re.findall(r'href="/files/reports/', text) == [] and "<h2>Reports</h2>" in text
+    assert re.search(r"<h2>Reports</h2>.*<ul><li>none</li></ul>", text, re.DOTALL)
 
 
 def test_a_run_or_version_it_does_not_have_is_a_404_naming_what_it_has(console):
