@@ -20,6 +20,9 @@ only LIVE artifacts, so no later run reuses or resolves a deleted one. Whatever 
   every type (Transform's analyzer cache, the schema).
 Only folders under the pipeline root are deleted.
 
+Reports: the report folders of the same pruned runs go too (<output_root>/reports/<pipeline>/runs/<run id>/,
+runners/summary.py); the pipeline's top-level copies, the newest run's, stay.
+
 `python -m pipeline.retention` (`make prune`) prunes under the run lock; `--dry-run` prints what would go.
 runners/harness.py prunes after every successful run.
 """
@@ -45,6 +48,7 @@ class Plan:
     versions: list[int] = field(default_factory=list)        # version folders to remove
     kept_versions: dict[int, str] = field(default_factory=dict)  # version -> why it stays
     artifacts: list = field(default_factory=list)             # metadata_store_pb2.Artifact to delete
+    reports: list[str] = field(default_factory=list)          # report folders of the pruned runs, on disk
     runs: int = 0                                             # this pipeline's runs in ML Metadata
     kept_runs: int = 0
 
@@ -104,13 +108,15 @@ def _under(uri: str, root: str) -> bool:
 
 def plan_artifacts(store, config: Config, plan: Plan) -> None:
     """Fills plan.artifacts: this pipeline's artifacts (LIVE, or marked by a prune that did not finish) that
-    nothing keeps (the module's docstring). Call after plan_versions: the versions it keeps keep their lineage."""
+    nothing keeps (the module's docstring), and plan.reports: the report folders of the runs older than the newest
+    `keep_runs`. Call after plan_versions: the versions it keeps keep their lineage."""
     from ml_metadata.proto import metadata_store_pb2
     from tfx.dsl.compiler import constants
     from tfx.orchestration.portable.mlmd import execution_lib
 
     from pipeline import baseline
     from pipeline.window import gated
+    from reports import run_report_dir
 
     keep_runs = config.retention.keep_runs
     context = store.get_context_by_type_and_name(constants.PIPELINE_CONTEXT_TYPE_NAME, config.pipeline_name)
@@ -122,11 +128,14 @@ def plan_artifacts(store, config: Config, plan: Plan) -> None:
     for run in store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME):
         ids = {e.id for e in store.get_executions_by_context(run.id)} & executions.keys()
         if ids:
-            runs.append((run.create_time_since_epoch, run.id, ids))
+            runs.append((run.create_time_since_epoch, run.id, run.name, ids))
     runs.sort()
     plan.runs, plan.kept_runs = len(runs), min(len(runs), keep_runs)
     if len(runs) <= keep_runs:
         return
+    # Every older run's folder still on disk, not only the runs pruned now: what a killed prune left goes too.
+    folders = (run_report_dir(config.output_root, config.pipeline_name, name) for _, _, name, _ in runs[:-keep_runs])
+    plan.reports = [d for d in folders if os.path.isdir(d)]
     events = store.get_events_by_execution_ids(list(executions))
     inputs_of, producers_of = collections.defaultdict(list), collections.defaultdict(set)
     for event in events:
@@ -138,7 +147,7 @@ def plan_artifacts(store, config: Config, plan: Plan) -> None:
     artifacts = {a.id: a for a in store.get_artifacts_by_context(context.id)}
     types = {t.id: t.name for t in store.get_artifact_types()}
 
-    used = set().union(*(ids for _, _, ids in runs[-keep_runs:]))
+    used = set().union(*(ids for _, _, _, ids in runs[-keep_runs:]))
     used |= {x for x, e in executions.items() if execution_lib.is_execution_active(e)}
     keep = {e.artifact_id for e in events if e.execution_id in used}
 
@@ -290,6 +299,14 @@ def prune(config: Config, dry_run: bool = False, out=sys.stdout) -> Plan:
             delete_artifacts(store, plan.artifacts)
         print(f"Retention: {verb} {len(plan.artifacts)} artifact(s) of pipeline runs older than the newest "
               f"{plan.kept_runs} (of {plan.runs}), marked DELETED in ML Metadata", file=out)
+    for folder in plan.reports:
+        if dry_run:
+            print(f"  would remove reports {os.path.relpath(folder, config.output_root)}", file=out)
+        else:
+            shutil.rmtree(folder)
+    if plan.reports:
+        print(f"Retention: {verb} the report folders of {len(plan.reports)} pipeline run(s) older than the newest "
+              f"{plan.kept_runs} (of {plan.runs})", file=out)
     return plan
 
 
@@ -329,7 +346,7 @@ def main(argv=None) -> int:
         except (OSError, ValueError, RuntimeError) as e:
             print(f"error: retention: {e}", file=sys.stderr)
             return 1
-    if not plan.versions and not plan.artifacts:
+    if not plan.versions and not plan.artifacts and not plan.reports:
         print(f"Retention: nothing to prune ({len(plan.kept_versions)} version(s), {plan.runs} run(s) kept).")
     return 0
 

@@ -3,6 +3,7 @@ one serving; the artifacts of old pipeline runs removed and marked DELETED in ML
 cached."""
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -330,6 +331,41 @@ def test_what_old_runs_leave_is_planned_from_ml_metadata_and_deleted_as_tfx_does
     assert {a.id: os.path.exists(a.uri) for a in store.get_artifacts()} == {
         a.id: a.state == metadata_store_pb2.Artifact.LIVE for a in store.get_artifacts()}
     assert retention.make_plan(config, store).artifacts == []
+
+
+def test_the_report_folders_of_pruned_runs_go_with_their_artifacts(tmp_path, monkeypatch):
+    """_history's runs 1-4 with keep_runs 1: the report folders of runs 1-3 (the runs whose artifacts are pruned)
+    go, run 4's and the pipeline's top-level copies stay; a dry run and keep_runs 0 remove none."""
+    import dataclasses
+
+    from reports import report_dir, run_report_dir
+
+    config, store, _ = _history(tmp_path)
+    monkeypatch.setattr(retention, "_open_store", lambda _: store)
+    top = report_dir(config.output_root, config.pipeline_name)
+    folders = {f"run-{n}": run_report_dir(config.output_root, config.pipeline_name, f"run-{n}") for n in (1, 2, 3, 4)}
+    for folder in [*folders.values(), top]:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "statistics.html"), "w") as f:
+            f.write("page")
+    shutil.rmtree(folders["run-2"])  # a run that wrote no reports: nothing to remove
+
+    keep_all = dataclasses.replace(config, retention=dataclasses.replace(config.retention, keep_runs=0))
+    assert retention.prune(keep_all, out=io.StringIO()).reports == []
+    out = io.StringIO()
+    assert retention.prune(config, dry_run=True, out=out).reports == [folders["run-1"], folders["run-3"]]
+    assert ("  would remove reports reports/chicago-taxi/runs/run-1\n  would remove reports reports/chicago-taxi/runs/"
+            "run-3\nRetention: would remove the report folders of 2 pipeline run(s) older than the newest 1 (of 4)\n"
+            ) in out.getvalue()
+    assert sorted(os.listdir(os.path.join(top, "runs"))) == ["run-1", "run-3", "run-4"]
+
+    out = io.StringIO()
+    assert retention.prune(config, out=out).reports == [folders["run-1"], folders["run-3"]]
+    assert ("Retention: removed the report folders of 2 pipeline run(s) older than the newest 1 (of 4)\n"
+            in out.getvalue())
+    assert os.listdir(os.path.join(top, "runs")) == ["run-4"]
+    assert sorted(os.listdir(top)) == ["runs", "statistics.html"]
+    assert retention.prune(config, out=io.StringIO()).reports == []
 
 
 def test_the_next_baseline_is_kept_past_a_rejected_model(tmp_path):
