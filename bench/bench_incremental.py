@@ -41,7 +41,7 @@ def _run(env, span):
                   for m in re.finditer(r"^  (\w+)\s+(?:ran|cached|FAILED)\s+([0-9.]+) s$", done.stdout, re.M)}
     print("  " + ", ".join(f"{name} {t:.1f}" for name, t in components.items()) + f"; wall {seconds:.1f} s", flush=True)
     return (seconds, float(auc.group(1)) if auc else float("nan"), components.get("Transform", 0.0),
-            components.get("Trainer", 0.0))
+            components.get("Trainer", 0.0), components.get("Evaluator", 0.0))
 
 
 def _large_spans(root: Path) -> Path:
@@ -94,6 +94,8 @@ def rows(work: Path, spans_root: Path, what: str) -> list[tuple[str, str, str, s
          f"{inc[2] / fresh[2]:.2f}x" if fresh[2] else ""),
         (f"{what}: Trainer alone (incremental: warm start)", f"{fresh[3]:.1f} s", f"{inc[3]:.1f} s",
          f"{inc[3] / fresh[3]:.2f}x" if fresh[3] else ""),
+        (f"{what}: Evaluator alone (incremental: candidate and blessed baseline)", f"{fresh[4]:.1f} s",
+         f"{inc[4]:.1f} s", f"{inc[4] / fresh[4]:.2f}x" if fresh[4] else ""),
         (f"{what}: AUC on span 16's eval split", f"{fresh[1]:.4f}", f"{inc[1]:.4f}", f"{inc[1] - fresh[1]:+.4f}"),
         (f"{what}: AUC of a second fresh run (run-to-run noise)", f"{again[1]:.4f}", "",
          f"{again[1] - fresh[1]:+.4f} (fresh vs fresh)"),
