@@ -303,6 +303,11 @@ def test_console_in_chromium_over_a_real_run(small_pipeline, tmp_path):
                 assert {nodes.nth(i).get_attribute("data-node") for i in range(nodes.count())} == recorded
                 assert page.locator('#dag g.node[data-node="Pusher"]').get_attribute("data-kind") == "ran"
                 assert page.locator("#dag path.edge").count() >= len(COMPONENTS) - 1
+                # The reports of this run (the session's first), from its own folder, whatever ran after it.
+                own = f"/files/reports/{config.pipeline_name}/runs/{quote(run)}/"
+                assert page.eval_on_selector_all("a[href^='/files/reports/']", "els => els.map(e => "
+                                                 "e.getAttribute('href'))") == [own + "evaluation.html",
+                                                                                own + "statistics.html"]
             if name == "version":
                 card = page.frame_locator("#card iframe").locator("h1")
                 assert f"version {version}" in card.inner_text()

@@ -8,6 +8,7 @@ import tensorflow as tf
 from conftest import SMALL_DATA
 from ml_metadata.proto import metadata_store_pb2
 
+import reports
 from pipeline import pusher
 from registry import model_card
 from runners import summary
@@ -143,3 +144,19 @@ def test_changed_training_config_is_compared_with_the_blessed_baseline(first_run
     versions_after = _served(config)
     assert len(versions_after) == 2 and versions_after[0] == versions_before[0]
     assert versions_after[1] > versions_after[0]
+
+    # Each run's reports in its own folder: the first run's evaluation.html still shows its own evaluation, the
+    # pipeline's folder the newest run's.
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id))
+    pages = {}
+    for context in (runs[0], runs[-1]):
+        folder = reports.run_report_dir(config.output_root, config.pipeline_name, context.name)
+        assert sorted(os.listdir(folder)) == ["evaluation.html", "statistics.html"], context.name
+        pages[context.name] = {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
+    first_uri = summary.latest_run(store, config, runs[0].name)["Evaluator"].outputs["evaluation"][0].uri
+    newest_uri = run["Evaluator"].outputs["evaluation"][0].uri
+    assert first_uri != newest_uri
+    first, newest = pages[runs[0].name]["evaluation.html"], pages[runs[-1].name]["evaluation.html"]
+    assert f"TFMA output: {first_uri}<" in first and f"TFMA output: {newest_uri}<" in newest
+    top = reports.report_dir(config.output_root, config.pipeline_name)
+    assert {name: open(os.path.join(top, name)).read() for name in pages[runs[-1].name]} == pages[runs[-1].name]

@@ -289,12 +289,21 @@ def _svg_sizes(page) -> list[tuple[float, float]]:
 def test_reports_open_offline_in_chromium(small_pipeline):
     from playwright.sync_api import sync_playwright
 
+    from reports import run_report_dir
     from reports.statistics import read_split_statistics
+    from runners import summary
 
     assert small_pipeline.first_exit_code == 0
     config = small_pipeline.config()
     directory = os.path.join(config.output_root, "reports", config.pipeline_name)
     result = results.load_evaluation(_latest_evaluation_uri(config))
+    # The newest run's own folder has the same pages as the pipeline's (its copies).
+    newest = max(summary.open_store(config).get_contexts_by_type("pipeline_run"),
+                 key=lambda c: (c.create_time_since_epoch, c.id))
+    own = run_report_dir(config.output_root, config.pipeline_name, newest.name)
+    assert sorted(os.listdir(own)) == ["evaluation.html", "statistics.html"]
+    for name in os.listdir(own):
+        assert open(os.path.join(own, name)).read() == open(os.path.join(directory, name)).read(), name
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium")
         try:

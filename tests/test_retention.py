@@ -172,13 +172,15 @@ def _touched(store, executions):
 @pytest.mark.e2e
 def test_artifacts_of_old_runs_are_deleted_in_ml_metadata_and_the_next_run_is_still_cached(tmp_path):
     """keep_runs 1, keep_versions 1: data A, then B, then B again. After B, A's run is pruned: its folders gone and
-    its artifacts DELETED in ML Metadata, except what B's run used (the schema, A's model as B's baseline); the
-    cache of A's ExampleGen no longer hits; B again is cached throughout and deletes nothing more."""
+    its artifacts DELETED in ML Metadata, except what B's run used (the schema, A's model as B's baseline), and its
+    report folder gone; the cache of A's ExampleGen no longer hits; B again is cached throughout and deletes
+    nothing more (the first B's report folder goes)."""
     from ml_metadata.proto import metadata_store_pb2
     from tfx.orchestration import metadata as tfx_metadata
     from tfx.orchestration.portable import cache_utils
 
     from pipeline import metadata
+    from reports import report_dir, run_report_dir
 
     lines = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
     roots = {}
@@ -193,7 +195,7 @@ def test_artifacts_of_old_runs_are_deleted_in_ml_metadata_and_the_next_run_is_st
     DELETED, LIVE = metadata_store_pb2.Artifact.DELETED, metadata_store_pb2.Artifact.LIVE
 
     store = metadata.open_store(config, readonly=True)
-    (_, first), (_, second) = _runs(store)
+    (_, first), (context_b, second) = _runs(store)
     only_a = _touched(store, first) - _touched(store, second)
     artifacts = {a.id: a for a in store.get_artifacts()}
     types = {t.id: t.name for t in store.get_artifact_types()}
@@ -217,10 +219,20 @@ def test_artifacts_of_old_runs_are_deleted_in_ml_metadata_and_the_next_run_is_st
     with tfx_metadata.Metadata(metadata.connection_config(config, readonly=True)) as handle:
         assert cache_utils.get_cached_outputs(handle, cache) is None
     deleted = sum(a.state == DELETED for a in artifacts.values())
+    # A's reports went with its run; B's stay in B's folder and, the newest run's, in the pipeline's.
+    reports = report_dir(config.output_root, config.pipeline_name)
+    assert os.listdir(os.path.join(reports, "runs")) == [os.path.basename(run_report_dir(
+        config.output_root, config.pipeline_name, context_b.name))]
+    for name in ("evaluation.html", "statistics.html"):
+        with open(os.path.join(run_report_dir(config.output_root, config.pipeline_name, context_b.name), name)) as f, \
+                open(os.path.join(reports, name)) as top:
+            assert f.read() == top.read(), name
 
     assert run_b() == 0
     store = metadata.open_store(config, readonly=True)
-    (_, _), (_, second), (_, third) = _runs(store)
+    (_, _), (_, second), (context_c, third) = _runs(store)
+    assert os.listdir(os.path.join(reports, "runs")) == [os.path.basename(run_report_dir(
+        config.output_root, config.pipeline_name, context_c.name))]
     states = {}
     for execution in third.values():
         [node] = [c.name.split(".", 1)[1] for c in store.get_contexts_by_execution(execution.id)
