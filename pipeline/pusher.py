@@ -18,16 +18,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from pipeline.versions import (  # noqa: F401 - the push's file-system side, also imported from here
-    PRUNE_PREFIX,
-    TMP_PREFIX,
-    clean_leftovers,
-    find_identical_version,
-    identical_versions,
-    push_atomically,
-    served_versions,
-    serving_version,
-)
+from pipeline.versions import clean_leftovers, identical_versions, push_atomically, serving_version
 from serving.registry import rejected_versions
 
 # Custom property on the pushed_model artifact: 1 when the identical version was already the one serving.

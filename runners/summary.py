@@ -54,9 +54,12 @@ def run_pipeline(runner, tfx_pipeline, run_id: str) -> None:
     its `pipeline_run` context in ML Metadata, where the summary finds this run and no other one. The runner
     would otherwise name the run by the time it starts, unknown here, and runs sharing a store (a database
     server) could not tell theirs apart."""
-    from tfx.orchestration.portable import runtime_parameter_utils, tfx_runner
+    from tfx.dsl.compiler import compiler
+    from tfx.orchestration.portable import runtime_parameter_utils
 
-    ir = tfx_runner._make_pipeline_proto(tfx_pipeline)  # what runner.run() compiles
+    # What runner.run() compiles; it would also package module_file components' pip dependencies, which a pipeline
+    # of dotted-path modules (pipeline/pipeline.py) does not have.
+    ir = compiler.Compiler().compile(tfx_pipeline)
     runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
     runner.run_with_ir(ir)
 

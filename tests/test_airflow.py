@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_DATA, write_span_root
 
-from pipeline import pusher
 from pipeline.config import REPO_ROOT
+from pipeline.versions import served_versions
 
 # One tier per test (pytest.ini): these also run the pipeline, but what they need beyond Python is the point:
 # Airflow's metadata database (SQLite, and PostgreSQL for the scheduler) and Airflow's CLI.
@@ -143,7 +143,7 @@ def test_airflow_dags_test_runs_the_pipeline(airflow_env):
         assert f"Marking task as SUCCESS. dag_id=chicago-taxi, task_id={task}," in log, task
     assert "span 0: the run reads it" in log  # a flat data root is span 0
     serving = Path(airflow_env["TFX_E2E_OUTPUT_ROOT"]) / "serving" / "chicago_taxi"
-    versions = pusher.served_versions(str(serving))
+    versions = served_versions(str(serving))
     assert len(versions) == 1
     assert (serving / str(versions[0]) / "saved_model.pb").exists()
     # Why it ran, in ML Metadata: `dags test` makes a manual DAG run, on the context every task's execution is in.
@@ -219,7 +219,7 @@ def test_new_span_dag_trains_a_run_time_window_on_the_span_that_landed(airflow_e
     connection = _metadata_connection(env)
     assert sorted(_examples_spans(connection)) == [1, 2]  # ML Metadata: ExampleGen read span 1 (backfill) and 2
     assert _transform_input_spans(connection) == [[1, 2]]  # Transform consumed the window decided at run time
-    assert len(pusher.served_versions(str(tmp_path / "out" / "serving" / "chicago_taxi"))) == 1
+    assert len(served_versions(str(tmp_path / "out" / "serving" / "chicago_taxi"))) == 1
     # Why it ran: new_span (also for a `dags test`), with the window's spans, on the DAG run's context.
     assert "Why: new span (spans 1, 2)" in log
     properties, components = _run_context(env, "manual__2026-11-21T00:00:00+00:00")
@@ -316,7 +316,7 @@ def test_scheduler_on_postgresql_runs_the_dag_by_itself(tmp_path):
         assert tasks == {task: "success" for task in COMPONENTS}
         run_type, run_id = _postgres("SELECT run_type, run_id FROM dag_run WHERE dag_id = 'chicago-taxi'", db)[0]
         assert run_type == "scheduled"  # started by the scheduler, not by us
-        assert len(pusher.served_versions(str(home / "out" / "serving" / "chicago_taxi"))) == 1
+        assert len(served_versions(str(home / "out" / "serving" / "chicago_taxi"))) == 1
         properties, components = _run_context(env, run_id)  # why it ran, in ML Metadata
         assert {k: properties[k] for k in ("tfx_e2e_reason", "tfx_e2e_spans")} == {"tfx_e2e_reason": "schedule",
                                                                                   "tfx_e2e_spans": "0"}

@@ -9,7 +9,7 @@ from conftest import SMALL_DATA
 from ml_metadata.proto import metadata_store_pb2
 
 import reports
-from pipeline import pusher
+from pipeline.versions import served_versions
 from registry import model_card
 from runners import summary
 from serving import examples
@@ -33,7 +33,7 @@ def _executions_by_node(config):
 
 
 def _served(config):
-    return pusher.served_versions(config.serving_model_dir)
+    return served_versions(config.serving_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from conftest import SMALL_DATA
 from modules import features as F
 from modules import hparams as H
 from modules import model as M
-from pipeline import pusher
+from pipeline.versions import served_versions
 from runners import summary
 from serving import examples
 
@@ -62,7 +62,7 @@ def test_tuner_output_drives_the_trainer(small_pipeline):
 @pytest.fixture(scope="module")
 def pushed_model(small_pipeline):
     config = small_pipeline.config()
-    version = pusher.served_versions(config.serving_model_dir)[-1]
+    version = served_versions(config.serving_model_dir)[-1]
     return config, tf.saved_model.load(os.path.join(config.serving_model_dir, str(version)))
 
 
@@ -78,7 +78,7 @@ def test_warmup_request_is_exported_and_answered(pushed_model):
     from tensorflow_serving.apis import prediction_log_pb2
 
     config, model = pushed_model
-    version = pusher.served_versions(config.serving_model_dir)[-1]
+    version = served_versions(config.serving_model_dir)[-1]
     path = os.path.join(config.serving_model_dir, str(version), M.WARMUP_FILE)
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
     assert len(records) == 1
@@ -126,7 +126,7 @@ def test_tf_serving_session_loader_runs_the_pushed_model(pushed_model):
     tf.saved_model.load. Saved from a Keras 3 model, the variables are missing from that graph and every
     request fails with "Could not find variable ..."; the export must give the same answers both ways."""
     config, model = pushed_model
-    version = pusher.served_versions(config.serving_model_dir)[-1]
+    version = served_versions(config.serving_model_dir)[-1]
     path = os.path.join(config.serving_model_dir, str(version))
     serialized = examples.serialize(examples.read_csv_rows(str(SMALL_DATA / "data.csv"), limit=6),
                                     examples.load_schema(config.schema_path))

@@ -26,7 +26,7 @@ def _model(root, content=b"graph"):
 def test_push_writes_a_complete_integer_version_and_no_temporary(tmp_path):
     model = _model(str(tmp_path / "model"))
     base = str(tmp_path / "serving" / "taxi")
-    version = pusher.push_atomically(model, base)
+    version = versions.push_atomically(model, base)
     assert os.listdir(base) == [str(version)]
     assert sorted(os.listdir(os.path.join(base, str(version)))) == ["saved_model.pb", "variables"]
     assert tree_digest(os.path.join(base, str(version))) == tree_digest(model)
@@ -35,23 +35,23 @@ def test_push_writes_a_complete_integer_version_and_no_temporary(tmp_path):
 def test_versions_always_increase(tmp_path):
     base = str(tmp_path / "serving")
     os.makedirs(os.path.join(base, "9999999999"))  # a version from the future
-    version = pusher.push_atomically(_model(str(tmp_path / "m")), base)
+    version = versions.push_atomically(_model(str(tmp_path / "m")), base)
     assert version == 10000000000
-    assert pusher.served_versions(base) == [9999999999, 10000000000]
+    assert versions.served_versions(base) == [9999999999, 10000000000]
 
 
 def test_identical_model_is_found_and_changed_model_is_not(tmp_path):
     base = str(tmp_path / "serving")
-    version = pusher.push_atomically(_model(str(tmp_path / "a")), base)
-    assert pusher.find_identical_version(base, _model(str(tmp_path / "b"))) == version
-    assert pusher.find_identical_version(base, _model(str(tmp_path / "c"), b"other graph")) is None
+    version = versions.push_atomically(_model(str(tmp_path / "a")), base)
+    assert versions.find_identical_version(base, _model(str(tmp_path / "b"))) == version
+    assert versions.find_identical_version(base, _model(str(tmp_path / "c"), b"other graph")) is None
 
 
 def test_failed_copy_leaves_nothing_behind(tmp_path):
     base = str(tmp_path / "serving")
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(FileNotFoundError):
-        pusher.push_atomically(missing, base)
+        versions.push_atomically(missing, base)
     assert os.listdir(base) == []
 
 
@@ -60,11 +60,11 @@ def test_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
     model = _model(str(tmp_path / "model"))
 
     def rename(source, target):
-        assert os.path.basename(source).startswith(pusher.TMP_PREFIX) and os.listdir(source)  # copied in full
+        assert os.path.basename(source).startswith(versions.TMP_PREFIX) and os.listdir(source)  # copied in full
         raise OSError("rename failed")
     monkeypatch.setattr(versions.os, "rename", rename)
     with pytest.raises(OSError, match="rename failed"):
-        pusher.push_atomically(model, base)
+        versions.push_atomically(model, base)
     assert os.listdir(base) == []
 
 
@@ -95,31 +95,31 @@ def test_a_rollback_to_earlier_data_is_pushed_again_and_serves(tmp_path):
     a = _model(str(tmp_path / "run1" / "Format-Serving"), b"model of A")
     b = _model(str(tmp_path / "run2" / "Format-Serving"), b"model of B")
     a_again = _model(str(tmp_path / "run3" / "Format-Serving"), b"model of A")
-    versions = []
+    pushed_versions = []
     for name, model in (("1", a), ("2", b), ("3", a_again)):
         pushed = _push_through_executor(tmp_path, model, base, name)
         assert pushed.get_int_custom_property("pushed") == 1
         assert not pushed.has_custom_property(pusher.ALREADY_SERVED)
-        versions.append(int(pushed.get_string_custom_property("pushed_version")))
-    assert versions[0] < versions[1] < versions[2]
-    assert pusher.served_versions(base) == versions
-    assert pusher.serving_version(base) == versions[2]
-    assert tree_digest(os.path.join(base, str(versions[2]))) == tree_digest(a)
+        pushed_versions.append(int(pushed.get_string_custom_property("pushed_version")))
+    assert pushed_versions[0] < pushed_versions[1] < pushed_versions[2]
+    assert versions.served_versions(base) == pushed_versions
+    assert versions.serving_version(base) == pushed_versions[2]
+    assert tree_digest(os.path.join(base, str(pushed_versions[2]))) == tree_digest(a)
     # A fourth run on A: that very model serves now, so nothing new is pushed.
     pushed = _push_through_executor(tmp_path, _model(str(tmp_path / "run4" / "Format-Serving"), b"model of A"),
                                     base, "4")
     assert pushed.get_int_custom_property(pusher.ALREADY_SERVED) == 1
-    assert pushed.get_string_custom_property("pushed_version") == str(versions[2])
-    assert pusher.served_versions(base) == versions
+    assert pushed.get_string_custom_property("pushed_version") == str(pushed_versions[2])
+    assert versions.served_versions(base) == pushed_versions
 
 
 def test_a_canary_rollback_to_the_stable_model_is_not_pushed_again(tmp_path):
     """Canary rollout: B was rejected, so A (stable) serves; retraining A finds it serving and pushes nothing."""
     base = str(tmp_path / "serving")
-    a = pusher.push_atomically(_model(str(tmp_path / "a"), b"model of A"), base)
-    b = pusher.push_atomically(_model(str(tmp_path / "b"), b"model of B"), base)
+    a = versions.push_atomically(_model(str(tmp_path / "a"), b"model of A"), base)
+    b = versions.push_atomically(_model(str(tmp_path / "b"), b"model of B"), base)
     write_record(base, RolloutRecord(stable=a, rejected={str(b): {"time": "t", "reason": "errors"}}))
-    assert pusher.serving_version(base) == a
+    assert versions.serving_version(base) == a
     os.mkdir(os.path.join(base, f".tmp-1700000000-{_dead_pid()}"))  # a push killed mid-copy
     pushed = _push_through_executor(tmp_path, _model(str(tmp_path / "run" / "Format-Serving"), b"model of A"),
                                     base, "again")
@@ -141,7 +141,7 @@ def test_leftovers_of_dead_pushes_are_removed_and_a_live_one_is_kept(tmp_path):
         (base / name / "variables").mkdir(parents=True)
         (base / name / "saved_model.pb").write_bytes(b"half")
     (base / "rollout.json").write_text("{}")
-    version = pusher.push_atomically(_model(str(tmp_path / "model")), str(base))
+    version = versions.push_atomically(_model(str(tmp_path / "model")), str(base))
     assert sorted(os.listdir(base)) == sorted([f".tmp-1700000001-{alive}", "rollout.json", str(version)])
 
 
@@ -164,7 +164,7 @@ def test_two_pushes_racing_get_two_distinct_complete_versions(tmp_path, monkeypa
 
     def push(i):
         try:
-            picked[i] = pusher.push_atomically(models[i], base)
+            picked[i] = versions.push_atomically(models[i], base)
         except Exception as e:  # reported below
             errors.append(e)
     threads = [threading.Thread(target=push, args=(i,)) for i in range(2)]
@@ -193,7 +193,7 @@ def test_a_version_taken_between_check_and_rename_is_never_overwritten(tmp_path,
         return versions
     monkeypatch.setattr(versions, "served_versions", stale_then_taken)
     monkeypatch.setattr(versions.os.path, "exists", lambda path: False)
-    version = pusher.push_atomically(_model(str(tmp_path / "model")), base)
+    version = versions.push_atomically(_model(str(tmp_path / "model")), base)
     assert version == 1700000001
     with open(os.path.join(base, "1700000000", "saved_model.pb"), "rb") as f:
         assert f.read() == b"the other machine's model"
@@ -217,13 +217,13 @@ def test_every_file_and_directory_is_fsynced_before_the_rename_and_the_base_afte
         rename(source, target)
     monkeypatch.setattr(versions.os, "fsync", recording_fsync)
     monkeypatch.setattr(versions.os, "rename", recording_rename)
-    version = pusher.push_atomically(model, base)
+    version = versions.push_atomically(model, base)
     final = os.path.join(base, str(version))
     [renamed] = [i for i, event in enumerate(events) if event[0] == "rename"]
     before = events[:renamed]
     assert sorted(kind for kind, _ in before) == ["dir", "dir", "file", "file"]
     tmp = [path for kind, path in before if kind == "dir" and not path.endswith("variables")][0]
-    assert os.path.basename(tmp).startswith(pusher.TMP_PREFIX)
+    assert os.path.basename(tmp).startswith(versions.TMP_PREFIX)
     assert sorted(os.path.relpath(path, tmp) for _, path in before) == [
         ".", "saved_model.pb", "variables", os.path.join("variables", "variables.index")]
     assert events[renamed:] == [("rename", final), ("dir", base)]
@@ -234,5 +234,5 @@ def test_a_file_system_without_flock_still_pushes(tmp_path, monkeypatch):
         raise OSError(37, "No locks available")
     monkeypatch.setattr(versions.fcntl, "flock", no_flock)
     base = str(tmp_path / "serving")
-    version = pusher.push_atomically(_model(str(tmp_path / "model")), base)
+    version = versions.push_atomically(_model(str(tmp_path / "model")), base)
     assert os.listdir(base) == [str(version)]

@@ -12,7 +12,7 @@ from conftest import SMALL_DATA, PipelineRun
 
 from pipeline import retention
 from pipeline.config import ConfigError, load_config
-from pipeline.pusher import PRUNE_PREFIX
+from pipeline.versions import PRUNE_PREFIX
 from serving.registry import RolloutRecord, write_record
 from serving.source import list_versions
 

@@ -9,7 +9,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
 from pipeline import baseline
-from pipeline.pusher import AtomicPushExecutor, push_atomically
+from pipeline.pusher import AtomicPushExecutor
+from pipeline.versions import push_atomically
 from serving.registry import RolloutRecord, write_record
 
 

@@ -12,8 +12,8 @@ from conftest import SMALL_DATA, PipelineRun
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline import pusher
 from pipeline.config import ConfigError, load_config
+from pipeline.versions import served_versions
 from runners import kubeflow_v2_runner
 
 IMAGE = "europe-west4-docker.pkg.dev/tfx-e2e-test/tfx-e2e/pipeline:abc123"
@@ -253,6 +253,6 @@ def test_beam_dag_runner_end_to_end(tmp_path):
     assert run(make_runner=beam_dag_runner) == 0
     config = run.config()
     assert config.beam_args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    versions = pusher.served_versions(config.serving_model_dir)
+    versions = served_versions(config.serving_model_dir)
     assert len(versions) == 1
     assert os.path.isfile(os.path.join(config.serving_model_dir, str(versions[0]), "saved_model.pb"))

@@ -41,7 +41,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline.config import REPO_ROOT
-from pipeline.pusher import push_atomically
+from pipeline.versions import push_atomically
 from serving.client import GrpcClient, RestClient
 from serving.client import main as client_main
 from serving.tensors import to_numpy, to_proto

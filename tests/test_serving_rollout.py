@@ -14,7 +14,7 @@ from serving_models import CANARY_FAULT, write_taxi_model
 from test_serving import EXAMPLES, MODEL, Server, _b64, predict_request
 
 from pipeline.config import REPO_ROOT, ConfigError, load_config
-from pipeline.pusher import push_atomically
+from pipeline.versions import push_atomically
 from serving import policy
 from serving.registry import AUDIT_LOG, RolloutRecord, read_record, rejected_versions, write_record
 from serving.rollout import Check, Figures, analyse, parse_metrics, quantile, status_lines, window

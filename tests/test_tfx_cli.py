@@ -10,8 +10,8 @@ import pytest
 from conftest import SMALL_DATA
 from test_runners import GCP_OVERLAY
 
-from pipeline import pusher
 from pipeline.config import REPO_ROOT
+from pipeline.versions import served_versions
 
 pytestmark = pytest.mark.e2e  # whole pipelines (make test-unit leaves them out)
 
@@ -53,7 +53,7 @@ def test_local_engine_create_run_update(cli, tmp_path):
 
     out = cli("run", "create", "--engine", "local", "--pipeline_name", "chicago-taxi")
     assert "Result: OK" in out
-    versions = pusher.served_versions(str(tmp_path / "out" / "serving" / "chicago_taxi"))
+    versions = served_versions(str(tmp_path / "out" / "serving" / "chicago_taxi"))
     assert len(versions) == 1
 
     out = cli("pipeline", "update", "--engine", "local", "--pipeline_path", "runners/local_runner.py")
