@@ -655,20 +655,29 @@ AB = CANARY.replace("strategy: canary", "strategy: ab, ab_percent: 50, ab_second
     "step_seconds: 2", "step_seconds: 1")
 
 
+def _ab_controller(tmp_path, errors: int, overlay: str = AB, istio: bool = True):
+    """An A/B controller with stable version 1 in place and a fake clock: version 2, when pushed, errs on `errors`
+    of each 100 requests; with istio, traffic goes through IstioTraffic's files in tmp_path/istio."""
+    from serving.rollout import Controller, IstioTraffic
+
+    config = _config(tmp_path, overlay)
+    base, out = tmp_path / "models", tmp_path / "istio"
+    _version_dir(base, 1)
+    clock = [0.0]
+    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}, errors=errors), clock=lambda: clock[0],
+                            traffic=IstioTraffic(config, out) if istio else None)
+    return base, out, clock, controller
+
+
 def test_ab_holds_the_split_reports_per_arm_and_waits_for_the_command(tmp_path):
     """Two tracks behind Istio: version 2 gets 50 % for ab_seconds (it errs on 1 % of its requests, within the
     guardrail's limit: max_error_rate 0.01), then stable gets every unnamed request back and version 2 waits;
     `promote` moves stable to it. A third version is rejected by command before its period ends."""
     import yaml
 
-    from serving.rollout import Controller, IstioTraffic, ab_summary, read_ab
+    from serving.rollout import ab_summary, read_ab
 
-    config = _config(tmp_path, AB)
-    base, out = tmp_path / "models", tmp_path / "istio"
-    _version_dir(base, 1)
-    clock = [0.0]
-    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}, errors=1), clock=lambda: clock[0],
-                            traffic=IstioTraffic(config, out))
+    base, out, clock, controller = _ab_controller(tmp_path, errors=1)
 
     def weight():
         service = yaml.safe_load((out / "virtualservice.yaml").read_text())
@@ -724,15 +733,10 @@ def test_ab_guardrail_rolls_back_an_arm_b_that_breaks_production(tmp_path):
     it starts from is one written before the guardrail (no `failures`)."""
     import yaml
 
-    from serving.rollout import Controller, IstioTraffic, read_ab, write_ab
+    from serving.rollout import read_ab, write_ab
     from serving.rollout_log import ab_report, ab_report_lines
 
-    config = _config(tmp_path, AB)
-    base, out = tmp_path / "models", tmp_path / "istio"
-    _version_dir(base, 1)
-    clock = [0.0]
-    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}, errors=50), clock=lambda: clock[0],
-                            traffic=IstioTraffic(config, out))
+    base, out, clock, controller = _ab_controller(tmp_path, errors=50)
     controller.tick()
     _version_dir(base, 2)
     for _ in range(2):  # t=1 start, t=2 ab-start
@@ -794,13 +798,10 @@ def test_ab_guardrail_rolls_back_an_arm_b_that_breaks_production(tmp_path):
 def test_ab_guardrail_judges_only_steps_with_min_requests(tmp_path):
     """Steps where arm B served fewer than min_requests are not judged: the same failing arm B holds its split to
     the end."""
-    from serving.rollout import Controller, read_ab
+    from serving.rollout import read_ab
 
-    config = _config(tmp_path, AB.replace("min_requests: 10", "min_requests: 101"))
-    base = tmp_path / "models"
-    _version_dir(base, 1)
-    clock = [0.0]
-    controller = Controller(config.rollout, str(base), FakeTracks(bad={2}, errors=50), clock=lambda: clock[0])
+    base, _, clock, controller = _ab_controller(tmp_path, errors=50, istio=False,
+                                                overlay=AB.replace("min_requests: 10", "min_requests: 101"))
     controller.tick()
     _version_dir(base, 2)
     for _ in range(9):
