@@ -15,7 +15,7 @@ import jinja2
 from markupsafe import Markup
 
 from pipeline.evaluation import BlessingReport
-from pipeline.files import write_atomic
+from pipeline.files import link_atomic, write_atomic
 from reports import charts
 from reports.results import EvaluationResult, MetricBound, load_evaluation
 from reports.statistics import Dataset, feature_rows, newest_serving_statistics, read_split_statistics
@@ -58,11 +58,11 @@ def statistics_page(pipeline: str, datasets: list[Dataset], anomalies: list | No
 
 
 def _write(directory: str, copy_to: str | None, name: str, page: str) -> str:
-    """`name` in `directory`, then the same page in `copy_to` (the pipeline's folder of the newest run's reports),
-    each written atomically; returns the path in `directory`."""
+    """`name` in `directory`, written atomically, and under the same name in `copy_to` (the pipeline's folder of
+    the newest run's reports) as a hard link to it; returns the path in `directory`."""
     path = write_atomic(os.path.join(directory, name), page)
     if copy_to:
-        write_atomic(os.path.join(copy_to, name), page)
+        link_atomic(path, os.path.join(copy_to, name))
     return path
 
 

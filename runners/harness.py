@@ -249,6 +249,11 @@ def _run_locked(make_runner, config: Config, reason: str, start_services) -> Non
         print(f"error: {e}; the run's outcome cannot be read"
               + (f" (it failed: {type(error).__name__}: {error})" if error else ""), file=sys.stderr)
         sys.exit(1)
+    except Exception:
+        # A full disk that stopped the run also stops its reports: name the file the run failed on, not theirs.
+        if error is not None:
+            recovery.exit_if_disk_full(config, error)
+        raise
     summary_lines = text.getvalue().split("\n")
     rules = [i for i, line in enumerate(summary_lines) if line == "=" * 72]
     summary_lines.insert(rules[1] + 1 if len(rules) > 1 else 0, why.why_line(config, reason))

@@ -221,6 +221,7 @@ def test_serving_and_previous_span_statistics_join_the_page(tmp_path):
         ("training", "100"), ("evaluation", "95"), ("serving", "7")]
     assert "window-2026-09-21T1500Z.pb" in first and "No anomalies against the schema." in first
     assert (tmp_path / "out" / "statistics.html").read_text() == first
+    assert os.path.samefile(path, tmp_path / "out" / "statistics.html")  # one file, two names: no second copy
     # After drift, the previous span's training statistics (what the gate compared with) join them.
     page = open(html.write_statistics(str(stats_dir), str(tmp_path / "run-2"), "p", [], None, str(stats_dir),
                                       copy_to=str(tmp_path / "out"))).read()
