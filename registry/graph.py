@@ -28,9 +28,10 @@ STATISTICS_GEN = "StatisticsGen"
 
 
 def prop(message, key: str):
-    """A custom property of an artifact, execution or context: its int, float or string value; None when absent
-    or of another kind (a struct: ExampleAnomalies' `blessed` per split)."""
-    value = message.custom_properties.get(key)
+    """A custom property of an artifact, execution or context (else a property: TFX's Airflow launcher files an
+    execution's exec properties as properties): its int, float or string value; None when absent or of another
+    kind (a struct: ExampleAnomalies' `blessed` per split)."""
+    value = message.custom_properties.get(key) or message.properties.get(key)
     kind = value.WhichOneof("value") if value is not None else None
     return getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else None
 
@@ -97,7 +98,10 @@ class Graph:
                     if x.id in executions:
                         run_of[x.id] = context
         for x in executions.values():
-            self.steps[x.id] = Step(x, node_of.get(x.id, "?"), run_of.get(x.id))
+            # TFX's Airflow launcher files an execution under a `component_run` context (pipeline.run.component),
+            # no node context: its component id is an execution property there.
+            component = x.properties["component_id"].string_value if "component_id" in x.properties else "?"
+            self.steps[x.id] = Step(x, node_of.get(x.id, component), run_of.get(x.id))
         events = store.get_events_by_execution_ids(list(executions)) if executions else []
         ids = {e.artifact_id for e in events}
         self.artifacts = {a.id: a for a in store.get_artifacts_by_id(list(ids))} if ids else {}

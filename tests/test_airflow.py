@@ -152,6 +152,22 @@ def test_airflow_dags_test_runs_the_pipeline(airflow_env):
     assert {k: properties[k] for k in ("tfx_e2e_reason", "tfx_e2e_spans")} == {"tfx_e2e_reason": "manual",
                                                                               "tfx_e2e_spans": "0"}
     assert components >= set(COMPONENTS[1:])  # every component ran under it
+    # The registry reads the Airflow launcher's store as it reads the local runner's (its executions carry their
+    # component as a property, under `component_run` contexts): the model card has the data the model saw.
+    from pipeline.config import load_config
+    from registry import graph as g
+    from registry import models
+    from registry.model_card import collect
+
+    config = load_config(env=dict(airflow_env, TFX_E2E_PROFILE="airflow"))
+    graph = models.open_graph(config)
+    (push,) = g.pushes(graph).values()
+    facts = collect(config, graph, push)
+    trained, evaluated = facts["record"]["data"]["trained_on"], facts["record"]["data"]["evaluated_on"]
+    assert [(d["span"], d["csv_rows"], d["input_base"]) for d in trained] == [(0, 3001, str(SMALL_DATA))]
+    assert evaluated["artifact_id"] == trained[0]["artifact_id"]
+    assert (facts["training_data"]["split"], facts["evaluation_data"]["split"]) == ("train", "eval")
+    assert facts["training_data"]["examples"] + facts["evaluation_data"]["examples"] == 3001  # every CSV row
 
 
 def _metadata_connection(env):
