@@ -1,7 +1,5 @@
 """Component factories: TFX's own or its Google Cloud implementation, chosen by configuration,
 always with the same component id (so ML Metadata, the summary and the tests see one DAG)."""
-import fnmatch
-import os
 from typing import Any
 
 from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
@@ -18,24 +16,10 @@ def _split_output(config: Config) -> example_gen_pb2.Output:
     ]))
 
 
-# The files CsvExampleGen reads: in a flat data root every file (TFX's default input config, utils.
-# make_default_input_config), in a span folder its *.csv files, so the _SUCCESS marker is never read. `*.csv`, not
-# `[!_.]*`: ExampleGen turns a span pattern into a regex escaping only . + * ? ( ), so a [!...] class would not negate.
-FLAT_FILES, SPAN_FILES = "*", spans.SPAN_FILES
-
-
-def example_gen_files(folder: str, pattern: str) -> list[str]:
-    """The files of `folder` that CsvExampleGen's glob of folder/`pattern` reads, sorted, without TensorFlow (the
-    unchanged-run check must not import it): tf.io.gfile.glob matches names as POSIX fnmatch does, case-sensitive
-    (new.CSV is no *.csv), `*` matching a leading dot too (.hidden is read from a flat root)."""
-    with os.scandir(folder) as entries:
-        return sorted(e.path for e in entries if fnmatch.fnmatchcase(e.name, pattern) and e.is_file())
-
-
 def _span_pattern(folder: str) -> example_gen_pb2.Input:
-    """One split: the span folder's SPAN_FILES."""
+    """One split: the span folder's spans.SPAN_FILES."""
     return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="single_split",
-                                                                     pattern=f"{folder}/{SPAN_FILES}")])
+                                                                     pattern=f"{folder}/{spans.SPAN_FILES}")])
 
 
 def span_input(config: Config) -> tuple[example_gen_pb2.Input, range_config_pb2.RangeConfig] | None:

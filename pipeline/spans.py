@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 
 SUCCESS_MARKER = "_SUCCESS"
-# What CsvExampleGen reads in a span folder: a glob that leaves the marker out (pipeline/components.py).
-SPAN_FILES = "*.csv"
+# The files CsvExampleGen reads: in a flat data root every file (TFX's default input config, utils.
+# make_default_input_config), in a span folder its *.csv files, so the _SUCCESS marker is never read. `*.csv`, not
+# `[!_.]*`: ExampleGen turns a span pattern into a regex escaping only . + * ? ( ), so a [!...] class would not negate.
+FLAT_FILES, SPAN_FILES = "*", "*.csv"
 SPAN_FOLDER = re.compile(r"span-(\d{1,9})")
 DATE_FOLDER = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 EPOCH = datetime.date(1970, 1, 1)
@@ -59,10 +61,18 @@ def data_files(folder: str) -> list[str]:
                   if entry.is_file() and not entry.name.startswith((".", "_")))
 
 
-def _unread_files(span: "Span") -> list[str]:
+def example_gen_files(folder: str, pattern: str) -> list[str]:
+    """The files of `folder` that CsvExampleGen's glob of folder/`pattern` reads, sorted, without TensorFlow (the
+    unchanged-run check must not import it): tf.io.gfile.glob matches names as POSIX fnmatch does, case-sensitive
+    (new.CSV is no *.csv), `*` matching a leading dot too (.hidden is read from a flat root)."""
+    with os.scandir(folder) as entries:
+        return sorted(e.path for e in entries if fnmatch.fnmatchcase(e.name, pattern) and e.is_file())
+
+
+def _unread_files(span: Span) -> list[str]:
     """A span's data files that ExampleGen's SPAN_FILES glob would skip (part-00001, data.CSV): rows lost unseen."""
-    return [os.path.basename(f) for f in data_files(span.path)
-            if not fnmatch.fnmatchcase(os.path.basename(f), SPAN_FILES)]
+    read = set(example_gen_files(span.path, SPAN_FILES))
+    return [os.path.basename(f) for f in data_files(span.path) if f not in read]
 
 
 def _completeness(folder: str, settle_seconds: float, now: float) -> tuple[bool, str]:

@@ -63,7 +63,7 @@ def input_files(step: g.Step) -> dict:
     """ExampleGen's input now: each file its patterns match (bytes, SHA-256 of its content), and the digest of
     them all the way CsvExampleGen's driver takes it (pipeline/example_gen_driver.py: each file's
     `<split>/<path under input_base>` and bytes, NUL-separated, in glob order), to compare with the one recorded."""
-    from pipeline.components import example_gen_files
+    from pipeline.spans import example_gen_files
 
     base = g.prop(step.execution, "input_base") or ""
     files, digest = [], hashlib.sha256()

@@ -1,4 +1,4 @@
-"""What a person opens after a run, written to <output_root>/reports/<pipeline>/runs/<run id>/ and copied to
+"""What a person opens after a run, written to <output_root>/reports/<pipeline>/runs/<run id>/ and hard-linked into
 <output_root>/reports/<pipeline>/ (the newest run's; docs/reports.md): html.py writes statistics.html and
 evaluation.html from templates/; charts.py draws their charts (and the model cards' and the console's); results.py
 and statistics.py read TFMA's and TFDV's outputs for them."""

@@ -77,18 +77,18 @@ def inputs_fingerprint(config: Config) -> str | None:
 
 
 def spans_read_files(config: Config) -> list[str]:
-    """The data files a run reads, exactly those CsvExampleGen's glob reads (pipeline/components.py
+    """The data files a run reads, exactly those CsvExampleGen's glob reads (pipeline/spans.py
     example_gen_files): every file of a flat root (new.CSV, part-00001, .hidden too), else the *.csv files of the
     spans it reads (the span and, with continuous.window_spans > 1, the window's older spans), with each span's
     _SUCCESS marker (a span re-published is a new input)."""
     from pipeline import spans
-    from pipeline.components import FLAT_FILES, SPAN_FILES, example_gen_files, window_spans
+    from pipeline.components import window_spans
 
     found = spans.discover(config.data_root, config.continuous.settle_seconds)
     if not found or not found[0].name:
-        return example_gen_files(config.data_root, FLAT_FILES)
+        return spans.example_gen_files(config.data_root, spans.FLAT_FILES)
     read = spans.select(found, config.span, window_spans(config))  # the rolling window: its older spans too
-    return sorted(f for s in read for f in [*example_gen_files(s.path, SPAN_FILES),
+    return sorted(f for s in read for f in [*spans.example_gen_files(s.path, spans.SPAN_FILES),
                                             os.path.join(s.path, spans.SUCCESS_MARKER)] if os.path.exists(f))
 
 

@@ -292,7 +292,7 @@ def print_summary(config: Config, tfx_pipeline, started: float, error: BaseExcep
 
     written = [r for r in written if r]
     if written:
-        # The pipeline's folder (the newest run's copies) as before; this run's own folder keeps them after the next.
+        # The pipeline's folder (links to the newest run's) as before; this run's own folder keeps them after the next.
         latest = [os.path.join(report_dir(config), os.path.basename(r)) for r in written]
         p("\nReports: " + "\n         ".join(latest) + f"\n         (written in {reports_seconds:.1f} s; this run's: "
           f"{run_report_dir(config, run_id)}/)")

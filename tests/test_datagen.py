@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline import datagen
-from pipeline.components import FLAT_FILES, SPAN_FILES, example_gen_files
 from pipeline.config import REPO_ROOT
-from pipeline.spans import SUCCESS_MARKER, discover
+from pipeline.spans import FLAT_FILES, SPAN_FILES, SUCCESS_MARKER, discover, example_gen_files
 
 SCHEMA = REPO_ROOT / "schema" / "schema.pbtxt"
 

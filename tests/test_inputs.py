@@ -110,12 +110,12 @@ def test_in_a_span_folder_the_shortcut_reads_what_example_gen_reads(tmp_path):
 
 
 def test_the_files_are_those_of_example_gens_glob(tmp_path):
-    """pipeline.components.example_gen_files (no TensorFlow) matches tf.io.gfile.glob, TFX's default pattern is
+    """pipeline.spans.example_gen_files (no TensorFlow) matches tf.io.gfile.glob, TFX's default pattern is
     FLAT_FILES and a span folder's is SPAN_FILES."""
     from tfx.components.example_gen import utils
     from tfx.dsl.io import fileio
 
-    from pipeline.components import FLAT_FILES, SPAN_FILES, example_gen_files
+    from pipeline.spans import FLAT_FILES, SPAN_FILES, example_gen_files
 
     for name in ("data.csv", "new.CSV", "part-00001", ".hidden", "_SUCCESS", "we[ird].csv", "x.csv.gz"):
         (tmp_path / name).write_text("a\n1\n")

@@ -233,6 +233,23 @@ def test_serving_and_previous_span_statistics_join_the_page(tmp_path):
     assert html.write_statistics(str(tmp_path / "none"), str(tmp_path / "out")) is None
 
 
+def test_the_pipelines_copy_is_a_whole_file_where_hard_links_are_refused(tmp_path, monkeypatch):
+    """link_atomic on a file system without hard links (EXDEV, EPERM): a copy, renamed into place as write_atomic
+    does, with the same text and no temporary left."""
+    import errno
+
+    from pipeline import files
+
+    source = files.write_atomic(tmp_path / "run-1" / "evaluation.html", "<p>run 1</p>")
+
+    def refuse(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+    monkeypatch.setattr(files.os, "link", refuse)
+    copy = files.link_atomic(source, tmp_path / "out" / "evaluation.html")
+    assert open(copy).read() == "<p>run 1</p>" and not os.path.samefile(copy, source)
+    assert os.listdir(tmp_path / "out") == ["evaluation.html"]
+
+
 def test_each_run_has_its_own_report_folder_named_by_its_run_id():
     from reports import report_dir, run_report_dir
 
