@@ -95,23 +95,26 @@ def export_saved_model(model: keras.Model, tf_transform_output: tft.TFTransformO
 
 
 def export_signatures(model: keras.Model, tft_layer, raw_spec: dict) -> dict:
-    """serving_default (serialized tf.Example), serving_raw (one tensor per raw feature), transform_features."""
+    """serving_default (serialized tf.Example), serving_raw (one tensor per raw feature), transform_features.
+
+    Traced without AutoGraph: they have no Python control flow on tensors, and converting the transform layer for
+    each of the three took half the export's time (about 4 s of 9), for the same graphs' outputs."""
     serving_spec = {k: v for k, v in raw_spec.items() if k not in SERVING_DROPPED_KEYS}
 
     def predict(raw_features):
         transformed = tft_layer(raw_features)
         return {OUTPUT_KEY: model(_model_inputs(transformed))}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)], autograph=False)
     def serve_tf_examples(serialized):
         return predict(tf.io.parse_example(serialized, serving_spec))
 
-    @tf.function(input_signature=_raw_input_specs(serving_spec))
+    @tf.function(input_signature=_raw_input_specs(serving_spec), autograph=False)
     def serve_raw(*tensors):
         features = zip(sorted(serving_spec), tensors, strict=True)
         return predict({name: _raw_feature(value, serving_spec[name]) for name, value in features})
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)], autograph=False)
     def transform_features(serialized):
         return tft_layer(tf.io.parse_example(serialized, raw_spec))
 

@@ -32,6 +32,9 @@ def dataset(file_pattern, data_accessor: DataAccessor, tf_transform_output: tft.
         ).repeat()
     transform_layer = tf_transform_output.transform_features_layer()
 
+    # Not converted by AutoGraph (no Python control flow on tensors here): converting the transform layer's Keras
+    # call took about 3 s per dataset, identical output.
+    @tf.autograph.experimental.do_not_convert
     def transform(raw_features):
         features = transform_layer(raw_features)
         return features, features.pop(F.LABEL_KEY)
