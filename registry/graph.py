@@ -16,7 +16,9 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.compiler import constants
 
 Event, Execution = metadata_store_pb2.Event, metadata_store_pb2.Execution
-_RUN_TYPES = (constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, "run")
+# TFX's Airflow launcher (tfx.orchestration.metadata) files a DAG run's executions under a context of this type.
+AIRFLOW_RUN_CONTEXT_TYPE = "run"
+_RUN_TYPES = (constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, AIRFLOW_RUN_CONTEXT_TYPE)
 _NODE_TYPES = (constants.NODE_CONTEXT_TYPE_NAME, "component")
 # Inputs that are no part of what a model was made from: the Evaluator's baseline (an earlier model) and Transform's
 # analyzer cache (earlier spans' analysis); walking them would reach every earlier run (pipeline/retention.py too).

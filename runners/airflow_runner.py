@@ -10,6 +10,10 @@ pushed models:
   run: its first task, `wait_for_span`, a sensor in reschedule mode, polls the data root for the next
   complete span (its `_SUCCESS` marker) that ML Metadata has no Examples of, and hands that span to the run.
 
+Both end with a `Reports` task that runs whatever the others' outcome: the run's summary in its log, its statistics
+and evaluation reports under <output_root>/reports/ (where the console finds them) and the model cards of what it
+pushed; it fails when another task failed, so the DAG run's state is the pipeline's.
+
 Both take retries, exponential backoff and a timeout per task from `continuous.retries`. The span reaches
 ExampleGen as its range config (one span), rendered from the first task's XCom when ExampleGen runs.
 
@@ -35,7 +39,9 @@ import os
 
 from pipeline.config import load_config
 
-RESOLVE_TASK, SENSOR_TASK = "resolve_span", "wait_for_span"
+RESOLVE_TASK, SENSOR_TASK, REPORTS_TASK = "resolve_span", "wait_for_span", "Reports"
+# Task states after which a DAG run fails (Airflow's TaskInstanceState values).
+FAILED_STATES = ("failed", "upstream_failed")
 EXAMPLE_GEN = "ExampleGen"
 NEW_SPAN_SUFFIX = "-new-span"
 SENSOR_POKE_SECONDS = 60
@@ -283,8 +289,39 @@ def _wait_for_span(config, connection_config):
     return poke
 
 
+def write_reports(config, tfx_pipeline):
+    """The callable of the `Reports` task, the DAG's last, which runs whatever the other tasks' outcome: the run's
+    summary in its log (read back from ML Metadata as the local runner prints it), its statistics and evaluation
+    reports in <output_root>/reports/<pipeline>/runs/<pipeline>.<DAG run id>/ (the console's name of the run) and
+    the pipeline's folder, and the model cards of the versions it pushed. It fails when another task failed, so
+    that the DAG run fails as it would without it (Airflow judges a DAG run by its last tasks)."""
+
+    def report(dag_run=None, **_):
+        from airflow.exceptions import AirflowFailException
+
+        from pipeline import metadata
+        from registry.model_card import write_after_run
+        from runners.summary import print_summary
+
+        run_name = f"{config.pipeline_name}.{dag_run.run_id}"
+        states = {ti.task_id: ti.state for ti in dag_run.get_task_instances() if ti.task_id != REPORTS_TASK}
+        failed = sorted(task for task, state in states.items() if state == "failed")
+        error = RuntimeError(f"failed task(s): {', '.join(failed)}") if failed else None
+        if not metadata.exists(config):  # the run failed before anything was filed (its span refused)
+            print(f"No ML Metadata store yet ({config.metadata_path}): no summary or reports.")
+        elif print_summary(config, tfx_pipeline, dag_run.start_date.timestamp(), error, run_name,
+                           failed_nodes=failed).ok:
+            write_after_run(config, run_name)
+        if any(state in FAILED_STATES for state in states.values()):
+            raise AirflowFailException(f"the DAG run failed ({error or 'tasks upstream_failed'}); the reports of "
+                                       "what ran are written")
+
+    return report
+
+
 def _build(config, parse_config, dag_id: str, dag_config: dict, first_task):
     """One DAG of the pipeline: `first_task(dag)` runs first and returns the span; ExampleGen reads that span."""
+    from airflow.operators.python import PythonOperator
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
     from pipeline.pipeline import create_pipeline
@@ -302,6 +339,9 @@ def _build(config, parse_config, dag_id: str, dag_config: dict, first_task):
     for task in dag.tasks:  # nothing runs before the span is known (ImportSchemaGen has no upstream either)
         if task is not first and not task.upstream_task_ids:
             task.set_upstream(first)
+    last = [task for task in dag.tasks if not task.downstream_task_ids]
+    PythonOperator(task_id=REPORTS_TASK, python_callable=write_reports(config, tfx_pipeline), dag=dag,
+                   trigger_rule="all_done", retries=0).set_upstream(last)
     return dag
 
 

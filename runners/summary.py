@@ -19,6 +19,7 @@ from pipeline import drift, evaluation, gate
 from pipeline import metadata as metadata_store
 from pipeline.config import Config
 from pipeline.pusher import ALREADY_SERVED
+from registry.graph import AIRFLOW_RUN_CONTEXT_TYPE
 from reports.html import write_evaluation, write_statistics
 
 _STATE = {
@@ -65,24 +66,28 @@ def run_pipeline(runner, tfx_pipeline, run_id: str) -> None:
 
 
 def latest_run(store: mlmd.MetadataStore, config: Config, run_id: str | None = None) -> dict[str, NodeRun]:
-    """node id -> NodeRun for the pipeline run `run_id` (its `pipeline_run` context's name), else for this
+    """node id -> NodeRun for the pipeline run `run_id` (its `pipeline_run` context's name, or the `run` context's,
+    `<pipeline>.<DAG run id>`, that TFX's Airflow launcher files a DAG run's executions under), else for this
     pipeline's newest run; {} when there is none."""
     node_prefix = f"{config.pipeline_name}."
     node_contexts = {c.id: c.name[len(node_prefix):]
                      for c in store.get_contexts_by_type(constants.NODE_CONTEXT_TYPE_NAME)
                      if c.name.startswith(node_prefix)}
     if run_id is not None:
-        run = store.get_context_by_type_and_name(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, run_id)
+        run = (store.get_context_by_type_and_name(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, run_id)
+               or store.get_context_by_type_and_name(AIRFLOW_RUN_CONTEXT_TYPE, run_id))
     else:
         pipeline = store.get_context_by_type_and_name(constants.PIPELINE_CONTEXT_TYPE_NAME, config.pipeline_name)
         runs = store.get_children_contexts_by_context(pipeline.id) if pipeline else []
         run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id), default=None)
     if run is None:
         return {}
-    executions = store.get_executions_by_context(run.id)
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda x: x.id)  # a retry's after its failure
     nodes = {}
     for execution in executions:
         node_ids = [node_contexts[c.id] for c in store.get_contexts_by_execution(execution.id) if c.id in node_contexts]
+        if not node_ids and "component_id" in execution.properties:  # the Airflow launcher's: no node context
+            node_ids = [execution.properties["component_id"].string_value]
         if not node_ids:
             continue
         events = store.get_events_by_execution_ids([execution.id])
@@ -200,10 +205,13 @@ class Outcome(NamedTuple):
 
 
 def print_summary(config: Config, tfx_pipeline, started: float, error: BaseException | None, run_id: str,
-                  out=sys.stdout) -> Outcome:
-    """Prints the summary of the pipeline run `run_id`, which started at `started` (epoch seconds)."""
+                  out=sys.stdout, failed_nodes=()) -> Outcome:
+    """Prints the summary of the pipeline run `run_id`, which started at `started` (epoch seconds). `failed_nodes`:
+    the orchestrator's word on which failed (TFX's Airflow launcher leaves a failed component's execution running)."""
     store = open_store(config)
     nodes = latest_run(store, config, run_id)
+    for node_id in set(failed_nodes) & set(nodes):
+        nodes[node_id] = nodes[node_id]._replace(status="FAILED")
 
     def p(*parts):
         print(*parts, file=out)

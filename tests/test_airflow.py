@@ -21,6 +21,8 @@ pytestmark = pytest.mark.services
 COMPONENTS = ["resolve_span", "ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
               "previous_statistics_resolver", "DataGate", "Transform",
               "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"]
+# The DAG's tasks: the components, then the run's reports whatever their outcome (runners/airflow_runner.py).
+TASKS = [*COMPONENTS, "Reports"]
 BACKFILL_NODES = ["ExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "previous_statistics_resolver",
                   "DataGate"]
 OVERLAY = """
@@ -64,13 +66,17 @@ def test_dagbag_imports_both_dags(airflow_env, monkeypatch):
     assert set(bag.dags) == {"chicago-taxi", "chicago-taxi-new-span"}
     dag = bag.dags["chicago-taxi"]
     order = [t.task_id for t in dag.topological_sort()]
-    assert order[0] == "resolve_span" and set(order) == set(COMPONENTS)
+    assert order[0] == "resolve_span" and order[-1] == "Reports" and set(order) == set(TASKS)
     assert order.index("ExampleGen") < order.index("Transform") < order.index("Trainer") < order.index("Pusher")
     assert dag.catchup is False
     assert str(dag.start_date.date()) == "2026-11-01"
     assert dag.timetable.summary in ("@daily", "0 0 * * *")  # Airflow shows the cron form
     # Retries, backoff and the timeout per task from continuous.retries (3 attempts = 2 retries).
+    reports = dag.get_task("Reports")  # after every other task, whatever their outcome; no retry
+    assert (reports.upstream_task_ids, reports.trigger_rule, reports.retries) == ({"Pusher"}, "all_done", 0)
     for task in dag.tasks:
+        if task is reports:
+            continue
         assert (task.retries, task.retry_delay, task.retry_exponential_backoff, task.max_retry_delay,
                 task.execution_timeout) == (2, datetime.timedelta(seconds=1), True, datetime.timedelta(seconds=4),
                                             datetime.timedelta(seconds=1800)), task.task_id
@@ -82,8 +88,8 @@ def test_dagbag_imports_both_dags(airflow_env, monkeypatch):
     assert new_span.timetable.summary == "@continuous" and new_span.max_active_runs == 1
     sensor = new_span.get_task("wait_for_span")
     assert sensor.mode == "reschedule" and sensor.retries == 0
-    assert {t.task_id for t in new_span.tasks} == {"wait_for_span", *COMPONENTS[1:]}
-    assert all(t.retries == 2 for t in new_span.tasks if t is not sensor)
+    assert {t.task_id for t in new_span.tasks} == {"wait_for_span", *TASKS[1:]}
+    assert all(t.retries == 2 for t in new_span.tasks if t.task_id not in ("wait_for_span", "Reports"))
 
 
 def test_the_span_is_not_fixed_when_airflow_parses_the_dag(airflow_env, monkeypatch, tmp_path):
@@ -168,6 +174,47 @@ def test_airflow_dags_test_runs_the_pipeline(airflow_env):
     assert evaluated["artifact_id"] == trained[0]["artifact_id"]
     assert (facts["training_data"]["split"], facts["evaluation_data"]["split"]) == ("train", "eval")
     assert facts["training_data"]["examples"] + facts["evaluation_data"]["examples"] == 3001  # every CSV row
+
+    # The Reports task: the run's summary in its log, its reports where the console looks for the run's, its card.
+    assert "Marking task as SUCCESS. dag_id=chicago-taxi, task_id=Reports," in log
+    assert "Run summary: pipeline 'chicago-taxi', profile 'airflow', run chicago-taxi.manual__2026-11-20" in log
+    assert f"Pushed version {versions[0]}: " in log and "Result: OK" in log
+    from console import data as console_data
+    from registry.model_card import card_path
+
+    run_name = "chicago-taxi.manual__2026-11-20T00:00:00+00:00"
+    assert [run.name for run in console_data.runs(graph)] == [run_name]
+    folder = f"reports/chicago-taxi/runs/{run_name}"
+    assert console_data.report_files(config, "chicago-taxi", run_name) == [f"{folder}/evaluation.html",
+                                                                             f"{folder}/statistics.html"]
+    out = Path(airflow_env["TFX_E2E_OUTPUT_ROOT"])
+    assert 'id="decision">BLESSED<' in (out / folder / "evaluation.html").read_text()
+    assert (out / "reports" / "chicago-taxi" / "statistics.html").samefile(out / folder / "statistics.html")
+    assert f"Model card: {card_path(config, versions[0])}" in log and Path(card_path(config, versions[0])).is_file()
+
+
+def test_the_reports_task_fails_the_dag_run_when_a_task_failed(airflow_env, tmp_path):
+    """A data root of a header-only CSV: the data gate stops the run. Reports still runs (trigger rule all_done):
+    the summary names the gate's failure, the statistics report is written, and the task fails, naming the failed
+    tasks, so the DAG run fails (Airflow judges a DAG run by its last task)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data.csv").write_text((SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)[0])
+    env = dict(airflow_env, TFX_E2E_DATA_ROOT=str(data), TFX_E2E_OUTPUT_ROOT=str(tmp_path / "out"))
+    result = subprocess.run([env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi", "2026-11-22"],
+                            env=env, capture_output=True, text=True, timeout=900)
+    log = result.stdout + result.stderr
+    assert "state=failed" in log, log[-4000:]
+    assert "Marking task as FAILED. dag_id=chicago-taxi, task_id=DataGate," in log
+    assert "Marking task as FAILED. dag_id=chicago-taxi, task_id=Reports," in log
+    assert "the DAG run failed (failed task(s): DataGate); the reports of what ran are written" in log
+    assert "  DataGate                         FAILED" in log
+    assert "  Transform                        not run" in log and "Result: FAILED in DataGate" in log
+    assert "Data gate: span 0 has 0 examples" in log
+    run = tmp_path / "out" / "reports" / "chicago-taxi" / "runs" / "chicago-taxi.manual__2026-11-22T00:00:00+00:00"
+    assert sorted(p.name for p in run.iterdir()) == ["statistics.html"]  # no evaluation: nothing was trained
+    assert not (tmp_path / "out" / "serving").exists()
+
 
 
 def _metadata_connection(env):
@@ -329,7 +376,7 @@ def test_scheduler_on_postgresql_runs_the_dag_by_itself(tmp_path):
                 state = rows[0][0] if rows else None
         tasks = dict(_postgres("SELECT task_id, state FROM task_instance WHERE dag_id = 'chicago-taxi'", db))
         assert state == "success", (tasks, (home / "scheduler.log").read_text()[-3000:])
-        assert tasks == {task: "success" for task in COMPONENTS}
+        assert tasks == {task: "success" for task in TASKS}
         run_type, run_id = _postgres("SELECT run_type, run_id FROM dag_run WHERE dag_id = 'chicago-taxi'", db)[0]
         assert run_type == "scheduled"  # started by the scheduler, not by us
         assert len(served_versions(str(home / "out" / "serving" / "chicago_taxi"))) == 1
