@@ -7,7 +7,8 @@ specific versions, the newest `serving.latest_versions`). Each is renamed to a h
 (.prune-<version>-<pid>, which no model server loads) and deleted after, so a server never loads half a version;
 a prune killed midway leaves the hidden folder, which the next push or prune removes (pipeline/versions.py).
 
-Artifacts: the artifacts of pipeline runs older than the newest `retention.keep_runs` have their folders deleted
+Artifacts: the artifacts of pipeline runs (the local and Beam runners' `pipeline_run` contexts, Airflow DAG runs'
+`run` contexts with their backfill) older than the newest `retention.keep_runs` have their folders deleted
 and are marked DELETED in ML Metadata, the way TFX's garbage collection does it (state MARKED_FOR_DELETION,
 the folder removed once every artifact with that URI is marked, then DELETED): TFX's cache and its resolvers take
 only LIVE artifacts, so no later run reuses or resolves a deleted one. Whatever its run, an artifact stays when
@@ -21,7 +22,7 @@ only LIVE artifacts, so no later run reuses or resolves a deleted one. Whatever 
 Only folders under the pipeline root are deleted.
 
 Reports: the report folders of the same pruned runs go too (<output_root>/reports/<pipeline>/runs/<run id>/,
-runners/summary.py); the pipeline's top-level copies, the newest run's, stay.
+runners/summary.py, an Airflow DAG's Reports task); the pipeline's top-level copies, the newest run's, stay.
 
 `python -m pipeline.retention` (`make prune`) prunes under the run lock; `--dry-run` prints what would go.
 runners/harness.py prunes after every successful run.
@@ -29,6 +30,7 @@ runners/harness.py prunes after every successful run.
 import argparse
 import collections
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from serving.source import list_versions
 
 # Inputs that do not make an artifact part of a model's lineage (each would chain back through every earlier run).
 _NOT_LINEAGE = {"analyzer_cache", "baseline_model"}
+_AIRFLOW_BACKFILL = re.compile(r"\.backfill-span-\d+$")
 
 
 @dataclass
@@ -116,6 +119,7 @@ def plan_artifacts(store, config: Config, plan: Plan) -> None:
 
     from pipeline import baseline
     from pipeline.window import gated
+    from registry.graph import AIRFLOW_RUN_CONTEXT_TYPE
     from reports import run_report_dir
 
     keep_runs = config.retention.keep_runs
@@ -124,12 +128,20 @@ def plan_artifacts(store, config: Config, plan: Plan) -> None:
         return
     Artifact, Event = metadata_store_pb2.Artifact, metadata_store_pb2.Event
     executions = {e.id: e for e in store.get_executions_by_context(context.id)}
-    runs = []
-    for run in store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME):
+    found = {}
+    # The local and Beam runners' `pipeline_run` contexts, and the `run` contexts of TFX's Airflow launcher.
+    for run in (*store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME),
+                *store.get_contexts_by_type(AIRFLOW_RUN_CONTEXT_TYPE)):
         ids = {e.id for e in store.get_executions_by_context(run.id)} & executions.keys()
         if ids:
-            runs.append((run.create_time_since_epoch, run.id, run.name, ids))
-    runs.sort()
+            found[run.name] = (run.create_time_since_epoch, run.id, run.name, ids)
+    # A DAG run's backfill (`<run>.backfill-span-<N>`, runners/airflow_runner.py) starts after its run: one run.
+    for name in [n for n in found if _AIRFLOW_BACKFILL.search(n)]:
+        parent = _AIRFLOW_BACKFILL.sub("", name)
+        if parent in found:
+            created, run_id, _, ids = found[parent]
+            found[parent] = (created, run_id, parent, ids | found.pop(name)[3])
+    runs = sorted(found.values())
     plan.runs, plan.kept_runs = len(runs), min(len(runs), keep_runs)
     if len(runs) <= keep_runs:
         return

@@ -217,6 +217,54 @@ def test_the_reports_task_fails_the_dag_run_when_a_task_failed(airflow_env, tmp_
 
 
 
+def test_make_prune_removes_an_older_dag_runs_artifacts_and_reports(airflow_env, tmp_path):
+    """Two DAG runs on different data into one output root, then `make prune` (python -m pipeline.retention) with
+    retention.keep_runs 1: the first run's statistics and anomalies (no version's lineage, not the newest of their
+    type, not the window's) are marked DELETED and their folders removed, and so is its report folder; the second
+    run's stay. Retention reads the Airflow launcher's `run` contexts as it reads the local runner's."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    rows = (SMALL_DATA / "data.csv").read_text().splitlines(keepends=True)
+    second = tmp_path / "data-2"
+    second.mkdir()
+    (second / "data.csv").write_text("".join(rows[:-300]))  # other data: no cache hit, new statistics
+    overlay = tmp_path / "keep1.yaml"
+    overlay.write_text(OVERLAY + "retention: {keep_runs: 1}\n")
+    env = dict(airflow_env, TFX_E2E_OUTPUT_ROOT=str(tmp_path / "out"), TFX_E2E_CONFIG=str(overlay))
+    for day, data in (("2026-11-23", SMALL_DATA), ("2026-11-24", second)):
+        result = subprocess.run([env["AIRFLOW_BIN"], "dags", "test", "chicago-taxi", day],
+                                env=dict(env, TFX_E2E_DATA_ROOT=str(data)), capture_output=True, text=True,
+                                timeout=900)
+        assert "Marking task as SUCCESS. dag_id=chicago-taxi, task_id=Reports," in result.stdout + result.stderr, \
+            (result.stdout + result.stderr)[-4000:]
+    runs = tmp_path / "out" / "reports" / "chicago-taxi" / "runs"
+    first, latest = (runs / f"chicago-taxi.manual__{day}T00:00:00+00:00" for day in ("2026-11-23", "2026-11-24"))
+    assert first.is_dir() and latest.is_dir()
+
+    store = metadata_store.MetadataStore(_metadata_connection(env))
+
+    def outputs(run_name: str) -> dict[str, metadata_store_pb2.Artifact]:
+        context = store.get_context_by_type_and_name("run", f"chicago-taxi.{run_name}")
+        return {store.get_artifact_types_by_id([a.type_id])[0].name: a for a in store.get_artifacts_by_context(context.id)
+                if store.get_artifact_types_by_id([a.type_id])[0].name in ("ExampleStatistics", "ExampleAnomalies")}
+
+    older, newer = outputs("manual__2026-11-23T00:00:00+00:00"), outputs("manual__2026-11-24T00:00:00+00:00")
+    assert set(older) == set(newer) == {"ExampleStatistics", "ExampleAnomalies"}
+    assert all(Path(a.uri).is_dir() for a in (*older.values(), *newer.values()))
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.retention"], env=dict(env, TFX_E2E_PROFILE="airflow"),
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Retention: removed the report folders of 1 pipeline run(s) older than the newest 1 (of 2)" in result.stdout
+    assert not first.exists() and (latest / "statistics.html").is_file()
+    deleted = {a.id: a.state for a in store.get_artifacts_by_id([a.id for a in (*older.values(), *newer.values())])}
+    assert [deleted[a.id] for a in older.values()] == [metadata_store_pb2.Artifact.DELETED] * 2
+    assert [deleted[a.id] for a in newer.values()] == [metadata_store_pb2.Artifact.LIVE] * 2
+    assert not any(Path(a.uri).exists() for a in older.values())
+    assert all(Path(a.uri).is_dir() for a in newer.values())
+
+
 def _metadata_connection(env):
     from tfx.orchestration import metadata
 
