@@ -30,7 +30,6 @@ runners/harness.py prunes after every successful run.
 import argparse
 import collections
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +42,6 @@ from serving.source import list_versions
 
 # Inputs that do not make an artifact part of a model's lineage (each would chain back through every earlier run).
 _NOT_LINEAGE = {"analyzer_cache", "baseline_model"}
-_AIRFLOW_BACKFILL = re.compile(r"\.backfill-span-\d+$")
 
 
 @dataclass
@@ -119,7 +117,7 @@ def plan_artifacts(store, config: Config, plan: Plan) -> None:
 
     from pipeline import baseline
     from pipeline.window import gated
-    from registry.graph import AIRFLOW_RUN_CONTEXT_TYPE
+    from registry.graph import RUN_CONTEXT_TYPES, airflow_backfill_parent
     from reports import run_report_dir
 
     keep_runs = config.retention.keep_runs
@@ -129,18 +127,16 @@ def plan_artifacts(store, config: Config, plan: Plan) -> None:
     Artifact, Event = metadata_store_pb2.Artifact, metadata_store_pb2.Event
     executions = {e.id: e for e in store.get_executions_by_context(context.id)}
     found = {}
-    # The local and Beam runners' `pipeline_run` contexts, and the `run` contexts of TFX's Airflow launcher.
-    for run in (*store.get_contexts_by_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME),
-                *store.get_contexts_by_type(AIRFLOW_RUN_CONTEXT_TYPE)):
+    for run in (r for kind in RUN_CONTEXT_TYPES for r in store.get_contexts_by_type(kind)):
         ids = {e.id for e in store.get_executions_by_context(run.id)} & executions.keys()
         if ids:
             found[run.name] = (run.create_time_since_epoch, run.id, run.name, ids)
-    # A DAG run's backfill (`<run>.backfill-span-<N>`, runners/airflow_runner.py) starts after its run: one run.
-    for name in [n for n in found if _AIRFLOW_BACKFILL.search(n)]:
-        parent = _AIRFLOW_BACKFILL.sub("", name)
+    # A DAG run's backfill (runners/airflow_runner.py) starts after its run: it is part of that run.
+    for name in list(found):
+        parent = airflow_backfill_parent(name)
         if parent in found:
-            created, run_id, _, ids = found[parent]
-            found[parent] = (created, run_id, parent, ids | found.pop(name)[3])
+            created, context_id, _, ids = found[parent]
+            found[parent] = (created, context_id, parent, ids | found.pop(name)[3])
     runs = sorted(found.values())
     plan.runs, plan.kept_runs = len(runs), min(len(runs), keep_runs)
     if len(runs) <= keep_runs:

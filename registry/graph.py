@@ -16,9 +16,11 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.compiler import constants
 
 Event, Execution = metadata_store_pb2.Event, metadata_store_pb2.Execution
-# TFX's Airflow launcher (tfx.orchestration.metadata) files a DAG run's executions under a context of this type.
-AIRFLOW_RUN_CONTEXT_TYPE = "run"
-_RUN_TYPES = (constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, AIRFLOW_RUN_CONTEXT_TYPE)
+# A run's context types: LocalDagRunner's and BeamDagRunner's `pipeline_run`, and `run`, under which TFX's Airflow
+# launcher (tfx.orchestration.metadata) files a DAG run's executions.
+RUN_CONTEXT_TYPES = (constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, "run")
+# The run id of a DAG run's backfill of one span (runners/airflow_runner.py), its own run context.
+_AIRFLOW_BACKFILL = re.compile(r"\.backfill-span-\d+$")
 _NODE_TYPES = (constants.NODE_CONTEXT_TYPE_NAME, "component")
 # Inputs that are no part of what a model was made from: the Evaluator's baseline (an earlier model) and Transform's
 # analyzer cache (earlier spans' analysis); walking them would reach every earlier run (pipeline/retention.py too).
@@ -36,6 +38,21 @@ def prop(message, key: str):
     value = message.custom_properties.get(key) or message.properties.get(key)
     kind = value.WhichOneof("value") if value is not None else None
     return getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else None
+
+
+def airflow_backfill_run_id(run_id: str, span: int) -> str:
+    return f"{run_id}.backfill-span-{span}"
+
+
+def airflow_backfill_parent(run_name: str) -> str | None:
+    """The run whose backfill `run_name` is, else None."""
+    return _AIRFLOW_BACKFILL.sub("", run_name) if _AIRFLOW_BACKFILL.search(run_name) else None
+
+
+def launcher_component_id(execution) -> str | None:
+    """The component of an execution TFX's Airflow launcher filed (an execution property there, under a
+    `component_run` context and no node context); None for the other runners' executions."""
+    return execution.properties["component_id"].string_value if "component_id" in execution.properties else None
 
 
 def utc(ms: int) -> str:
@@ -94,16 +111,13 @@ class Graph:
                 if context.name.startswith(prefix):
                     for x in store.get_executions_by_context(context.id):
                         node_of[x.id] = context.name[len(prefix):]
-        for kind in _RUN_TYPES:
+        for kind in RUN_CONTEXT_TYPES:
             for context in store.get_contexts_by_type(kind):
                 for x in store.get_executions_by_context(context.id):
                     if x.id in executions:
                         run_of[x.id] = context
         for x in executions.values():
-            # TFX's Airflow launcher files an execution under a `component_run` context (pipeline.run.component),
-            # no node context: its component id is an execution property there.
-            component = x.properties["component_id"].string_value if "component_id" in x.properties else "?"
-            self.steps[x.id] = Step(x, node_of.get(x.id, component), run_of.get(x.id))
+            self.steps[x.id] = Step(x, node_of.get(x.id) or launcher_component_id(x) or "?", run_of.get(x.id))
         events = store.get_events_by_execution_ids(list(executions)) if executions else []
         ids = {e.artifact_id for e in events}
         self.artifacts = {a.id: a for a in store.get_artifacts_by_id(list(ids))} if ids else {}

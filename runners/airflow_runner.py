@@ -177,6 +177,7 @@ def backfill(config, launch_args: dict, run_id: str) -> list[int]:
     from pipeline.components import window_spans
     from pipeline.gate import gate_error_of
     from pipeline.pipeline import create_pipeline
+    from registry.graph import airflow_backfill_run_id
     from runners.backfill import BACKFILL_TO
 
     window = window_spans(config)
@@ -187,10 +188,11 @@ def backfill(config, launch_args: dict, run_id: str) -> list[int]:
     have = ingested_spans(launch_args["metadata_connection_config"], config.pipeline_name)
     missing = [n for n in older if n not in have]
     for number in missing:
+        backfill_run_id = airflow_backfill_run_id(run_id, number)
         print(f"backfill: ML Metadata has no span {number} of the window; ExampleGen and the data gate ingest it "
-              f"(run id {run_id}.backfill-span-{number})")
+              f"(run id {backfill_run_id})")
         info = data_types.PipelineInfo(config.pipeline_name, launch_args["pipeline_info"].pipeline_root,
-                                       run_id=f"{run_id}.backfill-span-{number}")
+                                       run_id=backfill_run_id)
         nodes = create_pipeline(dataclasses.replace(config, span=number)).components  # topologically sorted
         wanted = set(BACKFILL_TO)  # DataGate and every node upstream of it
         for node in reversed(nodes):

@@ -19,7 +19,7 @@ from pipeline import drift, evaluation, gate
 from pipeline import metadata as metadata_store
 from pipeline.config import Config
 from pipeline.pusher import ALREADY_SERVED
-from registry.graph import AIRFLOW_RUN_CONTEXT_TYPE
+from registry.graph import RUN_CONTEXT_TYPES, launcher_component_id
 from reports.html import write_evaluation, write_statistics
 
 _STATE = {
@@ -74,8 +74,8 @@ def latest_run(store: mlmd.MetadataStore, config: Config, run_id: str | None = N
                      for c in store.get_contexts_by_type(constants.NODE_CONTEXT_TYPE_NAME)
                      if c.name.startswith(node_prefix)}
     if run_id is not None:
-        run = (store.get_context_by_type_and_name(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, run_id)
-               or store.get_context_by_type_and_name(AIRFLOW_RUN_CONTEXT_TYPE, run_id))
+        run = next(filter(None, (store.get_context_by_type_and_name(kind, run_id) for kind in RUN_CONTEXT_TYPES)),
+                   None)
     else:
         pipeline = store.get_context_by_type_and_name(constants.PIPELINE_CONTEXT_TYPE_NAME, config.pipeline_name)
         runs = store.get_children_contexts_by_context(pipeline.id) if pipeline else []
@@ -85,9 +85,8 @@ def latest_run(store: mlmd.MetadataStore, config: Config, run_id: str | None = N
     executions = sorted(store.get_executions_by_context(run.id), key=lambda x: x.id)  # a retry's after its failure
     nodes = {}
     for execution in executions:
-        node_ids = [node_contexts[c.id] for c in store.get_contexts_by_execution(execution.id) if c.id in node_contexts]
-        if not node_ids and "component_id" in execution.properties:  # the Airflow launcher's: no node context
-            node_ids = [execution.properties["component_id"].string_value]
+        node_ids = [node_contexts[c.id] for c in store.get_contexts_by_execution(execution.id)
+                    if c.id in node_contexts] or list(filter(None, [launcher_component_id(execution)]))
         if not node_ids:
             continue
         events = store.get_events_by_execution_ids([execution.id])

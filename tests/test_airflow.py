@@ -244,10 +244,12 @@ def test_make_prune_removes_an_older_dag_runs_artifacts_and_reports(airflow_env,
 
     store = metadata_store.MetadataStore(_metadata_connection(env))
 
+    types = {t.id: t.name for t in store.get_artifact_types()}
+
     def outputs(run_name: str) -> dict[str, metadata_store_pb2.Artifact]:
         context = store.get_context_by_type_and_name("run", f"chicago-taxi.{run_name}")
-        return {store.get_artifact_types_by_id([a.type_id])[0].name: a for a in store.get_artifacts_by_context(context.id)
-                if store.get_artifact_types_by_id([a.type_id])[0].name in ("ExampleStatistics", "ExampleAnomalies")}
+        return {types[a.type_id]: a for a in store.get_artifacts_by_context(context.id)
+                if types[a.type_id] in ("ExampleStatistics", "ExampleAnomalies")}
 
     older, newer = outputs("manual__2026-11-23T00:00:00+00:00"), outputs("manual__2026-11-24T00:00:00+00:00")
     assert set(older) == set(newer) == {"ExampleStatistics", "ExampleAnomalies"}
